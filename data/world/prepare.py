@@ -1,0 +1,40 @@
+"""Write the tiny world's files: people, biographies, questions, tokenizer and token streams.
+
+    python data/world/prepare.py                 # the default world, into data/world/
+    python data/world/prepare.py --people 2000   # a bigger world
+
+See nanolevels/world.py for what the world is and nanolevels/data.py for the files written.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from nanolevels import cli, data  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
+                   help="output folder (default: data/world, next to this script)")
+    p.add_argument("--people", type=int, default=400,
+                   help="people in the world, split 50%% train / 25%% test / 25%% new (default: 400)")
+    p.add_argument("--bios-per-person", type=int, default=5,
+                   help="biographies per person, each a fresh paraphrase (default: 5)")
+    p.add_argument("--reading-share", type=float, default=0.3,
+                   help="share of pretraining documents that are reading pages about fresh people: "
+                        "a biography then its six questions answered (default: 0.3)")
+    p.add_argument("--mix-qa", action="store_true",
+                   help="also put the QA pairs of train people into the pretraining text")
+    p.add_argument("--vocab-size", type=int, default=1024,
+                   help="BPE vocabulary size: 256 bytes + merges + <|endoftext|> (default: 1024)")
+    p.add_argument("--seed", type=int, default=1337, help="the world's random seed (default: 1337)")
+    args = p.parse_args(argv)
+    data.prepare_world(args.out, args.people, args.bios_per_person, args.reading_share,
+                       args.mix_qa, args.vocab_size, args.seed)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,113 @@
+"""Checkpoints as safetensors (never pickle): one file holds the weights, the model config and the
+tokenizer, so a single path is enough to load a model. Training state (optimizer moments, step)
+lives in a second file beside it, only needed to resume. Every write is atomic.
+
+safetensors stores named tensors plus a flat str -> str metadata dict; we put the config and the
+tokenizer there as JSON. Names are saved without torch.compile's `_orig_mod.` prefix (and it is
+stripped on load), so compiled and plain models read each other's files.
+"""
+
+import json
+import os
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from nanolevels.files import atomic_write
+from nanolevels.model import GPT, GPTConfig
+from nanolevels.tokenizer import Tokenizer
+
+COMPILE_PREFIX = "_orig_mod."
+
+
+def _read(path: str, what: str = "checkpoint"):
+    """(tensors, metadata) of a safetensors file, with a one-line error for a bad path or file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable {what} (corrupt or truncated?): {e}") from None
+    return tensors, metadata
+
+
+def _unique_tensors(module: torch.nn.Module) -> dict:
+    """state_dict without the second name of tied weights (safetensors refuses shared memory)."""
+    seen, out = set(), {}
+    for name, t in module.state_dict().items():
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        out[name.replace(COMPILE_PREFIX, "")] = t.detach().contiguous().cpu()
+    return out
+
+
+def save_model(path: str, model: GPT, tokenizer: Tokenizer, **meta) -> None:
+    """Weights + config + tokenizer (+ any extra string-able metadata, e.g. step) in one file."""
+    metadata = {"format": "nanolevels-gpt", "config": json.dumps(vars(model.config)),
+                "tokenizer": json.dumps(tokenizer.to_dict())}
+    metadata.update({k: json.dumps(v) for k, v in meta.items()})
+    atomic_write(path, save(_unique_tensors(model), metadata=metadata))
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: str) -> None:
+    """Copy state into model strictly, except for tied names, which safetensors stores once."""
+    state = {k.replace(COMPILE_PREFIX, ""): v for k, v in state.items()}
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path} does not fit this model: {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
+                         f"the model wants {tuple(own[wrong[0]].shape)}; load it with its own config")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"}
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{path} does not fit this model: missing {sorted(set(missing) - tied)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
+
+
+def load_model(path: str, device="cpu"):
+    """(model, tokenizer, metadata) from a file written by save_model."""
+    tensors, metadata = _read(path)
+    if metadata.get("format") != "nanolevels-gpt":
+        raise ValueError(f"{path} is not a nanolevels model checkpoint (no config in its metadata)")
+    config = GPTConfig(**json.loads(metadata["config"]))
+    tokenizer = Tokenizer.from_dict(json.loads(metadata["tokenizer"]))
+    model = GPT(config)
+    load_weights(model, tensors, path)
+    extra = {k: json.loads(v) for k, v in metadata.items() if k not in ("format", "config", "tokenizer")}
+    return model.to(device), tokenizer, extra
+
+
+def read_metadata(path: str) -> dict:
+    """A checkpoint's metadata (JSON-decoded), without building the model."""
+    _, metadata = _read(path)
+    return {k: (v if k == "format" else json.loads(v)) for k, v in metadata.items()}
+
+
+def save_train_state(path: str, optimizer: torch.optim.Optimizer, step: int, **meta) -> None:
+    """Optimizer moments as tensors, its hyperparameters and the step as metadata."""
+    sd = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.detach().contiguous().cpu()
+               for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    metadata = {"format": "nanolevels-train-state", "step": str(step),
+                "param_groups": json.dumps(sd["param_groups"]), "meta": json.dumps(meta)}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
+def load_train_state(path: str, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+    """Restore the optimizer in place; return (step, extra metadata)."""
+    tensors, metadata = _read(path, "training state")
+    if metadata.get("format") != "nanolevels-train-state":
+        raise ValueError(f"{path} is not a nanolevels training state")
+    state: dict = {}
+    for name, t in tensors.items():
+        i, key = name.split(".", 1)
+        state.setdefault(int(i), {})[key] = t
+    groups = json.loads(metadata["param_groups"])
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError(f"{path} was saved for other trainable parameters; resume with the same flags")
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return int(metadata["step"]), json.loads(metadata["meta"])

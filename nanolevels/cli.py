@@ -1,0 +1,49 @@
+"""What every level script shares: the common flags and the user-error convention.
+
+A user's mistake (bad flag value, missing file, corrupt checkpoint) is raised as ValueError or
+FileNotFoundError with a message that says what to do; `run` prints it as one line and exits 2,
+with no stack trace. Ctrl-C exits 130 after whatever cleanup the script's own code did.
+"""
+
+import dataclasses
+import sys
+
+from nanolevels.device import DEVICES, DTYPES
+
+
+def add_device_flags(parser) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="where to run: auto picks cuda, then mps, then cpu (default: auto)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                        help="compute dtype; bfloat16/float16 run under autocast (default: float32)")
+
+
+def run(main, argv=None) -> int:
+    """Call main(argv); turn user errors into one line on stderr and exit code 2."""
+    try:
+        return main(argv) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def add_config_flags(parser, config_cls, **defaults) -> None:
+    """One flag per field of a config dataclass (--max-steps for max_steps), with the field's help.
+
+    `defaults` overrides a field's default for this script (e.g. fewer steps for fine-tuning).
+    """
+    for f in dataclasses.fields(config_cls):
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def config_from_args(config_cls, args):
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})

@@ -1,0 +1,205 @@
+"""Text -> token files -> training batches; QA pairs -> answer-masked batches.
+
+Pretraining reads random windows of a flat token stream (documents joined by <|endoftext|>),
+stored as uint16 on disk and memory-mapped, as nanoGPT does. Fine-tuning reads (prompt, answer)
+pairs and computes the loss on the answer tokens only: prompt and padding positions get the
+target -100, which cross-entropy ignores.
+
+Batches are a pure function of (seed, step, micro_step): nothing to save for an exact resume, and
+under DDP every rank draws the same global batch and keeps its own slice, so N ranks see exactly
+the samples that one process with an N-times larger batch would see.
+"""
+
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from nanolevels.files import atomic_write, write_json, write_jsonl
+from nanolevels.tokenizer import EOT, Tokenizer
+from nanolevels.world import ATTRIBUTES, make_corpus, make_world, qa_pair
+
+IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
+
+
+def save_tokens(ids, path: str) -> None:
+    """Write token ids as uint16 (atomically: a crash never leaves half a file)."""
+    ids = np.asarray(ids)
+    if ids.size and ids.max() >= 2**16:
+        raise ValueError(f"token id {ids.max()} does not fit in uint16; use a vocab under 65536")
+    atomic_write(path, ids.astype(np.uint16).tobytes())
+
+
+def load_tokens(path: str) -> np.ndarray:
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def encode_documents(tokenizer, docs: list[str]) -> np.ndarray:
+    """One flat stream: each document's tokens followed by <|endoftext|>."""
+    ids = []
+    for doc in docs:
+        ids.extend(tokenizer.encode(doc))
+        ids.append(tokenizer.eot_id)
+    return np.array(ids, dtype=np.int64)
+
+
+def _global_rows(seed: int, step: int, micro_step: int, n_rows: int, high: int) -> np.ndarray:
+    """The row indices of one global micro-batch: the same on every rank."""
+    return np.random.default_rng([seed, step, micro_step]).integers(0, high, size=n_rows)
+
+
+def _rank_slice(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    per_rank = len(rows) // world_size
+    return rows[rank * per_rank:(rank + 1) * per_rank]
+
+
+def get_lm_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: int, step: int,
+                 micro_step: int = 0, rank: int = 0, world_size: int = 1):
+    """Random (x, y) windows of the token stream; y is x shifted by one. Shapes (batch_size, block_size)."""
+    if len(tokens) <= block_size:
+        raise ValueError(f"the data has {len(tokens)} tokens, too few for block size {block_size}; "
+                         f"use more text or a smaller --block-size")
+    rows = _global_rows(seed, step, micro_step, batch_size * world_size, len(tokens) - block_size)
+    starts = _rank_slice(rows, rank, world_size)
+    window = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)
+    window = torch.from_numpy(window)
+    return window[:, :-1], window[:, 1:]
+
+
+def encode_example(tokenizer, prompt: str, answer: str, block_size: int):
+    """(ids, targets) for one example; targets are -100 except on the answer tokens.
+
+    Prompt and answer are encoded separately, exactly as at inference time, where the model sees
+    the encoded prompt and produces the answer tokens itself. If the pair is longer than the
+    block, the prompt's START is dropped (the question sits at its end).
+    """
+    p = tokenizer.encode(prompt)
+    a = tokenizer.encode(answer)
+    if not p or not a:
+        raise ValueError(f"an example needs a non-empty prompt and answer, got {prompt!r} -> {answer!r}")
+    if len(a) >= block_size:
+        raise ValueError(f"an answer of {len(a)} tokens does not fit in block size {block_size}")
+    ids = (p + a)[-(block_size + 1):]
+    n_prompt = len(ids) - len(a)
+    targets = [IGNORE] * (n_prompt - 1) + a
+    return ids[:-1], targets
+
+
+def collate(examples, pad_id: int):
+    """Right-pad a list of (ids, targets) into (x, y) tensors of shape (B, longest).
+
+    Padding sits AFTER the real tokens, so causal attention never lets a real position see it,
+    and its targets are -100, so it adds nothing to the loss.
+    """
+    width = max(len(ids) for ids, _ in examples)
+    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, (ids, targets) in enumerate(examples):
+        x[i, :len(ids)] = torch.tensor(ids)
+        y[i, :len(targets)] = torch.tensor(targets)
+    return x, y
+
+
+def get_example_batch(examples, batch_size: int, pad_id: int, seed: int, step: int,
+                      micro_step: int = 0, rank: int = 0, world_size: int = 1):
+    """A random batch of encoded examples (see encode_example), drawn like get_lm_batch."""
+    if not examples:
+        raise ValueError("the fine-tuning data set is empty")
+    rows = _global_rows(seed, step, micro_step, batch_size * world_size, len(examples))
+    return collate([examples[i] for i in _rank_slice(rows, rank, world_size)], pad_id)
+
+
+def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_size: int, log):
+    """Train the tokenizer on the pretraining text, then write tokenizer.json, train.bin, val.bin."""
+    t0 = time.time()
+    tokenizer = Tokenizer.train(train_text, vocab_size)
+    train_s = time.time() - t0
+    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    train_ids = encode_documents(tokenizer, train_docs)
+    val_ids = encode_documents(tokenizer, val_docs)
+    save_tokens(train_ids, os.path.join(out_dir, "train.bin"))
+    save_tokens(val_ids, os.path.join(out_dir, "val.bin"))
+    n_bytes = len(train_text.encode())
+    log(f"tokenizer: {tokenizer.vocab_size} tokens trained in {train_s:.1f}s; "
+        f"train.bin {len(train_ids):,} tokens ({n_bytes / len(train_ids):.2f} bytes/token), "
+        f"val.bin {len(val_ids):,} tokens")
+    return {"vocab_size": tokenizer.vocab_size, "train_tokens": len(train_ids),
+            "val_tokens": len(val_ids), "tokenizer_train_s": train_s}
+
+
+def prepare_world(out_dir: str = "data/world", people: int = 400, bios_per_person: int = 5,
+                  reading_share: float = 0.3, mix_qa: bool = False, vocab_size: int = 1024,
+                  seed: int = 1337, log=print) -> dict:
+    """Write the tiny world's files into out_dir and return a summary.
+
+    pretrain.txt, val.txt  the pretraining and validation documents, separated by <|endoftext|> lines
+    docs.jsonl             every biography (all splits, `new` included): the retrieval collection
+    qa_{train,test,new}.jsonl  questions per split: person, attribute, question, answer
+    people.jsonl           the people table
+    tokenizer.json, train.bin, val.bin   the BPE tokenizer and the token streams
+    meta.json              the arguments (written last: its presence means the rest is complete)
+    """
+    world = make_world(people, seed)
+    corpus = make_corpus(world, bios_per_person, reading_share, mix_qa)
+    join = f"\n{EOT}\n"
+    train_text = join.join(corpus.train_docs)
+    atomic_write(os.path.join(out_dir, "pretrain.txt"), train_text + "\n")
+    atomic_write(os.path.join(out_dir, "val.txt"), join.join(corpus.val_docs) + "\n")
+    write_jsonl(os.path.join(out_dir, "docs.jsonl"),
+                [{"id": f"{p.name}#{i}", "person": p.name, "split": p.split, "text": bio}
+                 for p in world.people for i, bio in enumerate(corpus.bios[p.name])])
+    for split in ("train", "test", "new"):
+        write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
+                    [qa_pair(p, a) for p in world.split(split) for a in ATTRIBUTES])
+    write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
+    log(f"world: {len(world.split('train'))} train / {len(world.split('test'))} test / "
+        f"{len(world.split('new'))} new people; {len(corpus.train_docs):,} pretraining documents "
+        f"({len(train_text):,} chars), {len(corpus.val_docs):,} validation documents")
+    summary = _write_tokenized(out_dir, "\n".join(corpus.train_docs), corpus.train_docs,
+                               corpus.val_docs, vocab_size, log)
+    meta = {"kind": "world", "people": people, "bios_per_person": bios_per_person,
+            "reading_share": reading_share, "mix_qa": mix_qa, "vocab_size": vocab_size, "seed": seed}
+    write_json(os.path.join(out_dir, "meta.json"), meta)
+    return {**meta, **summary, "train_chars": len(train_text)}
+
+
+def prepare_text(path: str, out_dir: str, vocab_size: int = 1024, val_fraction: float = 0.1,
+                 log=print) -> dict:
+    """Any plain text file as the pretraining corpus: split its tail off as validation text (at a
+    line break), train a tokenizer on the rest, and write the same files as prepare_world (less the
+    world's): pretrain.txt, val.txt, tokenizer.json, train.bin, val.bin, meta.json."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}; give a UTF-8 text file") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty; give a text file with something to learn from")
+    cut = int(len(text) * (1 - val_fraction))
+    cut = text.rfind("\n", 0, cut) + 1 or cut
+    atomic_write(os.path.join(out_dir, "pretrain.txt"), text[:cut])
+    atomic_write(os.path.join(out_dir, "val.txt"), text[cut:])
+    summary = _write_tokenized(out_dir, text[:cut], [text[:cut]], [text[cut:]], vocab_size, log)
+    meta = {"kind": "text", "source": os.path.abspath(path), "vocab_size": vocab_size}
+    write_json(os.path.join(out_dir, "meta.json"), meta)
+    return {**meta, **summary, "train_chars": cut}
+
+
+def load_pretraining_data(data_dir: str, tokenizer=None):
+    """(tokenizer, train tokens, val tokens) of a prepared folder.
+
+    The folder's own tokenizer and token files, unless another tokenizer is given (e.g. GPT-2's for
+    a model initialised from GPT-2): then the folder's text is encoded with that one, here.
+    """
+    if not os.path.exists(os.path.join(data_dir, "meta.json")):
+        raise FileNotFoundError(f"{data_dir} holds no prepared data; run python data/world/prepare.py")
+    own = Tokenizer.load(os.path.join(data_dir, "tokenizer.json"))
+    if tokenizer is None or tokenizer.to_dict() == own.to_dict():
+        return own, load_tokens(os.path.join(data_dir, "train.bin")), load_tokens(os.path.join(data_dir, "val.bin"))
+    streams = []
+    for name in ("pretrain.txt", "val.txt"):
+        with open(os.path.join(data_dir, name), encoding="utf-8") as f:
+            streams.append(encode_documents(tokenizer, f.read().split(f"\n{EOT}\n")))
+    return tokenizer, *streams

@@ -1,0 +1,320 @@
+"""The GPT language model (GPT-2 architecture), its KV cache, generate(), and GPT-2 weight import.
+
+Read top to bottom: config, the three modules of a block (attention, MLP, block), the cache, the
+model, sampling, and loading OpenAI's GPT-2 weights from a Hugging Face safetensors file.
+References: karpathy/nanoGPT's model.py, and Hugging Face's modeling_gpt2.py for the weight names.
+"""
+
+import math
+import os
+import shutil
+import urllib.request
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+from safetensors.torch import load_file
+
+GPT2_URL = "https://huggingface.co/gpt2/resolve/main/model.safetensors"
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int  # number of token ids; the tokenizer decides it, so there is no default
+    block_size: int = 256  # longest context in tokens (rows of the learned position table)
+    n_layer: int = 4  # number of transformer blocks
+    n_head: int = 4  # attention heads per block; n_embd is split evenly among them
+    n_embd: int = 128  # width of the residual stream (C in the shape comments)
+    dropout: float = 0.0  # dropout probability while training; 0.0 turns it off
+    bias: bool = True  # biases in the Linear and LayerNorm layers, as in GPT-2
+
+    def __post_init__(self):
+        if self.n_head < 1 or self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} does not split evenly into n_head={self.n_head} heads")
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        # query, key and value projections for all heads, in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # output projection back into the residual stream
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x, cache=None, layer=0):
+        B, T, C = x.size()  # batch, sequence length, embedding width
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            pos = cache.pos
+            k, v = cache.update(layer, k, v)  # (B, nh, pos + T, hs): every token so far
+            # new query i sits at position pos + i and may see keys 0..pos + i; one new token sees all
+            mask = None if T == 1 else torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0):
+        # pre-LayerNorm: each sublayer reads a normalised copy and adds its result to the residual stream
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, so that a new token costs one position."""
+
+    def __init__(self, config, batch_size, device=None, dtype=None):
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0  # positions filled so far; GPT.forward advances it after all layers have written
+
+    def update(self, layer, k, v):
+        """Write k, v (B, nh, T, hs) at [pos, pos + T) and return the keys and values of [0, pos + T)."""
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def window_start(length, block_size):
+    """Index of the first token the model sees when the sequence is `length` tokens long.
+
+    Positions are learned absolute embeddings, so a KV cache cannot slide one token at a time (every
+    cached token's position would change). Instead the window jumps forward by block_size // 2 each
+    time the sequence would overflow the block: the cached path then re-prefills the last ~block_size // 2
+    tokens once every block_size // 2 steps, which is cheap amortised. generate() uses this rule with and
+    without the cache, so both give the same tokens; a prompt longer than the block keeps its tail.
+    """
+    step = max(1, block_size // 2)
+    overflow = length - block_size
+    # the smallest multiple of step that brings the window back inside the block
+    return 0 if overflow <= 0 else (overflow + step - 1) // step * step
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token from logits (B, V) -> (B, 1): greedy if temperature <= 0, else sampled."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        # keep the k most likely tokens
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        # keep a token while the mass of the likelier ones is below top_p: the smallest set reaching top_p
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the output layer reads tokens out with the same matrix that embeds them
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the projections into the residual stream by 1/sqrt(number of residual additions)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=False):
+        """Number of parameters (tied weights counted once); non_embedding leaves out the position table.
+
+        The token embeddings stay counted: they are also the lm_head's weights, used in every forward.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def estimate_flops_per_token(self):
+        """Training FLOPs (forward + backward) per token at full context: 6N + 12*L*C*T (PaLM, appendix B)."""
+        cfg = self.config
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    def new_cache(self, batch_size):
+        """An empty KV cache for batch_size sequences, on the model's device and dtype."""
+        weight = self.lm_head.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> (logits, loss).
+
+        With targets (B, T): logits (B, T, V) and the mean cross-entropy over targets that are not -100.
+        With a cache: logits (B, T, V) for the new tokens, placed at positions cache.pos onwards.
+        Otherwise: logits (B, 1, V) of the last position only, all that generation needs.
+        """
+        B, T = idx.size()
+        start = 0 if cache is None else cache.pos
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}; "
+                             "crop it to the last block_size tokens (generate() slides the window itself)")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.pos += T
+        if targets is None and cache is None:
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, V): list index keeps the time dimension
+        logits = self.lm_head(x)  # (B, T, V)
+        if targets is None:
+            return logits, None
+        # -100 marks positions that do not count, e.g. the question in answer-only fine-tuning
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def _generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, use_cache, generator):
+        """Yield the next token of every sequence, (B, 1), max_new_tokens times; the loop of generate()."""
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        cache, cache_start = None, None
+        for _ in range(max_new_tokens):
+            start = window_start(idx.size(1), self.config.block_size)
+            if not use_cache:
+                logits, _ = self(idx[:, start:])
+            elif start != cache_start:
+                # first step, or the window jumped: positions changed, so fill the cache anew
+                cache, cache_start = self.new_cache(idx.size(0)), start
+                logits, _ = self(idx[:, start:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)  # only the token sampled last step is new
+            next_token = sample(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            idx = torch.cat((idx, next_token), dim=1)
+            yield next_token
+            if idx.size(0) == 1 and next_token.item() in stop_tokens:
+                return
+
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(),
+                        use_cache=True, generator=None):
+        """Like generate(), for one sequence idx (1, T), but yield each new token id (an int) as it comes."""
+        if idx.size(0) != 1:
+            raise ValueError(f"generate_stream takes one sequence (batch size 1), got {idx.size(0)}: "
+                             "use generate() for a batch")
+        for token in self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, stop_tokens,
+                                           use_cache, generator):
+            yield token.item()
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(),
+                 use_cache=True, generator=None):
+        """Continue the sequences idx (B, T) by up to max_new_tokens tokens; return them appended, (B, T + n).
+
+        temperature <= 0 is greedy (argmax); otherwise sample, from the top_k most likely tokens and/or the
+        smallest set whose probability reaches top_p (in (0, 1]). With batch size 1, generation stops after
+        a token in stop_tokens, which is included in the output; a batch never stops early. Sequences may
+        grow past block_size: see window_start(). Put the model in eval() mode first, or dropout samples too.
+        """
+        new_tokens = self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, stop_tokens,
+                                           use_cache, generator)
+        return torch.cat([idx, *new_tokens], dim=1)
+
+    @classmethod
+    def from_hf_gpt2(cls, path, n_head=None):
+        """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file.
+
+        The sizes are read from the tensor shapes; the head count is not in them, so n_head defaults to
+        n_embd // 64, GPT-2's head size. Every tensor in the file must find its place, and every
+        parameter must be filled, or a ValueError names the keys.
+        """
+        weights = {name.removeprefix("transformer."): tensor for name, tensor in load_file(path).items()
+                   if not name.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers, not weights
+        if "wte.weight" not in weights or "wpe.weight" not in weights:
+            raise ValueError(f"{path} does not look like GPT-2 weights: no wte.weight / wpe.weight")
+        vocab_size, n_embd = weights["wte.weight"].shape
+        config = GPTConfig(
+            vocab_size=vocab_size,
+            block_size=weights["wpe.weight"].shape[0],
+            n_layer=len({name.split(".")[1] for name in weights if name.startswith("h.")}),
+            n_head=n_head or n_embd // 64,
+            n_embd=n_embd,
+            bias="ln_f.bias" in weights,
+        )
+        model = cls(config)
+        params = model.state_dict()  # detached tensors sharing memory with the parameters
+        expected = {name.removeprefix("transformer.") for name in params if name != "lm_head.weight"}  # tied
+        missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+        if missing or unexpected:
+            raise ValueError(f"{path} does not match a GPT-2 of this shape: "
+                             f"missing {missing}, unexpected {unexpected}")
+        for name, tensor in weights.items():
+            if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                tensor = tensor.t()  # GPT-2's Conv1D stores (in, out); nn.Linear wants (out, in)
+            target = params["transformer." + name]
+            if tensor.shape != target.shape:
+                raise ValueError(f"{name}: shape {tuple(tensor.shape)} in the file, expected {tuple(target.shape)}")
+            target.copy_(tensor)
+        return model
+
+
+def download_gpt2(dest_dir):
+    """Fetch GPT-2 small's weights (~550 MB) into dest_dir/model.safetensors, once; return the path."""
+    path = os.path.join(dest_dir, "model.safetensors")
+    if os.path.exists(path):
+        return path  # written atomically, so an existing file is complete
+    os.makedirs(dest_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with urllib.request.urlopen(GPT2_URL, timeout=60) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise RuntimeError(f"could not download GPT-2 weights (no network?): {e}") from e
+    os.replace(tmp, path)
+    return path

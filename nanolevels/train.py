@@ -1,0 +1,244 @@
+"""ONE training loop, shared by pretraining (all weights) and fine-tuning (a LoRA adapter or all).
+
+What it does each step: for each of `grad_accum` micro-batches, forward under autocast, scale the
+loss by 1/grad_accum (so the summed gradient is the mean over the whole batch), backward; then clip
+the gradient norm, set the learning rate (linear warmup, cosine decay to min_lr), and step AdamW.
+It trains whatever parameters have requires_grad, so LoRA needs nothing special here.
+
+Around that: periodic train/val loss, a progress line, a JSONL log, checkpoints (every
+`ckpt_interval` steps, at the end, and on Ctrl-C), exact resume, a stop with a clear message if
+the loss turns NaN/inf (the last good checkpoint is kept), and DDP under torchrun: every rank
+computes its slice of the global batch and DDP averages the gradients.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nanolevels.checkpoint import load_train_state, save_train_state
+from nanolevels.device import autocast, pick_device
+from nanolevels.files import atomic_write
+
+EVAL_STEP_OFFSET = 10**9  # eval batches use step numbers no training step reaches
+
+
+def _opt(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # each field is also a command-line flag of the training scripts (see cli.add_config_flags)
+    max_steps: int = _opt(3000, "optimizer steps")
+    batch_size: int = _opt(16, "sequences per micro-batch, per rank")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step (the loss is scaled by 1/grad_accum)")
+    lr: float = _opt(2e-3, "peak learning rate, reached after the warmup")
+    min_lr: float = _opt(2e-4, "the cosine schedule decays to this at max_steps")
+    warmup_steps: int = _opt(100, "steps of linear warmup from 0")
+    weight_decay: float = _opt(0.1, "AdamW weight decay, on 2-D weights only (not biases or LayerNorms)")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.95, "AdamW beta2")
+    grad_clip: float = _opt(1.0, "max global gradient norm; 0 turns clipping off")
+    eval_interval: int = _opt(500, "steps between train/val loss estimates")
+    eval_batches: int = _opt(10, "batches per loss estimate")
+    log_interval: int = _opt(50, "steps between progress lines")
+    ckpt_interval: int = _opt(1000, "steps between checkpoints (there is always one at the end)")
+    seed: int = _opt(1337, "seed of the data order and dropout")
+    compile: bool = _opt(False, "torch.compile the model (a slow start; pays off on GPUs)")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to cfg.min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
+    """The device, and torch.distributed initialised if we run under torchrun (RANK is set).
+
+    gloo on CPUs, nccl on GPUs; each rank takes the GPU matching its LOCAL_RANK.
+    """
+    device = pick_device(device_name)
+    if "RANK" not in os.environ:
+        return device, Dist()
+    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    return device, d
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW over the trainable parameters; weight decay on matrices only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device.type == "cuda"  # the fused kernel exists on CUDA; elsewhere foreach is the default
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def format_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s"
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never written
+    from half-updated weights. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to quit now)")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device, dtype: torch.dtype,
+          save_weights, on_eval=None, resume_step: int | None = None, ddp: Dist = Dist(),
+          log=print) -> dict:
+    """Train model's trainable parameters; return final metrics.
+
+    get_batch(split, step, micro_step) -> (x, y): this rank's micro-batch ("train" or "val").
+    save_weights(step): write the weights file (the caller knows its format: model or adapter).
+    on_eval(step): called on rank 0 after each evaluation, e.g. to print a sample.
+    resume_step: the step of the weights the caller loaded; the optimizer state is read from
+    out_dir/train_state.safetensors and must be from the same step.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    state_path = os.path.join(out_dir, "train_state.safetensors")
+    log_path = os.path.join(out_dir, "log.jsonl")
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    step = 0
+    if resume_step is not None:
+        step, _ = load_train_state(state_path, optimizer)
+        if step != resume_step:
+            raise ValueError(f"the weights are from step {resume_step} but {state_path} is from "
+                             f"step {step}; the run was cut between the two writes, start afresh")
+    elif ddp.is_main:
+        atomic_write(log_path, "")
+    torch.manual_seed(cfg.seed + ddp.rank)
+    net = DDP(model) if ddp.world_size > 1 else model
+    if cfg.compile:
+        net = torch.compile(net)
+
+    def write_log(row: dict):
+        if ddp.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def checkpoint(at_step: int):
+        if ddp.is_main:
+            save_train_state(state_path, optimizer, at_step)
+            save_weights(at_step)
+
+    @torch.no_grad()
+    def estimate_loss() -> dict:
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            total = torch.zeros((), device=device)
+            for i in range(cfg.eval_batches):
+                x, y = get_batch(split, EVAL_STEP_OFFSET + i, 0)
+                with autocast(device, dtype):
+                    _, loss = net(x.to(device), y.to(device))
+                total += loss.float()
+            if ddp.world_size > 1:
+                dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            out[f"{split}_loss"] = total.item() / cfg.eval_batches
+        model.train()
+        return out
+
+    model.train()
+    tokens_seen, losses, last = 0, {}, {}
+    t_start = time.time()
+    start_step = step
+    with _StopFlag() as stop:
+        while step < cfg.max_steps:
+            if step % cfg.eval_interval == 0 and step > start_step or step == 0 and resume_step is None:
+                losses = estimate_loss()
+                write_log({"step": step, **losses})
+                if ddp.is_main:
+                    log(f"step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
+                    if on_eval:
+                        on_eval(step)
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch("train", step, micro)
+                x, y = x.to(device), y.to(device)
+                sync = micro == cfg.grad_accum - 1 or ddp.world_size == 1
+                with (nullcontext() if sync else net.no_sync()), autocast(device, dtype):
+                    _, loss = net(x, y)
+                scaler.scale(loss / cfg.grad_accum).backward()
+                loss_sum += loss.item()
+                tokens_seen += x.numel() * ddp.world_size
+            loss_val = loss_sum / cfg.grad_accum
+            if not math.isfinite(loss_val):
+                raise ValueError(f"the loss became {loss_val} at step {step}; the last good checkpoint "
+                                 f"in {out_dir} is kept; try a lower --lr")
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last = {"step": step, "loss": loss_val, "lr": lr}
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                elapsed = time.time() - t_start
+                tok_s = tokens_seen / max(elapsed, 1e-9)
+                eta = elapsed / (step - start_step) * (cfg.max_steps - step)
+                write_log({**last, "tokens_per_s": round(tok_s), "elapsed_s": round(elapsed, 2)})
+                if ddp.is_main:
+                    log(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | "
+                        f"{tok_s / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
+            if stop.set:
+                checkpoint(step)
+                if ddp.is_main:
+                    log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")
+                raise KeyboardInterrupt
+            if step % cfg.ckpt_interval == 0 and step < cfg.max_steps:
+                checkpoint(step)
+    wall_s = time.time() - t_start
+    losses = estimate_loss()
+    write_log({"step": step, **losses})
+    checkpoint(step)
+    return {**losses, "steps": step, "tokens_seen": tokens_seen, "wall_s": wall_s,
+            "tokens_per_s": tokens_seen / max(wall_s, 1e-9), "last_train_loss": last.get("loss")}

@@ -1,0 +1,279 @@
+"""The tiny world: fictional people, their biographies and questions about them (deterministic).
+
+Every level of nanolevels needs something to MEASURE, so we invent a world whose facts we know
+exactly, in the style of the bioS data of "Physics of Language Models, Part 3.1" (Allen-Zhu & Li,
+arXiv 2309.14316). Each person has a unique full name and six attributes. Their biographies are
+several short documents; every sentence states one attribute and repeats the FULL name (the paper's
+"knowledge augmentation": without it, facts stored during pretraining cannot be extracted later),
+and the sentence order is shuffled per biography.
+
+People come in three disjoint splits:
+  train  biographies are in the pretraining text; their QA pairs may be used to fine-tune and as
+         few-shot demonstrations.
+  test   biographies are in the pretraining text; their questions are held out everywhere.
+  new    biographies are NEVER in the pretraining text: documents that "arrive after training".
+         Only retrieval can know them.
+and `fresh_people` makes any number of further people, never in the world's splits, for
+training examples that must not be answerable from memory (reading pages, RAG fine-tuning).
+
+Everything is a pure function of a seed: same seed, same world, byte for byte.
+"""
+
+import random
+from dataclasses import dataclass
+
+ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
+
+# One question template per attribute: the eval format of every level.
+QUESTIONS = {
+    "birth_date": "What is the birth date of {name}?",
+    "birth_city": "What is the birth city of {name}?",
+    "university": "Which university did {name} attend?",
+    "major": "What did {name} study?",
+    "employer": "Which company did {name} work for?",
+    "employer_city": "Where did {name} work?",
+}
+
+# Several sentence templates per attribute. Every one ENDS with the value, so any sentence cut
+# just before its value is a cloze prompt; template 0 is the one the cloze test uses.
+TEMPLATES = {
+    "birth_date": [
+        "{name} was born on {value}.",
+        "{name} came into the world on {value}.",
+        "The birthday of {name} falls on {value}.",
+        "{name} celebrates a birthday each year on {value}.",
+    ],
+    "birth_city": [
+        "{name} was born in {value}.",
+        "{name} spent early childhood in {value}.",
+        "The birthplace of {name} is {value}.",
+        "{name} hails from {value}.",
+    ],
+    "university": [
+        "{name} studied at {value}.",
+        "{name} graduated from {value}.",
+        "{name} received an education at {value}.",
+        "For college, {name} attended {value}.",
+    ],
+    "major": [
+        "{name} majored in {value}.",
+        "{name} earned a degree in {value}.",
+        "The field of study of {name} was {value}.",
+        "At university, {name} focused on {value}.",
+    ],
+    "employer": [
+        "{name} worked for {value}.",
+        "{name} was employed by {value}.",
+        "{name} had a career at {value}.",
+        "The employer of {name} was {value}.",
+    ],
+    "employer_city": [
+        "{name} worked in {value}.",
+        "The office of {name} was in {value}.",
+        "{name} commuted to a job in {value}.",
+        "Every workday, {name} went to an office in {value}.",
+    ],
+}
+
+FIRST_NAMES = """Ada Alma Anouk Arlo Astrid Basil Bea Bram Cato Cleo Dario Della Edda Elio Enzo
+Esme Fenna Flint Gael Greta Hale Hedda Ines Ivo Jana Joss Kai Kenna Lars Leda Lio Lotte Mara Milo
+Nadia Nell Nico Nora Odile Olek Petra Pim Quinn Rafa Rhea Rolf Sable Sami Saskia Teo Thea Tove Una
+Uri Vera Vito Wren Yara Yves Zane Zelda Zora Ansel Bryn Corin Dagny Emrys Fiora Idris Jarek Liesl
+Mireille Oona Pavel Roan Silje Tamsin Wynn""".split()
+
+MIDDLE_NAMES = """Jo Lee Mae Ray Ann Dale Kit Sol Bo Fay Rue Max Jude Lane Eve Rex June Wade
+Skye Blair Cole Dawn Finn Gray Hope Joy Kay Lynn Nash Pearl Reed Rose Sage Tate Vale Wynne Ash
+Bay Cruz Dov Elm Fox Gil""".split()
+
+LAST_NAMES = """Abernathy Alcott Ambrose Ashdown Bancroft Blackwood Brightwater Calloway Carver
+Castellan Crane Dunmore Eastwick Ellery Fairbairn Falconer Fenwick Garrow Glenister Hadley
+Halloran Hartigan Holloway Ingram Iverson Jessup Keswick Kingsley Lachance Larkspur Lockhart
+Marchetti Merriweather Montague Northcote Oakhurst Ormsby Pendleton Penhaligon Quenby Radcliffe
+Ravenscroft Redfern Rookwood Sandoval Seabright Sheridan Stanhope Stroud Tanaka Thorne Treadwell
+Underhill Vance Varga Wainwright Westerly Whitlock Winslow Yardley Zielinski Adair Bellweather
+Corrigan Delacroix Esterhazy Fairweather Goldsworthy Harrowgate Kilbride Lindqvist Moncrieff
+Nightingale Okonkwo Pemberton Rosenthal Santangelo Thistlewood Vasquez Wolstenholme""".split()
+
+CITIES = """Lyon Porto Kraków Ghent Tartu Bergen Seville Utrecht Graz Malmö Bilbao Turin Dresden
+Lausanne Aarhus Brno Cork Leipzig Nantes Bologna Tampere Riga Valencia Galway Salzburg Antwerp
+Kyoto Osaka Busan Hanoi Cebu Perth Hobart Dunedin Quebec Halifax Tucson Omaha Memphis Savannah
+Boise Fresno Duluth Cusco Recife Rosario Mombasa Accra Tunis Izmir""".split()
+
+UNIVERSITIES = [
+    "Northgate University", "Ashford Institute of Technology", "Wellmoor College",
+    "Brackenridge University", "Saint Alder University", "Harrowfield Polytechnic",
+    "Lindenwood Institute", "Kestrel Bay University", "Marrow Hill College",
+    "Copperfield University", "Eastmere Institute of Science", "Thornbury College",
+    "Riverside Technical University", "Glenrock University", "Silverlake College",
+    "Oakridge Academy of Arts", "Hollowbrook University", "Westvale Institute",
+    "Fairhaven University", "Stonebridge College", "Pinecrest University",
+    "Redcliffe Institute of Technology", "Larchmont University", "Bellhaven College",
+]
+
+MAJORS = [
+    "Biology", "Mathematics", "Economics", "Philosophy", "Chemistry", "Physics", "History",
+    "Linguistics", "Architecture", "Computer Science", "Psychology", "Sociology", "Geology",
+    "Astronomy", "Music Theory", "Civil Engineering", "Marine Biology", "Political Science",
+    "Statistics", "Art History", "Mechanical Engineering", "Anthropology", "Nursing",
+    "Journalism",
+]
+
+# Each employer has one headquarters city: the employer_city attribute follows from the employer.
+EMPLOYERS = {
+    "Brightwave Systems": "Seattle", "Kelvin Dynamics": "Denver", "Orchard Analytics": "Austin",
+    "Bluefin Logistics": "Rotterdam", "Ironleaf Foods": "Chicago", "Nimbus Aerospace": "Toulouse",
+    "Copperline Energy": "Calgary", "Lanternfish Media": "Dublin", "Quarry Peak Mining": "Santiago",
+    "Solstice Pharma": "Basel", "Tidewater Shipping": "Hamburg", "Verdant Health": "Boston",
+    "Halcyon Software": "Helsinki", "Granite Ridge Bank": "Zurich", "Meridian Motors": "Stuttgart",
+    "Foxglove Textiles": "Milan", "Pioneer Robotics": "Pittsburgh", "Saltmarsh Insurance": "Edinburgh",
+    "Aurora Telecom": "Oslo", "Juniper Labs": "Toronto", "Harbor Light Hotels": "Lisbon",
+    "Cobalt Mapping": "Vienna", "Silver Fern Airlines": "Auckland", "Redwood Publishing": "Portland",
+    "Starling Games": "Montreal", "Maple Grove Dairy": "Madison", "Obsidian Security": "Tel Aviv",
+    "Windmere Architects": "Copenhagen",
+}
+
+MONTHS = """January February March April May June July August September October November
+December""".split()
+
+
+@dataclass
+class Person:
+    name: str
+    split: str  # "train" | "test" | "new" | "fresh"
+    birth_date: str
+    birth_city: str
+    university: str
+    major: str
+    employer: str
+    employer_city: str
+
+    def value(self, attribute: str) -> str:
+        return getattr(self, attribute)
+
+
+def make_people(rng: random.Random, n: int, split: str, taken: set[str]) -> list[Person]:
+    """n people with full names not in `taken` (which is updated), attributes drawn uniformly."""
+    room = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(LAST_NAMES) - len(taken)
+    if n > room:
+        raise ValueError(f"asked for {n} people but only {room} unused full names remain")
+    people = []
+    while len(people) < n:
+        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(MIDDLE_NAMES)} {rng.choice(LAST_NAMES)}"
+        if name in taken:
+            continue
+        taken.add(name)
+        employer = rng.choice(sorted(EMPLOYERS))
+        birth_date = f"{rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(1950, 2005)}"
+        people.append(Person(name, split, birth_date, rng.choice(CITIES), rng.choice(UNIVERSITIES),
+                             rng.choice(MAJORS), employer, EMPLOYERS[employer]))
+    return people
+
+
+def biography(person: Person, rng: random.Random) -> str:
+    """One biography: one sentence per attribute, random template each, sentences in random order."""
+    sentences = [rng.choice(TEMPLATES[a]).format(name=person.name, value=person.value(a))
+                 for a in ATTRIBUTES]
+    rng.shuffle(sentences)
+    return " ".join(sentences)
+
+
+def qa_pair(person: Person, attribute: str) -> dict:
+    """The held-out question format: a JSON-able record (person, attribute, question, answer)."""
+    return {"person": person.name, "attribute": attribute,
+            "question": QUESTIONS[attribute].format(name=person.name),
+            "answer": person.value(attribute)}
+
+
+def qa_text(question: str, answer: str) -> str:
+    """How a QA pair is written as text: the one layout every level prompts and trains with."""
+    return f"Q: {question}\nA: {answer}\n"
+
+
+def cloze_prompt(person: Person, attribute: str) -> str:
+    """Template 0 cut just before the value, e.g. 'Ada Jo Crane was born in'."""
+    template = TEMPLATES[attribute][0]
+    return template[: template.index(" {value}")].format(name=person.name)
+
+
+def reading_page(person: Person, rng: random.Random) -> str:
+    """A biography followed by all six questions about it, answered, in random order.
+
+    Pages about FRESH people teach the base model to read an answer out of its context (the
+    answer cannot come from memory), which is what retrieval-augmented prompting needs later.
+    """
+    attributes = list(ATTRIBUTES)
+    rng.shuffle(attributes)
+    qa = "".join(qa_text(q["question"], q["answer"]) for q in (qa_pair(person, a) for a in attributes))
+    return biography(person, rng) + "\n" + qa
+
+
+@dataclass
+class World:
+    people: list[Person]  # train, then test, then new
+    seed: int
+
+    def split(self, name: str) -> list[Person]:
+        return [p for p in self.people if p.split == name]
+
+
+def make_world(n_people: int = 400, seed: int = 1337, fractions=(0.5, 0.25, 0.25)) -> World:
+    """The world's people, split train/test/new by `fractions` (of n_people)."""
+    if n_people < 3:
+        raise ValueError(f"--people must be at least 3 (one per split), got {n_people}")
+    rng = random.Random(seed)
+    n_train = max(1, round(n_people * fractions[0]))
+    n_test = max(1, round(n_people * fractions[1]))
+    n_new = n_people - n_train - n_test
+    taken: set[str] = set()
+    people = (make_people(rng, n_train, "train", taken) + make_people(rng, n_test, "test", taken)
+              + make_people(rng, n_new, "new", taken))
+    return World(people, seed)
+
+
+def fresh_people(world: World, n: int, seed: int) -> list[Person]:
+    """n further people, none sharing a full name with anyone in the world. Deterministic in seed."""
+    return make_people(random.Random(seed), n, "fresh", {p.name for p in world.people})
+
+
+@dataclass
+class Corpus:
+    bios: dict[str, list[str]]  # person name -> biographies (the retrieval collection; all splits)
+    train_docs: list[str]       # the pretraining documents, shuffled at document level
+    val_docs: list[str]         # held-out documents for validation loss (same kinds, other text)
+
+
+def make_corpus(world: World, bios_per_person: int = 5, reading_share: float = 0.3,
+                mix_qa: bool = False) -> Corpus:
+    """Biographies of everyone, and the pretraining documents built from them.
+
+    Pretraining text = biographies of train+test people, plus reading pages about fresh people
+    (`reading_share` of all documents), plus, with `mix_qa`, the QA pairs of train people. Never a
+    word about a `new` person. Validation = one more biography per pretrained person (same facts,
+    other wording) plus reading pages about other fresh people, in the same proportion.
+    Documents are shuffled as whole documents: with all paraphrases of one person in one context
+    window, the model would copy them instead of storing the facts.
+    """
+    if bios_per_person < 1:
+        raise ValueError(f"--bios-per-person must be at least 1, got {bios_per_person}")
+    if not 0 <= reading_share < 1:
+        raise ValueError(f"--reading-share must be in [0, 1), got {reading_share}")
+    rng = random.Random(world.seed + 1)
+    bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
+    known = world.split("train") + world.split("test")
+    train_docs = [b for p in known for b in bios[p.name]]
+    val_docs = [biography(p, rng) for p in known]
+    if mix_qa:
+        for p in world.split("train"):
+            for _ in range(bios_per_person):
+                attributes = list(ATTRIBUTES)
+                rng.shuffle(attributes)
+                train_docs.append("".join(qa_text(q["question"], q["answer"])
+                                          for q in (qa_pair(p, a) for a in attributes)))
+    n_pages = round(reading_share / (1 - reading_share) * len(train_docs))
+    n_val_pages = round(reading_share / (1 - reading_share) * len(val_docs))
+    fresh = fresh_people(world, n_pages + n_val_pages, seed=world.seed + 2)
+    train_docs += [reading_page(p, rng) for p in fresh[:n_pages]]
+    val_docs += [reading_page(p, rng) for p in fresh[n_pages:]]
+    rng.shuffle(train_docs)
+    rng.shuffle(val_docs)
+    return Corpus(bios, train_docs, val_docs)

@@ -1,0 +1,134 @@
+"""Level 4, pretraining: train a GPT from random weights on the tiny world (or on your own text).
+
+    python train_pretrain.py                       # the tiny world, CPU-sized model -> out/pretrain/
+    python train_pretrain.py --data my_text.txt    # your own text (a tokenizer is trained on it first)
+    python train_pretrain.py --resume              # continue an interrupted run exactly
+    torchrun --nproc_per_node=2 train_pretrain.py  # data-parallel (DDP) on 2 processes
+
+Writes model.safetensors (weights + config + tokenizer), train_state.safetensors (for --resume),
+log.jsonl and metrics.json, whose cloze_acc says how many of the world's facts the model stored.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from nanolevels import cli, data
+from nanolevels.checkpoint import load_model, save_model
+from nanolevels.device import pick_dtype
+from nanolevels.evaluate import cloze_accuracy
+from nanolevels.files import read_json, write_json
+from nanolevels.model import GPT, GPTConfig, download_gpt2
+from nanolevels.tokenizer import Tokenizer
+from nanolevels.train import TrainConfig, setup, train
+from nanolevels.world import make_world
+
+WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None,
+                   help="a UTF-8 text file to pretrain on instead of the tiny world")
+    p.add_argument("--world", default=WORLD_DIR,
+                   help="the prepared world's folder; prepared with defaults if missing (default: data/world)")
+    p.add_argument("--out", default="out/pretrain", help="output folder (default: out/pretrain)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--init", default="scratch", choices=("scratch", "gpt2"),
+                   help="scratch: random weights; gpt2: download GPT-2 (124M) weights and tokenizer "
+                        "(needs the internet; far too big for a CPU) (default: scratch)")
+    p.add_argument("--vocab-size", type=int, default=1024,
+                   help="BPE vocabulary trained for --data (default: 1024)")
+    g = p.add_argument_group("model")
+    g.add_argument("--n-layer", type=int, default=4, help="transformer blocks (default: 4)")
+    g.add_argument("--n-head", type=int, default=4, help="attention heads per block (default: 4)")
+    g.add_argument("--n-embd", type=int, default=128, help="width of the residual stream (default: 128)")
+    g.add_argument("--block-size", type=int, default=256, help="context length in tokens (default: 256)")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout probability (default: 0)")
+    cli.add_config_flags(p.add_argument_group("training"), TrainConfig)
+    cli.add_device_flags(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, ddp = setup(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    cfg = cli.config_from_args(TrainConfig, args)
+    os.makedirs(args.out, exist_ok=True)
+    log = print if ddp.is_main else (lambda *a, **k: None)
+
+    # data: the tiny world (prepared on first use) or the user's text, prepared into --out/data
+    data_dir = args.world if args.data is None else os.path.join(args.out, "data")
+    if ddp.is_main:
+        if args.data is not None:
+            data.prepare_text(args.data, data_dir, args.vocab_size, log=log)
+        elif not os.path.exists(os.path.join(data_dir, "meta.json")):
+            log(f"no world in {data_dir} yet: preparing it with the defaults")
+            data.prepare_world(data_dir, log=log)
+    if ddp.world_size > 1:
+        dist.barrier()  # the other ranks wait until rank 0 has written the data
+
+    model_path = os.path.join(args.out, "model.safetensors")
+    resume_step = None
+    if args.resume:
+        model, tokenizer, meta = load_model(model_path)
+        resume_step = meta["step"]
+        log(f"resuming from step {resume_step} of {model_path}")
+    elif args.init == "gpt2":
+        tokenizer = Tokenizer.gpt2()
+        model = GPT.from_hf_gpt2(download_gpt2(os.path.join(args.out, "gpt2")))
+    else:
+        tokenizer = None
+    tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)
+    if not args.resume and args.init == "scratch":
+        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size,
+                              n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                              dropout=args.dropout))
+    block = model.config.block_size
+    log(f"model: {model.num_params():,} parameters ({model.config}); data: {len(train_tokens):,} "
+        f"train / {len(val_tokens):,} val tokens; device {device}, {dtype}, {ddp.world_size} process(es)")
+
+    def get_batch(split, step, micro):
+        tokens = train_tokens if split == "train" else val_tokens
+        return data.get_lm_batch(tokens, cfg.batch_size, block, cfg.seed, step, micro,
+                                 ddp.rank, ddp.world_size)
+
+    def save_weights(step):
+        save_model(model_path, model, tokenizer, step=step)
+
+    world = make_world(**_world_args(data_dir)) if args.data is None else None
+
+    def on_eval(step):
+        prompt = "" if world is None else f"{world.split('test')[0].name} was born in"
+        idx = torch.tensor([[tokenizer.eot_id] + tokenizer.encode(prompt)], device=device)
+        model.eval()
+        out = model.generate(idx, 40, temperature=0, stop_tokens=(tokenizer.eot_id,))
+        model.train()
+        log(f"  sample: {tokenizer.decode(out[0, 1:].tolist())!r}")
+
+    metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval,
+                    resume_step, ddp, log)
+    if not ddp.is_main:
+        return
+    metrics = {"params": model.num_params(), **metrics}
+    if world is not None:
+        model.eval()
+        metrics["cloze_acc"] = {s: cloze_accuracy(model, tokenizer, world.split(s))
+                                for s in ("train", "test", "new")}
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
+    log(f"done: {metrics['steps']} steps in {metrics['wall_s']:.0f}s, val loss {metrics['val_loss']:.4f}"
+        + (f", cloze accuracy {metrics['cloze_acc']}" if world is not None else ""))
+    log(f"wrote {model_path} and {os.path.join(args.out, 'metrics.json')}")
+
+
+def _world_args(data_dir):
+    meta = read_json(os.path.join(data_dir, "meta.json"))
+    return {"n_people": meta["people"], "seed": meta["seed"]}
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
