@@ -7,6 +7,8 @@ scaler in train.py; on the CPU, float32 is the fast path for a model this small)
 
 import contextlib
 import random
+import resource
+import sys
 
 import numpy as np
 import torch
@@ -55,3 +57,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024

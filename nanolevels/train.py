@@ -19,12 +19,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanolevels.checkpoint import load_train_state, save_train_state
-from nanolevels.device import autocast, pick_device
+from nanolevels.device import autocast, peak_rss_mb, pick_device
 from nanolevels.files import atomic_write
 
 EVAL_STEP_OFFSET = 10**9  # eval batches use step numbers no training step reaches
@@ -151,7 +152,6 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                              f"step {step}; the run was cut between the two writes, start afresh")
     elif ddp.is_main:
         atomic_write(log_path, "")
-    torch.manual_seed(cfg.seed + ddp.rank)
     net = DDP(model) if ddp.world_size > 1 else model
     if cfg.compile:
         net = torch.compile(net)
@@ -196,6 +196,8 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                     log(f"step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
                     if on_eval:
                         on_eval(step)
+            # dropout's randomness is a function of (seed, step, rank) too, so a resume is exact
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, ddp.rank]).generate_state(1)[0]))
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -241,4 +243,5 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
     write_log({"step": step, **losses})
     checkpoint(step)
     return {**losses, "steps": step, "tokens_seen": tokens_seen, "wall_s": wall_s,
-            "tokens_per_s": tokens_seen / max(wall_s, 1e-9), "last_train_loss": last.get("loss")}
+            "tokens_per_s": tokens_seen / max(wall_s, 1e-9), "last_train_loss": last.get("loss"),
+            "peak_rss_mb": peak_rss_mb()}

@@ -1,0 +1,76 @@
+"""Checkpoints: safetensors round trip (weights, config, tokenizer), clear errors for bad files,
+compiled-model key prefixes, optimizer state."""
+
+import pytest
+import torch
+
+from nanolevels.checkpoint import (load_model, load_train_state, load_weights, read_metadata, save_model,
+                                   save_train_state)
+from nanolevels.model import GPT, GPTConfig
+from nanolevels.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train("hello world, hello tiny world of tiny models\n" * 10, 280)
+
+
+def tiny(tok, **kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**(dict(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16) | kw)))
+
+
+def test_round_trip(tmp_path, tok):
+    model = tiny(tok)
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, model, tok, step=7)
+    loaded, tok2, meta = load_model(path)
+    assert meta == {"step": 7} and loaded.config == model.config
+    assert tok2.encode("hello world") == tok.encode("hello world")
+    x = torch.randint(0, tok.vocab_size, (2, 16))
+    assert torch.equal(loaded(x, x)[0], model(x, x)[0])
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still tied after loading
+    assert read_metadata(path)["config"]["n_embd"] == 16
+
+
+def test_bad_files(tmp_path, tok):
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "none.safetensors"))
+    path = tmp_path / "m.safetensors"
+    save_model(str(path), tiny(tok), tok)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_model(str(path))
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_model(str(path))
+
+
+def test_wrong_shape_and_compiled_prefix(tmp_path, tok):
+    model = tiny(tok)
+    other = tiny(tok, n_embd=32)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_weights(other, model.state_dict(), "x")
+    prefixed = {"_orig_mod." + k: v for k, v in model.state_dict().items()}
+    fresh = tiny(tok)
+    torch.nn.init.zeros_(fresh.transformer.wpe.weight)
+    load_weights(fresh, prefixed, "x")
+    assert torch.equal(fresh.transformer.wpe.weight, model.transformer.wpe.weight)
+
+
+def test_train_state_round_trip(tmp_path, tok):
+    model = tiny(tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    x = torch.randint(0, tok.vocab_size, (2, 16))
+    model(x, x)[1].backward()
+    opt.step()
+    path = str(tmp_path / "s.safetensors")
+    save_train_state(path, opt, 5)
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1.0)
+    step, _ = load_train_state(path, opt2)
+    assert step == 5 and opt2.param_groups[0]["lr"] == 1e-3
+    for p in model.parameters():
+        assert torch.equal(opt.state[p]["exp_avg"], opt2.state[p]["exp_avg"])
+    with pytest.raises(ValueError, match="other trainable parameters"):
+        load_train_state(path, torch.optim.AdamW(list(model.parameters())[:2]))

@@ -1,0 +1,107 @@
+"""The one training loop: schedule, exact resume, gradient accumulation, NaN stop."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from nanolevels import data
+from nanolevels.checkpoint import load_model, save_model
+from nanolevels.model import GPT, GPTConfig
+from nanolevels.tokenizer import Tokenizer
+from nanolevels.train import TrainConfig, lr_at, train
+
+CPU = torch.device("cpu")
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    text = "".join(f"Person {i} was born in city {i % 7}. " for i in range(300))
+    tok = Tokenizer.train(text, 300)
+    tokens = data.encode_documents(tok, [text])
+    return tok, tokens
+
+
+def fresh_model(tok, dropout=0.1):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=dropout))
+
+
+def run(tok, tokens, out, steps, model=None, resume_step=None, crash_at=None, **kw):
+    cfg = TrainConfig(**(dict(max_steps=steps, batch_size=4, lr=1e-2, warmup_steps=2, eval_interval=3,
+                              eval_batches=2, log_interval=2, ckpt_interval=3) | kw))
+    model = model or fresh_model(tok)
+
+    def get_batch(split, step, micro):
+        if step == crash_at:
+            raise RuntimeError("simulated crash")
+        return data.get_lm_batch(tokens, cfg.batch_size, 16, cfg.seed + (split == "val"), step, micro)
+
+    def save_weights(step):
+        save_model(os.path.join(out, "model.safetensors"), model, tok, step=step)
+
+    metrics = train(model, cfg, get_batch, str(out), CPU, torch.float32, save_weights,
+                    resume_step=resume_step, log=lambda *a: None)
+    return model, metrics
+
+
+def test_resume_is_exact(setup, tmp_path):
+    tok, tokens = setup
+    straight, m1 = run(tok, tokens, tmp_path / "a", 8)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(tok, tokens, tmp_path / "b", 8, crash_at=7)  # dies after the checkpoint at step 6
+    model, _, meta = load_model(str(tmp_path / "b" / "model.safetensors"))
+    assert meta["step"] == 6
+    resumed, m2 = run(tok, tokens, tmp_path / "b", 8, model=model, resume_step=6)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert m1["val_loss"] == pytest.approx(m2["val_loss"], abs=1e-6)
+    assert (tmp_path / "b" / "log.jsonl").read_text().count('"loss"') >= 4
+    # weights from one step, optimizer state from another: refuse
+    with pytest.raises(ValueError, match="step"):
+        run(tok, tokens, tmp_path / "b", 8, model=model, resume_step=3)
+
+
+def test_grad_accumulation_is_scaled(setup, tmp_path, monkeypatch):
+    """Accumulating the same micro-batch twice must give the same update as using it once."""
+    tok, tokens = setup
+    one, _ = run(tok, tokens, tmp_path / "one", 1, fresh_model(tok, dropout=0.0), grad_accum=1)
+    original = data.get_lm_batch
+    monkeypatch.setattr(data, "get_lm_batch", lambda t, b, block, seed, step, micro=0: original(t, b, block, seed, step))
+    two, _ = run(tok, tokens, tmp_path / "two", 1, fresh_model(tok, dropout=0.0), grad_accum=2)
+    for a, b in zip(one.parameters(), two.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(setup, tmp_path, monkeypatch):
+    tok, tokens = setup
+    model = fresh_model(tok)
+
+    def poison(module, args, output):
+        return output * float("nan") if poison.on else output
+
+    poison.on = False
+    model.transformer.ln_f.register_forward_hook(poison)
+    original = data.get_lm_batch
+
+    def batches(tokens_, b, block, seed, step, *a):
+        poison.on = step == 4
+        return original(tokens_, b, block, seed, step, *a)
+
+    monkeypatch.setattr(data, "get_lm_batch", batches)
+    with pytest.raises(ValueError, match="nan at step 4"):
+        run(tok, tokens, tmp_path, 8, model=model)
+    _, _, meta = load_model(str(tmp_path / "model.safetensors"))
+    assert meta["step"] == 3
+    assert np.isfinite(load_model(str(tmp_path / "model.safetensors"))[0].transformer.wte.weight.sum().item())

@@ -1,0 +1,119 @@
+"""train_pretrain.py end to end at a tiny size: artefacts, metrics, resume, DDP == one process,
+Ctrl-C, your own text, and one-line errors (exit 2) for user mistakes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nanolevels import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32", "--batch-size", "4",
+        "--eval-interval", "2", "--eval-batches", "1", "--log-interval", "1", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    data.prepare_world(str(out), people=12, bios_per_person=2, vocab_size=300, seed=3, log=lambda *a: None)
+    return str(out)
+
+
+def pretrain(*args, cmd=(sys.executable, "train_pretrain.py")):
+    return subprocess.run([*cmd, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def losses(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [row["loss"] for row in map(json.loads, f) if "loss" in row]
+
+
+def test_pretrain_writes_everything(world, tmp_path):
+    out = str(tmp_path / "run")
+    r = pretrain("--world", world, "--out", out, "--max-steps", "4", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "step 4/4" in r.stdout and "sample:" in r.stdout
+    assert {"model.safetensors", "train_state.safetensors", "log.jsonl", "metrics.json"} <= set(os.listdir(out))
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    for key in ("params", "tokens_seen", "wall_s", "tokens_per_s", "train_loss", "val_loss"):
+        assert key in m
+    assert set(m["cloze_acc"]) == {"train", "test", "new"}
+    assert m["tokens_seen"] == 4 * 4 * 32
+
+
+def test_ddp_two_ranks_match_one_process(world, tmp_path):
+    """2 CPU ranks under gloo with batch 2 each == 1 process with batch 4: same losses."""
+    single = str(tmp_path / "single")
+    r = pretrain("--world", world, "--out", single, "--max-steps", "3", *TINY)
+    assert r.returncode == 0, r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ddp = str(tmp_path / "ddp")
+    args = ["--world", world, "--out", ddp, "--max-steps", "3", *TINY, "--batch-size", "2"]
+    r = pretrain(*args, cmd=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_addr=127.0.0.1", f"--master_port={port}", "train_pretrain.py"))
+    assert r.returncode == 0, r.stderr
+    assert losses(ddp) == pytest.approx(losses(single), abs=1e-5)
+    assert json.load(open(os.path.join(ddp, "metrics.json")))["tokens_seen"] == 3 * 4 * 32
+
+
+def test_ctrl_c_saves_and_resume_finishes(world, tmp_path):
+    out = str(tmp_path / "run")
+    p = subprocess.Popen([sys.executable, "train_pretrain.py", "--world", world, "--out", out,
+                          "--max-steps", "100000", *TINY], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("step 3/"):
+            break
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    assert "continue with --resume" in stdout
+    step = json.loads(open(os.path.join(out, "log.jsonl")).read().splitlines()[-1])["step"]
+    assert step >= 3
+    r = pretrain("--world", world, "--out", out, "--max-steps", str(step + 2), "--resume", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from step {step}" in r.stdout and f"step {step + 2}/{step + 2}" in r.stdout
+
+
+def test_own_text(tmp_path):
+    text = tmp_path / "my.txt"
+    text.write_text("".join(f"Line {i}: a small text of my own, with words that repeat.\n" for i in range(300)))
+    out = str(tmp_path / "run")
+    r = pretrain("--data", str(text), "--out", out, "--max-steps", "2", "--vocab-size", "280", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "cloze_acc" not in json.load(open(os.path.join(out, "metrics.json")))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "no/such/file.txt"], "cannot read"),
+    (["--device", "cuda"], "no CUDA"),
+    (["--resume"], "no checkpoint"),
+    (["--block-size", "100000"], "too few for block size"),
+    (["--dtype", "float16"], "float16"),
+])
+def test_user_errors_are_one_line(world, tmp_path, args, message):
+    if args == ["--device", "cuda"] and os.environ.get("CUDA_VISIBLE_DEVICES") != "":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    r = pretrain("--world", world, "--out", str(tmp_path / "run"), "--max-steps", "2", *TINY, *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_one_line(world, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"not a checkpoint")
+    r = pretrain("--world", world, "--out", str(out), "--resume", *TINY)
+    assert r.returncode == 2 and "corrupt or truncated" in r.stderr and "Traceback" not in r.stderr

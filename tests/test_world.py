@@ -1,0 +1,109 @@
+"""The tiny world: disjoint splits, no leak of `new` people into pretraining, answers present in
+biographies, determinism, and the files prepare_world writes."""
+
+import os
+
+import pytest
+
+from nanolevels import data
+from nanolevels.files import read_jsonl
+from nanolevels.tokenizer import EOT
+from nanolevels.world import (ATTRIBUTES, QUESTIONS, TEMPLATES, cloze_prompt, fresh_people, make_corpus,
+                              make_world, reading_page)
+import random
+
+
+def prepare(out_dir, **kw):
+    args = dict(people=40, bios_per_person=3, reading_share=0.3, vocab_size=300, seed=7, log=lambda *a: None)
+    return data.prepare_world(str(out_dir), **(args | kw))
+
+
+def test_splits_are_disjoint_and_sized():
+    world = make_world(100, seed=1)
+    names = {s: {p.name for p in world.split(s)} for s in ("train", "test", "new")}
+    assert [len(names[s]) for s in ("train", "test", "new")] == [50, 25, 25]
+    assert not names["train"] & names["test"] and not names["train"] & names["new"]
+    assert not names["test"] & names["new"]
+    fresh = {p.name for p in fresh_people(world, 200, seed=3)}
+    assert len(fresh) == 200 and not fresh & {p.name for p in world.people}
+
+
+def test_every_sentence_has_full_name_and_every_attribute_once():
+    world = make_world(20, seed=2)
+    corpus = make_corpus(world, bios_per_person=4)
+    for person in world.people:
+        for bio in corpus.bios[person.name]:
+            sentences = bio.split(". ")
+            assert len(sentences) == len(ATTRIBUTES)
+            assert all(person.name in s for s in sentences)
+            for a in ATTRIBUTES:
+                assert person.value(a) in bio
+
+
+def test_no_new_person_in_pretraining_text_and_answers_in_bios(tmp_path):
+    prepare(tmp_path)
+    text = (tmp_path / "pretrain.txt").read_text() + (tmp_path / "val.txt").read_text()
+    people = read_jsonl(tmp_path / "people.jsonl")
+    new = [p for p in people if p["split"] == "new"]
+    assert new and not any(p["name"] in text for p in new)
+    known = [p for p in people if p["split"] != "new"]
+    assert all(p["name"] in text for p in known)
+    docs = read_jsonl(tmp_path / "docs.jsonl")
+    assert {d["split"] for d in docs} == {"train", "test", "new"}
+    for split in ("train", "test", "new"):
+        qa = read_jsonl(tmp_path / f"qa_{split}.jsonl")
+        assert len(qa) == len(ATTRIBUTES) * sum(p["split"] == split for p in people)
+        for q in qa:
+            bios = [d["text"] for d in docs if d["person"] == q["person"]]
+            assert bios and all(q["answer"] in b for b in bios)
+            assert q["question"] == QUESTIONS[q["attribute"]].format(name=q["person"])
+
+
+def test_no_qa_of_world_people_unless_mixed(tmp_path):
+    prepare(tmp_path)
+    qa_train = read_jsonl(tmp_path / "qa_train.jsonl")
+    text = (tmp_path / "pretrain.txt").read_text()
+    assert not any(q["question"] in text for q in qa_train)
+    prepare(tmp_path / "mixed", mix_qa=True)
+    text = (tmp_path / "mixed" / "pretrain.txt").read_text()
+    assert all(q["question"] in text for q in qa_train)
+    qa_test = read_jsonl(tmp_path / "qa_test.jsonl")
+    assert not any(q["question"] in text for q in qa_test)
+
+
+def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
+    prepare(tmp_path / "a")
+    prepare(tmp_path / "b")
+    prepare(tmp_path / "c", seed=8)
+    files = sorted(os.listdir(tmp_path / "a"))
+    assert "tokenizer.json" in files and "train.bin" in files and "meta.json" in files
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert (tmp_path / "a" / "pretrain.txt").read_bytes() != (tmp_path / "c" / "pretrain.txt").read_bytes()
+
+
+def test_documents_are_separated_and_shuffled(tmp_path):
+    summary = prepare(tmp_path, reading_share=0.5)
+    docs = (tmp_path / "pretrain.txt").read_text().rstrip("\n").split(f"\n{EOT}\n")
+    pages = [d for d in docs if "\nQ: " in d]
+    assert 0.4 < len(pages) / len(docs) < 0.6
+    assert summary["train_tokens"] > 0 and summary["vocab_size"] <= 300
+    # shuffled at document level: the biographies of one person are not all adjacent
+    first = [d.split(" ")[0] for d in docs[:10]]
+    assert len(set(first)) > 3
+
+
+def test_cloze_prompt_and_reading_page():
+    person = make_world(10, seed=3).people[0]
+    assert cloze_prompt(person, "birth_city") == f"{person.name} was born in"
+    for a in ATTRIBUTES:
+        sentence = TEMPLATES[a][0].format(name=person.name, value=person.value(a))
+        assert sentence.startswith(cloze_prompt(person, a) + " ")
+    page = reading_page(person, random.Random(0))
+    assert page.count("\nA: ") == len(ATTRIBUTES) and page.endswith("\n")
+
+
+@pytest.mark.parametrize("kw", [dict(people=2), dict(bios_per_person=0), dict(reading_share=1.0)])
+def test_bad_sizes_raise(tmp_path, kw):
+    with pytest.raises(ValueError):
+        prepare(tmp_path, **kw)
