@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from nanolevels import cli, data
 from nanolevels.checkpoint import load_model, save_model
-from nanolevels.device import pick_dtype
+from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import cloze_accuracy
 from nanolevels.files import read_json, write_json
 from nanolevels.model import GPT, GPTConfig, download_gpt2
@@ -85,6 +85,7 @@ def main(argv=None):
         tokenizer = None
     tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)
     if not args.resume and args.init == "scratch":
+        seed_everything(cfg.seed)  # the same initial weights for the same seed
         model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size,
                               n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                               dropout=args.dropout))

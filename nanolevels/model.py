@@ -189,12 +189,11 @@ class GPT(nn.Module):
         weight = self.lm_head.weight
         return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
 
-    def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) token ids -> (logits, loss).
+    def hidden_states(self, idx, cache=None):
+        """idx (B, T) token ids -> (B, T, C): the final LayerNorm's output, what lm_head reads.
 
-        With targets (B, T): logits (B, T, V) and the mean cross-entropy over targets that are not -100.
-        With a cache: logits (B, T, V) for the new tokens, placed at positions cache.pos onwards.
-        Otherwise: logits (B, 1, V) of the last position only, all that generation needs.
+        The trunk of forward() without the head; retrieval.GPTEmbedder averages these into text vectors.
+        With a cache, the tokens sit at positions cache.pos onwards and cache.pos advances by T.
         """
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
@@ -205,9 +204,18 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
-        x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> (logits, loss).
+
+        With targets (B, T): logits (B, T, V) and the mean cross-entropy over targets that are not -100.
+        With a cache: logits (B, T, V) for the new tokens, placed at positions cache.pos onwards.
+        Otherwise: logits (B, 1, V) of the last position only, all that generation needs.
+        """
+        x = self.hidden_states(idx, cache)  # (B, T, C)
         if targets is None and cache is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, V): list index keeps the time dimension
         logits = self.lm_head(x)  # (B, T, V)

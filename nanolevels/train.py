@@ -201,7 +201,7 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 x, y = get_batch("train", step, micro)
                 x, y = x.to(device), y.to(device)
@@ -209,9 +209,11 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 with (nullcontext() if sync else net.no_sync()), autocast(device, dtype):
                     _, loss = net(x, y)
                 scaler.scale(loss / cfg.grad_accum).backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach().float()
                 tokens_seen += x.numel() * ddp.world_size
-            loss_val = loss_sum / cfg.grad_accum
+            if ddp.world_size > 1:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)  # log the global batch's loss, not one slice's
+            loss_val = loss_sum.item() / cfg.grad_accum
             if not math.isfinite(loss_val):
                 raise ValueError(f"the loss became {loss_val} at step {step}; the last good checkpoint "
                                  f"in {out_dir} is kept; try a lower --lr")

@@ -1,0 +1,229 @@
+"""Retrieval for level 2 (RAG): embedders that turn texts into vectors, and a numpy cosine-similarity index.
+
+Retrieval in three steps:
+  1. Embed every document as a vector and L2-normalise it (divide by its length), once, offline.
+  2. Embed the question the same way.
+  3. Score every document by cosine similarity with the question. For unit vectors the cosine IS the
+     dot product, so scoring N documents is one matrix-vector product (N, d) @ (d,), and scoring a
+     batch of Q questions is one matrix product (Q, d) @ (d, N). Then keep the k best.
+
+Keeping the k best does not need a full sort (O(N log N)): np.argpartition moves the k largest scores
+to the end of the row in O(N) (introselect), in no particular order, and only those k are sorted.
+The matrix product reads every stored number once: it is the floor of any exact search. For one
+query the selection adds a few percent to it; a batch of queries makes the product faster per query
+(matrix-matrix runs near the CPU's peak) while the selection costs the same per score, so it adds
+about half again (bench/bench_retrieval.py measures both).
+Millions of documents call for approximate indexes (IVF, HNSW, as in faiss); this one is exact.
+
+Two embedders, to compare:
+
+TfidfEmbedder, a hashed TF-IDF bag of words, is a strong retriever for our questions. A question like
+"What is the birth city of Ada Jo Crane?" and every biography of Ada Jo Crane share the words that
+matter: the full name, repeated in each sentence of the biography. TF-IDF weighs a word by
+1 + log(count in this text) (term frequency, damped) times log((1 + N) / (1 + df)) + 1 (inverse
+document frequency: words in few documents weigh more). "the", "of" and "was" are in almost every
+biography and weigh little; "crane" is only in those of the few people named Crane, and the word pairs
+(bigrams) "ada jo" and "jo crane" together are in this person's biographies only, so the name decides
+the ranking. Hashing each word or pair straight to
+one of `dim` buckets with a fixed hash function (crc32; Python's hash() of a string changes from one
+process to the next) means there is no vocabulary to store, words never seen in fit() still land
+somewhere, and the vector has a fixed length; two features sharing a bucket (a collision) blur them a
+little, rarely with a few thousand buckets.
+
+GPTEmbedder averages a GPT's last hidden states over the text's tokens. Our GPT is weaker at this: it
+was trained to predict the next token, not to place texts about the same person near each other.
+Its states at each position encode what comes next ("born in" -> a city), which is much the same in
+every biography; the name is a handful of tokens among dozens of template words, and averaging
+dilutes it; and hidden states of language models share a few large common directions, so every pair
+of texts has a high cosine and the differences that matter are small. Embedding models that retrieve
+well (Sentence-BERT, DPR, E5) are trained for it, contrastively, on pairs of texts that belong together.
+"""
+
+import io
+import os
+import re
+import zlib
+
+import numpy as np
+import torch
+
+from .files import atomic_write, read_jsonl, write_jsonl
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of x (n, d) divided by their L2 norms, as float32; zero rows stay zero (no division by 0)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0).astype(np.float32)
+
+
+class VectorIndex:
+    """Unit-length document vectors (N, dim) and their documents: exact cosine-similarity search."""
+
+    def __init__(self, dim: int, embedder_name: str = "", fingerprint: str = ""):
+        self.dim = dim
+        self.embedder_name = embedder_name  # which embedder made the vectors, e.g. "tfidf"
+        self.fingerprint = fingerprint  # what the caller needs to recognise that embedder (e.g. a model hash)
+        self.embeddings = np.zeros((0, dim), dtype=np.float32)  # (N, dim), rows of length 1 (or 0)
+        self.docs: list[dict] = []  # docs[i] belongs to embeddings[i]; each has at least "id" and "text"
+
+    def __len__(self):
+        return len(self.docs)
+
+    def add(self, vectors: np.ndarray, docs: list[dict]) -> None:
+        """Append documents and their vectors (len(docs), dim); the vectors are L2-normalised here."""
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
+        if len(vectors) != len(docs):
+            raise ValueError(f"{len(vectors)} vectors for {len(docs)} documents: give one vector per document")
+        self.embeddings = np.concatenate([self.embeddings, normalize_rows(vectors)])
+        self.docs.extend(docs)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[float, dict]]]:
+        """The k best (score, doc) per query, best first; queries (dim,) or (Q, dim); one list per query."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        queries = np.asarray(queries)
+        if queries.ndim == 1:
+            queries = queries[None]  # (1, dim)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape ({self.dim},) or (Q, {self.dim}), got {queries.shape}")
+        n, k = len(self), min(k, len(self))
+        if n == 0:
+            return [[] for _ in queries]
+        scores = normalize_rows(queries) @ self.embeddings.T  # (Q, N): cosine similarities
+        if k < n:
+            top = np.argpartition(scores, n - k, axis=1)[:, n - k:]  # (Q, k): the k largest, unordered
+        else:
+            top = np.broadcast_to(np.arange(n), scores.shape)  # (Q, N): every document
+        top_scores = np.take_along_axis(scores, top, axis=1)  # (Q, k)
+        order = np.argsort(-top_scores, axis=1, kind="stable")  # sort only the k, best first
+        top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+        return [[(float(s), self.docs[i]) for s, i in zip(row_scores, row)]
+                for row_scores, row in zip(top_scores, top)]
+
+    def save(self, path_prefix: str) -> None:
+        """Write path_prefix.npz (vectors, dim, embedder name, fingerprint) and path_prefix.jsonl (docs)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, embeddings=self.embeddings, dim=np.int64(self.dim),
+                 embedder_name=np.str_(self.embedder_name), fingerprint=np.str_(self.fingerprint))
+        atomic_write(path_prefix + ".npz", buffer.getvalue())
+        write_jsonl(path_prefix + ".jsonl", self.docs)
+
+    @classmethod
+    def load(cls, path_prefix: str) -> "VectorIndex":
+        for path in (path_prefix + ".npz", path_prefix + ".jsonl"):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"no index at {path_prefix} ({path} is missing): build the index first")
+        with np.load(path_prefix + ".npz", allow_pickle=False) as f:
+            index = cls(int(f["dim"]), str(f["embedder_name"]), str(f["fingerprint"]))
+            index.embeddings = f["embeddings"]
+        index.docs = read_jsonl(path_prefix + ".jsonl")
+        if len(index.docs) != len(index.embeddings):
+            raise ValueError(f"index {path_prefix} is inconsistent: {len(index.embeddings)} vectors, "
+                             f"{len(index.docs)} documents; build it again")
+        return index
+
+
+class TfidfEmbedder:
+    """Hashed TF-IDF over lower-cased word unigrams and bigrams: no vocabulary, fixed length `dim`."""
+
+    name = "tfidf"
+
+    def __init__(self, dim: int = 4096):
+        self.dim = dim
+        self.idf = None  # (dim,) float32, learned by fit()
+
+    def buckets(self, text: str) -> np.ndarray:
+        """The text's features (words and word pairs), each hashed to a bucket in [0, dim)."""
+        words = re.findall(r"\w+", text.lower())
+        features = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        # crc32 is the same on every machine and in every process; hash() is salted per process
+        return np.array([zlib.crc32(f.encode("utf-8")) % self.dim for f in features], dtype=np.int64)
+
+    def fit(self, texts: list[str]) -> "TfidfEmbedder":
+        """Learn the idf of every bucket from the documents' frequencies: how many texts contain it."""
+        df = np.zeros(self.dim, dtype=np.int64)
+        for text in texts:
+            df[np.unique(self.buckets(text))] += 1
+        self.idf = (np.log((1 + len(texts)) / (1 + df)) + 1).astype(np.float32)
+        return self
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, unit rows: (1 + log count) * idf per bucket, L2-normalised."""
+        if self.idf is None:
+            raise ValueError("TfidfEmbedder.embed before fit(): fit it on the documents first")
+        tf = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            buckets, counts = np.unique(self.buckets(text), return_counts=True)
+            tf[row, buckets] = 1 + np.log(counts)
+        return normalize_rows(tf * self.idf)
+
+    def state(self) -> dict:
+        """JSON-able state, to save beside an index and rebuild the embedder with from_state()."""
+        return {"name": self.name, "dim": self.dim, "idf": None if self.idf is None else self.idf.tolist()}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "TfidfEmbedder":
+        embedder = cls(d["dim"])
+        if d["idf"] is not None:
+            embedder.idf = np.array(d["idf"], dtype=np.float32)
+        return embedder
+
+
+class GPTEmbedder:
+    """A text's vector = the mean of the GPT's final hidden states (after ln_f) over its tokens."""
+
+    name = "gpt"
+
+    def __init__(self, model, tokenizer, batch_size: int = 32):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), n_embd) float32, unit rows. A text longer than block_size keeps its first tokens."""
+        block_size = self.model.config.block_size
+        device = self.model.lm_head.weight.device
+        was_training = self.model.training
+        self.model.eval()  # no dropout: the same text always gets the same vector
+        out = []
+        for b in range(0, len(texts), self.batch_size):
+            ids = [self.tokenizer.encode(t)[:block_size] for t in texts[b:b + self.batch_size]]
+            T = max(1, max(len(i) for i in ids))
+            # pad on the right: causal attention never lets a real token see the padding after it
+            idx = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T)
+            mask = torch.zeros(len(ids), T)  # (B, T): 1 at real tokens
+            for row, i in enumerate(ids):
+                idx[row, :len(i)] = torch.tensor(i, dtype=torch.long)
+                mask[row, :len(i)] = 1.0
+            h = self.model.hidden_states(idx.to(device)).float().cpu()  # (B, T, C)
+            # average over real positions only; an empty text gives a zero vector
+            out.append(((h * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)).numpy())
+        self.model.train(was_training)
+        return normalize_rows(np.concatenate(out) if out else np.zeros((0, self.model.config.n_embd)))
+
+
+def make_embedder(name: str, docs_texts: list[str], model=None, tokenizer=None):
+    """The embedder called name ("tfidf": fitted on docs_texts; "gpt": needs model and tokenizer)."""
+    if name == "tfidf":
+        return TfidfEmbedder().fit(docs_texts)
+    if name == "gpt":
+        if model is None or tokenizer is None:
+            raise ValueError("the gpt embedder needs a model and its tokenizer: pass a checkpoint")
+        return GPTEmbedder(model, tokenizer)
+    raise ValueError(f"unknown embedder {name!r}: choose 'tfidf' or 'gpt'")
+
+
+def recall_at_k(results: list[list[tuple[float, dict]]], gold_ids_per_query: list[str], k: int) -> float:
+    """Share of queries for which one of the top-k documents is about the gold person (doc["person"])."""
+    if len(results) != len(gold_ids_per_query):
+        raise ValueError(f"{len(results)} result lists for {len(gold_ids_per_query)} gold ids: "
+                         "give one gold id per query")
+    if not results:
+        raise ValueError("recall_at_k of no queries: give at least one")
+    found = sum(any(doc["person"] == gold for _, doc in top[:k])
+                for top, gold in zip(results, gold_ids_per_query))
+    return found / len(results)
