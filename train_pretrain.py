@@ -40,8 +40,8 @@ def parse_args(argv):
     p.add_argument("--init", default="scratch", choices=("scratch", "gpt2"),
                    help="scratch: random weights; gpt2: download GPT-2 (124M) weights and tokenizer "
                         "(needs the internet; far too big for a CPU) (default: scratch)")
-    p.add_argument("--vocab-size", type=int, default=1024,
-                   help="BPE vocabulary trained for --data (default: 1024)")
+    p.add_argument("--vocab-size", type=int, default=2048,
+                   help="the largest BPE vocabulary trained for --data (default: 2048)")
     g = p.add_argument_group("model")
     g.add_argument("--n-layer", type=int, default=4, help="transformer blocks (default: 4)")
     g.add_argument("--n-head", type=int, default=4, help="attention heads per block (default: 4)")

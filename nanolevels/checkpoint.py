@@ -21,7 +21,7 @@ from nanolevels.tokenizer import Tokenizer
 COMPILE_PREFIX = "_orig_mod."
 
 
-def _read(path: str, what: str = "checkpoint"):
+def read_safetensors(path: str, what: str = "checkpoint"):
     """(tensors, metadata) of a safetensors file, with a one-line error for a bad path or file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {what} at {path}")
@@ -70,7 +70,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str) -> None:
 
 def load_model(path: str, device="cpu"):
     """(model, tokenizer, metadata) from a file written by save_model."""
-    tensors, metadata = _read(path)
+    tensors, metadata = read_safetensors(path)
     if metadata.get("format") != "nanolevels-gpt":
         raise ValueError(f"{path} is not a nanolevels model checkpoint (no config in its metadata)")
     config = GPTConfig(**json.loads(metadata["config"]))
@@ -83,7 +83,7 @@ def load_model(path: str, device="cpu"):
 
 def read_metadata(path: str) -> dict:
     """A checkpoint's metadata (JSON-decoded), without building the model."""
-    _, metadata = _read(path)
+    _, metadata = read_safetensors(path)
     return {k: (v if k == "format" else json.loads(v)) for k, v in metadata.items()}
 
 
@@ -99,7 +99,7 @@ def save_train_state(path: str, optimizer: torch.optim.Optimizer, step: int, **m
 
 def load_train_state(path: str, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
     """Restore the optimizer in place; return (step, extra metadata)."""
-    tensors, metadata = _read(path, "training state")
+    tensors, metadata = read_safetensors(path, "training state")
     if metadata.get("format") != "nanolevels-train-state":
         raise ValueError(f"{path} is not a nanolevels training state")
     state: dict = {}

@@ -6,16 +6,20 @@ with no stack trace. Ctrl-C exits 130 after whatever cleanup the script's own co
 """
 
 import dataclasses
+import os
 import sys
 
+from nanolevels import checkpoint
 from nanolevels.device import DEVICES, DTYPES
+from nanolevels.lora import load_adapter
 
 
-def add_device_flags(parser) -> None:
+def add_device_flags(parser, dtype: bool = True) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where to run: auto picks cuda, then mps, then cpu (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                        help="compute dtype; bfloat16/float16 run under autocast (default: float32)")
+    if dtype:
+        parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                            help="compute dtype; bfloat16/float16 run under autocast (default: float32)")
 
 
 def run(main, argv=None) -> int:
@@ -47,3 +51,16 @@ def add_config_flags(parser, config_cls, **defaults) -> None:
 
 def config_from_args(config_cls, args):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+
+
+def load_model(path: str, device, adapter: str | None = None):
+    """(model in eval mode on device, tokenizer) for a level script, with one-line errors that say
+    which command makes the missing file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model at {path}; make one with: python train_pretrain.py")
+    model, tokenizer, _ = checkpoint.load_model(path, device)
+    if adapter is not None:
+        if not os.path.exists(adapter):
+            raise FileNotFoundError(f"no adapter at {adapter}; make one with: python train_lora.py")
+        load_adapter(adapter, model)
+    return model.eval(), tokenizer

@@ -10,6 +10,7 @@ under DDP every rank draws the same global batch and keeps its own slice, so N r
 the samples that one process with an N-times larger batch would see.
 """
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -121,7 +122,7 @@ def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_
     val_ids = encode_documents(tokenizer, val_docs)
     save_tokens(train_ids, os.path.join(out_dir, "train.bin"))
     save_tokens(val_ids, os.path.join(out_dir, "val.bin"))
-    n_bytes = len(train_text.encode())
+    n_bytes = sum(len(d.encode()) + len(EOT) for d in train_docs)
     log(f"tokenizer: {tokenizer.vocab_size} tokens trained in {train_s:.1f}s; "
         f"train.bin {len(train_ids):,} tokens ({n_bytes / len(train_ids):.2f} bytes/token), "
         f"val.bin {len(val_ids):,} tokens")
@@ -129,9 +130,9 @@ def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_
             "val_tokens": len(val_ids), "tokenizer_train_s": train_s}
 
 
-def prepare_world(out_dir: str = "data/world", people: int = 400, bios_per_person: int = 5,
-                  reading_share: float = 0.3, mix_qa: bool = False, vocab_size: int = 1024,
-                  seed: int = 1337, log=print) -> dict:
+def prepare_world(out_dir: str = "data/world", people: int = 300, bios_per_person: int = 5,
+                  epochs: int = 40, reading_share: float = 0.2, mix_qa: bool = False,
+                  vocab_size: int = 2048, seed: int = 1337, log=print) -> dict:
     """Write the tiny world's files into out_dir and return a summary.
 
     pretrain.txt, val.txt  the pretraining and validation documents, separated by <|endoftext|> lines
@@ -142,7 +143,7 @@ def prepare_world(out_dir: str = "data/world", people: int = 400, bios_per_perso
     meta.json              the arguments (written last: its presence means the rest is complete)
     """
     world = make_world(people, seed)
-    corpus = make_corpus(world, bios_per_person, reading_share, mix_qa)
+    corpus = make_corpus(world, bios_per_person, epochs, reading_share, mix_qa)
     join = f"\n{EOT}\n"
     train_text = join.join(corpus.train_docs)
     atomic_write(os.path.join(out_dir, "pretrain.txt"), train_text + "\n")
@@ -154,18 +155,21 @@ def prepare_world(out_dir: str = "data/world", people: int = 400, bios_per_perso
         write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
                     [qa_pair(p, a) for p in world.split(split) for a in ATTRIBUTES])
     write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
+    n_pages = sum("\nQ: " in d for d in corpus.train_docs)
     log(f"world: {len(world.split('train'))} train / {len(world.split('test'))} test / "
         f"{len(world.split('new'))} new people; {len(corpus.train_docs):,} pretraining documents "
-        f"({len(train_text):,} chars), {len(corpus.val_docs):,} validation documents")
-    summary = _write_tokenized(out_dir, "\n".join(corpus.train_docs), corpus.train_docs,
-                               corpus.val_docs, vocab_size, log)
-    meta = {"kind": "world", "people": people, "bios_per_person": bios_per_person,
+        f"({len(train_text):,} chars; {n_pages:,} of them reading pages), "
+        f"{len(corpus.val_docs):,} validation documents")
+    # the tokenizer learns from each distinct document once: repeats would add time, not merges
+    distinct = "\n".join(dict.fromkeys(corpus.train_docs))
+    summary = _write_tokenized(out_dir, distinct, corpus.train_docs, corpus.val_docs, vocab_size, log)
+    meta = {"kind": "world", "people": people, "bios_per_person": bios_per_person, "epochs": epochs,
             "reading_share": reading_share, "mix_qa": mix_qa, "vocab_size": vocab_size, "seed": seed}
     write_json(os.path.join(out_dir, "meta.json"), meta)
     return {**meta, **summary, "train_chars": len(train_text)}
 
 
-def prepare_text(path: str, out_dir: str, vocab_size: int = 1024, val_fraction: float = 0.1,
+def prepare_text(path: str, out_dir: str, vocab_size: int = 2048, val_fraction: float = 0.1,
                  log=print) -> dict:
     """Any plain text file as the pretraining corpus: split its tail off as validation text (at a
     line break), train a tokenizer on the rest, and write the same files as prepare_world (less the
@@ -203,3 +207,25 @@ def load_pretraining_data(data_dir: str, tokenizer=None):
         with open(os.path.join(data_dir, name), encoding="utf-8") as f:
             streams.append(encode_documents(tokenizer, f.read().split(f"\n{EOT}\n")))
     return tokenizer, *streams
+
+
+def read_pairs(path: str) -> list[dict]:
+    """A JSONL file of {"prompt": str, "answer": str} lines (a fine-tuning set), checked line by line."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no fine-tuning data at {path}")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str)
+                    and row["prompt"] and row["answer"]):
+                raise ValueError(f'line {n} of {path} is not {{"prompt": "...", "answer": "..."}} with non-empty strings')
+            pairs.append(row)
+    if not pairs:
+        raise ValueError(f"{path} holds no examples; give one JSON object per line")
+    return pairs

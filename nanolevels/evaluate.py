@@ -6,11 +6,14 @@ answer after normalisation (case, surrounding spaces and final punctuation do no
 Every prompt starts with <|endoftext|>, as every document did in pretraining.
 """
 
+import random
 import re
 from collections import defaultdict
 
 import torch
 
+from nanolevels.prompting import candidate_demo_sets, few_shot, rag_prompt, search_demos
+from nanolevels.retrieval import retrieval_recall
 from nanolevels.world import ATTRIBUTES, cloze_prompt
 
 
@@ -65,3 +68,62 @@ def cloze_accuracy(model, tokenizer, people) -> float:
     prompts = [cloze_prompt(p, a) for p in people for a in ATTRIBUTES]
     answers = [p.value(a) for p in people for a in ATTRIBUTES]
     return accuracy(complete(model, tokenizer, prompts, stops=(".", "\n")), answers)
+
+
+def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
+    """Exact match over questions ({question, answer, ...}), each asked as make_prompt(q)."""
+    predictions = complete(model, tokenizer, [make_prompt(q) for q in questions])
+    return accuracy(predictions, [q["answer"] for q in questions])
+
+
+def eval_prompting(model, tokenizer, qa_train: list[dict], qa_test: list[dict], ks=(1, 3, 5),
+                   draws: int = 3, per_k: int = 4, seed: int = 0, log=print) -> dict:
+    """Level 1 on held-out questions: zero-shot, random k-shot, and demos chosen by a search.
+
+    Demonstrations come from `train` people. A tenth of them (the dev people) are kept out of the
+    demo pool and score the search's candidates, so the demos are never chosen on the test set.
+    Random k-shot is the mean over `draws` random demo sets; every row uses the same template and
+    greedy decoding, so the rows differ only in the demos.
+    """
+    rng = random.Random(seed)
+    people = sorted({q["person"] for q in qa_train})
+    rng.shuffle(people)
+    dev_people = set(people[:max(1, len(people) // 10)])
+    dev = [q for q in qa_train if q["person"] in dev_people]
+    pool = [q for q in qa_train if q["person"] not in dev_people]
+
+    def score(questions, demos):
+        return qa_accuracy(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
+
+    acc = {"zero-shot": score(qa_test, [])}
+    log(f"zero-shot: {acc['zero-shot']:.3f}")
+    for k in ks:
+        acc[f"{k}-shot"] = sum(score(qa_test, rng.sample(pool, k)) for _ in range(draws)) / draws
+        log(f"{k}-shot (mean of {draws} random demo sets): {acc[f'{k}-shot']:.3f}")
+    candidates = candidate_demo_sets(pool, (0, *ks), per_k, seed)
+    best, dev_scores = search_demos(lambda demos: score(dev, demos), candidates)
+    acc["searched-demos"] = score(qa_test, best)
+    log(f"searched demos ({len(candidates)} candidates scored on {len(dev)} dev questions; best has "
+        f"k={len(best)}, dev {max(dev_scores):.3f}): {acc['searched-demos']:.3f}")
+    return {"acc_test": acc, "search": {"candidates": len(candidates), "dev_questions": len(dev),
+                                        "dev_scores": dev_scores, "best_dev": max(dev_scores), "best_demos": best}}
+
+
+def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(),
+             max_new_tokens: int = 16, log=print) -> dict:
+    """Level 2 on questions: retrieve k documents per question, put them in the prompt, answer.
+
+    Returns exact-match accuracy, and recall@1 / recall@k: how often the asked-about person's
+    biography was among the top 1 / top k documents (retrieval can only help when it was)."""
+    hits, recall = retrieval_recall(index, embedder, questions, k)
+    budget = model.config.block_size - max_new_tokens  # room for the answer inside the block
+    prompts, dropped = [], 0
+    for q, top in zip(questions, hits):
+        prompt, n = rag_prompt(q["question"], [doc["text"] for _, doc in top], tokenizer, budget, demos)
+        prompts.append(prompt)
+        dropped += n > 0
+    if dropped:
+        log(f"note: {dropped} of {len(prompts)} prompts did not fit the {model.config.block_size}-token block; "
+            f"their lowest-ranked documents were dropped")
+    predictions = complete(model, tokenizer, prompts, max_new_tokens)
+    return {"acc": accuracy(predictions, [q["answer"] for q in questions]), **recall}

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save
 
-from nanolevels.checkpoint import COMPILE_PREFIX, _read
+from nanolevels.checkpoint import COMPILE_PREFIX, read_safetensors
 from nanolevels.files import atomic_write
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj")  # module-name suffixes; add "mlp.c_fc", "mlp.c_proj" for the MLP
@@ -215,7 +215,7 @@ def load_adapter(path: str, model: nn.Module) -> dict:
     Refuses a file made for another base model. A model without adapters gets them first (add_lora with
     the file's settings); a model that has some gets their tensors replaced, which swaps adapters.
     """
-    tensors, raw = _read(path, "LoRA adapter")
+    tensors, raw = read_safetensors(path, "LoRA adapter")
     if raw.get("format") != "nanolevels-lora":
         raise ValueError(f"{path} is not a nanolevels LoRA adapter (a full model checkpoint? use load_model)")
     meta = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}

@@ -39,9 +39,11 @@ of texts has a high cosine and the differences that matter are small. Embedding 
 well (Sentence-BERT, DPR, E5) are trained for it, contrastively, on pairs of texts that belong together.
 """
 
+import hashlib
 import io
 import os
 import re
+import time
 import zlib
 
 import numpy as np
@@ -160,17 +162,6 @@ class TfidfEmbedder:
             tf[row, buckets] = 1 + np.log(counts)
         return normalize_rows(tf * self.idf)
 
-    def state(self) -> dict:
-        """JSON-able state, to save beside an index and rebuild the embedder with from_state()."""
-        return {"name": self.name, "dim": self.dim, "idf": None if self.idf is None else self.idf.tolist()}
-
-    @classmethod
-    def from_state(cls, d: dict) -> "TfidfEmbedder":
-        embedder = cls(d["dim"])
-        if d["idf"] is not None:
-            embedder.idf = np.array(d["idf"], dtype=np.float32)
-        return embedder
-
 
 class GPTEmbedder:
     """A text's vector = the mean of the GPT's final hidden states (after ln_f) over its tokens."""
@@ -227,3 +218,43 @@ def recall_at_k(results: list[list[tuple[float, dict]]], gold_ids_per_query: lis
     found = sum(any(doc["person"] == gold for _, doc in top[:k])
                 for top, gold in zip(results, gold_ids_per_query))
     return found / len(results)
+
+
+def retrieval_recall(index: VectorIndex, embedder, questions: list[dict], k: int):
+    """(hits, {"recall@1", "recall@k"}) for questions, each {question, person, ...}."""
+    hits = index.search(embedder.embed([q["question"] for q in questions]), k)
+    gold = [q["person"] for q in questions]
+    return hits, {"recall@1": recall_at_k(hits, gold, 1), f"recall@{k}": recall_at_k(hits, gold, k)}
+
+
+def fingerprint(docs: list[dict], embedder_name: str, model=None) -> str:
+    """What an index's vectors depend on: the documents, the embedder, and (for "gpt") the weights."""
+    h = hashlib.sha256(embedder_name.encode())
+    for doc in docs:
+        h.update(f"{doc['id']}\0{doc['text']}\0".encode())
+    if embedder_name == "gpt":
+        for name, tensor in sorted(model.state_dict().items()):
+            h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, model=None, tokenizer=None,
+                        log=print):
+    """(index, embedder) for docs, reusing out_dir/index_<embedder>.{npz,jsonl} when it was built from
+    the same documents with the same embedder (and model); otherwise build it and save it there."""
+    texts = [d["text"] for d in docs]
+    embedder = make_embedder(embedder_name, texts, model, tokenizer)
+    prefix = os.path.join(out_dir, f"index_{embedder_name}")
+    wanted = fingerprint(docs, embedder_name, model)
+    if os.path.exists(prefix + ".npz"):
+        index = VectorIndex.load(prefix)
+        if index.fingerprint == wanted:
+            return index, embedder
+        log(f"{prefix} was built from other documents or another model: building it again")
+    t0 = time.time()
+    vectors = embedder.embed(texts)
+    index = VectorIndex(vectors.shape[1], embedder_name, wanted)
+    index.add(vectors, docs)
+    index.save(prefix)
+    log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in {time.time() - t0:.1f}s -> {prefix}.npz")
+    return index, embedder

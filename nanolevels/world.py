@@ -22,6 +22,8 @@ Everything is a pure function of a seed: same seed, same world, byte for byte.
 import random
 from dataclasses import dataclass
 
+from nanolevels.prompting import answer_text, qa_prompt
+
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
 
 # One question template per attribute: the eval format of every level.
@@ -184,9 +186,10 @@ def qa_pair(person: Person, attribute: str) -> dict:
             "answer": person.value(attribute)}
 
 
-def qa_text(question: str, answer: str) -> str:
-    """How a QA pair is written as text: the one layout every level prompts and trains with."""
-    return f"Q: {question}\nA: {answer}\n"
+def qa_block(person: Person, attributes) -> str:
+    """The questions about person, each answered, in the layout every level prompts with."""
+    return "".join(qa_prompt(q["question"]) + answer_text(q["answer"])
+                   for q in (qa_pair(person, a) for a in attributes))
 
 
 def cloze_prompt(person: Person, attribute: str) -> str:
@@ -203,8 +206,7 @@ def reading_page(person: Person, rng: random.Random) -> str:
     """
     attributes = list(ATTRIBUTES)
     rng.shuffle(attributes)
-    qa = "".join(qa_text(q["question"], q["answer"]) for q in (qa_pair(person, a) for a in attributes))
-    return biography(person, rng) + "\n" + qa
+    return biography(person, rng) + "\n" + qa_block(person, attributes)
 
 
 @dataclass
@@ -216,7 +218,7 @@ class World:
         return [p for p in self.people if p.split == name]
 
 
-def make_world(n_people: int = 400, seed: int = 1337, fractions=(0.5, 0.25, 0.25)) -> World:
+def make_world(n_people: int = 300, seed: int = 1337, fractions=(0.5, 0.25, 0.25)) -> World:
     """The world's people, split train/test/new by `fractions` (of n_people)."""
     if n_people < 3:
         raise ValueError(f"--people must be at least 3 (one per split), got {n_people}")
@@ -242,33 +244,42 @@ class Corpus:
     val_docs: list[str]         # held-out documents for validation loss (same kinds, other text)
 
 
-def make_corpus(world: World, bios_per_person: int = 5, reading_share: float = 0.3,
+def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, reading_share: float = 0.2,
                 mix_qa: bool = False) -> Corpus:
     """Biographies of everyone, and the pretraining documents built from them.
 
-    Pretraining text = biographies of train+test people, plus reading pages about fresh people
-    (`reading_share` of all documents), plus, with `mix_qa`, the QA pairs of train people. Never a
-    word about a `new` person. Validation = one more biography per pretrained person (same facts,
-    other wording) plus reading pages about other fresh people, in the same proportion.
-    Documents are shuffled as whole documents: with all paraphrases of one person in one context
-    window, the model would copy them instead of storing the facts.
+    Pretraining text = the biographies of train+test people, each written `epochs` times, plus
+    reading pages about fresh people (`reading_share` of all documents), plus, with `mix_qa`, the
+    QA pairs of train people (as often as their biographies). Never a word about a `new` person.
+
+    Every reading page is about a different fresh person, seen once: its answers can only be
+    learned by reading them off the page, never by memorising the person (repeated pages would
+    spend the model's memory on people nobody asks about). That is why the repetition of the
+    biographies is written out here, rather than left to training for more epochs.
+
+    Validation = one more biography per pretrained person (same facts, other wording) plus reading
+    pages about other fresh people, in the same proportion. Documents are shuffled as whole
+    documents: with all paraphrases of one person in one context window, the model would copy them
+    instead of storing the facts.
     """
     if bios_per_person < 1:
         raise ValueError(f"--bios-per-person must be at least 1, got {bios_per_person}")
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}")
     if not 0 <= reading_share < 1:
         raise ValueError(f"--reading-share must be in [0, 1), got {reading_share}")
     rng = random.Random(world.seed + 1)
     bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
     known = world.split("train") + world.split("test")
-    train_docs = [b for p in known for b in bios[p.name]]
+    once = [b for p in known for b in bios[p.name]]
     val_docs = [biography(p, rng) for p in known]
     if mix_qa:
         for p in world.split("train"):
             for _ in range(bios_per_person):
                 attributes = list(ATTRIBUTES)
                 rng.shuffle(attributes)
-                train_docs.append("".join(qa_text(q["question"], q["answer"])
-                                          for q in (qa_pair(p, a) for a in attributes)))
+                once.append(qa_block(p, attributes))
+    train_docs = once * epochs
     n_pages = round(reading_share / (1 - reading_share) * len(train_docs))
     n_val_pages = round(reading_share / (1 - reading_share) * len(val_docs))
     fresh = fresh_people(world, n_pages + n_val_pages, seed=world.seed + 2)
@@ -277,3 +288,23 @@ def make_corpus(world: World, bios_per_person: int = 5, reading_share: float = 0
     rng.shuffle(train_docs)
     rng.shuffle(val_docs)
     return Corpus(bios, train_docs, val_docs)
+
+
+def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[dict]:
+    """n {prompt, answer} examples for learning to read (RAFT-style, arXiv 2403.10131): k biographies
+    in random order, one of them about the person asked about, then one question about that person.
+
+    All people here are FRESH, so the answer cannot come from the model's memory: it has to be read
+    off the context, which is the skill retrieval needs for `new` people. The other k - 1 biographies
+    (distractors) are about other fresh people, as retrieval's lower-ranked documents would be."""
+    rng = random.Random(seed)
+    people = fresh_people(world, n + k, seed=seed)
+    examples = []
+    for i in range(n):
+        person = people[i]
+        others = rng.sample(people[:i] + people[i + 1:], k - 1)
+        context = [biography(p, rng) for p in [person, *others]]
+        rng.shuffle(context)
+        q = qa_pair(person, rng.choice(ATTRIBUTES))
+        examples.append({"prompt": qa_prompt(q["question"], context), "answer": q["answer"]})
+    return examples

@@ -17,3 +17,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny prepared world and a tiny model pretrained on it for a few steps, shared by the
+    tests of the level scripts: {"world": folder, "checkpoint": model.safetensors path}."""
+    from nanolevels import data
+    from nanolevels.checkpoint import save_model
+    from nanolevels.model import GPT, GPTConfig
+    from nanolevels.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    world = str(root / "world")
+    data.prepare_world(world, people=12, bios_per_person=2, epochs=3, vocab_size=300, seed=3, log=lambda *a: None)
+    tokenizer, train_tokens, val_tokens = data.load_pretraining_data(world)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
+    cfg = TrainConfig(max_steps=30, batch_size=8, lr=1e-2, warmup_steps=5, eval_interval=1000, eval_batches=1,
+                      log_interval=1000, ckpt_interval=1000)
+    path = str(root / "pretrain" / "model.safetensors")
+
+    def get_batch(split, step, micro):
+        return data.get_lm_batch(train_tokens if split == "train" else val_tokens, 8, 64, 0, step, micro)
+
+    train(model, cfg, get_batch, str(root / "pretrain"), torch.device("cpu"), torch.float32,
+          lambda step: save_model(path, model, tokenizer, step=step), log=lambda *a: None)
+    return {"world": world, "checkpoint": path}

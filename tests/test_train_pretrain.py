@@ -22,7 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    data.prepare_world(str(out), people=12, bios_per_person=2, vocab_size=300, seed=3, log=lambda *a: None)
+    data.prepare_world(str(out), people=12, bios_per_person=2, epochs=3, vocab_size=300, seed=3, log=lambda *a: None)
     return str(out)
 
 

@@ -14,7 +14,7 @@ import random
 
 
 def prepare(out_dir, **kw):
-    args = dict(people=40, bios_per_person=3, reading_share=0.3, vocab_size=300, seed=7, log=lambda *a: None)
+    args = dict(people=40, bios_per_person=3, epochs=2, reading_share=0.3, vocab_size=300, seed=7, log=lambda *a: None)
     return data.prepare_world(str(out_dir), **(args | kw))
 
 

@@ -18,20 +18,23 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                    help="output folder (default: data/world, next to this script)")
-    p.add_argument("--people", type=int, default=400,
-                   help="people in the world, split 50%% train / 25%% test / 25%% new (default: 400)")
+    p.add_argument("--people", type=int, default=300,
+                   help="people in the world, split 50%% train / 25%% test / 25%% new (default: 300)")
     p.add_argument("--bios-per-person", type=int, default=5,
                    help="biographies per person, each a fresh paraphrase (default: 5)")
-    p.add_argument("--reading-share", type=float, default=0.3,
-                   help="share of pretraining documents that are reading pages about fresh people: "
-                        "a biography then its six questions answered (default: 0.3)")
+    p.add_argument("--epochs", type=int, default=40,
+                   help="how often each biography is written into the pretraining text (default: 40)")
+    p.add_argument("--reading-share", type=float, default=0.2,
+                   help="share of pretraining documents that are reading pages, each about a different "
+                        "fresh person: a biography then its six questions answered (default: 0.2)")
     p.add_argument("--mix-qa", action="store_true",
                    help="also put the QA pairs of train people into the pretraining text")
-    p.add_argument("--vocab-size", type=int, default=1024,
-                   help="BPE vocabulary size: 256 bytes + merges + <|endoftext|> (default: 1024)")
+    p.add_argument("--vocab-size", type=int, default=2048,
+                   help="largest BPE vocabulary: 256 bytes + merges + <|endoftext|>; training stops early "
+                        "when no pair repeats (the default world stops at ~1750) (default: 2048)")
     p.add_argument("--seed", type=int, default=1337, help="the world's random seed (default: 1337)")
     args = p.parse_args(argv)
-    data.prepare_world(args.out, args.people, args.bios_per_person, args.reading_share,
+    data.prepare_world(args.out, args.people, args.bios_per_person, args.epochs, args.reading_share,
                        args.mix_qa, args.vocab_size, args.seed)
     print(f"wrote {args.out}")
 

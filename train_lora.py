@@ -1,0 +1,159 @@
+"""Level 3, fine-tuning: train a small LoRA adapter (or, with --full, every weight) on QA examples.
+
+    python train_lora.py                    # --task qa: closed-book answers about people in the weights
+    python train_lora.py --task rag-qa      # learn to read answers out of retrieved biographies
+    python train_lora.py --full             # full fine-tuning, the baseline LoRA is compared to
+    python train_lora.py --data pairs.jsonl # your own {"prompt": ..., "answer": ...} lines
+    torchrun --nproc_per_node=2 train_lora.py
+
+The loss is on the answer tokens only. The training loop is the one pretraining uses
+(nanolevels/train.py). Writes out/lora/<task>/: adapter.safetensors (model.safetensors with --full),
+log.jsonl and metrics.json with exact match on held-out questions.
+"""
+
+import argparse
+import os
+import random
+import sys
+
+from nanolevels import cli, data
+from nanolevels.checkpoint import read_metadata, save_model
+from nanolevels.device import pick_dtype, seed_everything
+from nanolevels.evaluate import eval_rag, qa_accuracy
+from nanolevels.files import read_json, read_jsonl, write_json
+from nanolevels.lora import DEFAULT_TARGETS, add_lora, load_adapter, merge_lora, remove_lora, save_adapter
+from nanolevels.prompting import answer_text, qa_prompt
+from nanolevels.retrieval import load_or_build_index
+from nanolevels.train import TrainConfig, setup, train
+from nanolevels.world import make_world, reading_examples
+
+WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="qa", choices=("qa", "rag-qa"),
+                   help="qa: closed-book QA pairs of train people; rag-qa: biographies of fresh people "
+                        "plus distractors, then a question (default: qa)")
+    p.add_argument("--data", default=None, help="a JSONL file of your own {prompt, answer} pairs instead")
+    p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
+                   help="the base model (default: out/pretrain/model.safetensors)")
+    p.add_argument("--world", default=WORLD_DIR, help="the prepared world (default: data/world)")
+    p.add_argument("--out", default=None, help="output folder (default: out/lora/<task>, or out/full/<task> with --full)")
+    p.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
+    p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
+    p.add_argument("--resume", action="store_true", help="continue from the adapter/model in --out")
+    p.add_argument("--examples", type=int, default=3000, help="rag-qa: fresh-people examples to make (default: 3000)")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--r", type=int, default=8, help="adapter rank (default: 8)")
+    g.add_argument("--alpha", type=float, default=16.0, help="the update is scaled by alpha / r (default: 16)")
+    g.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r) instead (rsLoRA)")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (default: 0)")
+    g.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help="comma-separated module-name suffixes to adapt (default: attn.c_attn,attn.c_proj; "
+                        "add mlp.c_fc,mlp.c_proj for the MLP)")
+    cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=600, batch_size=32, lr=3e-3,
+                         min_lr=3e-4, warmup_steps=30, weight_decay=0.0, eval_interval=200, log_interval=50,
+                         ckpt_interval=200)
+    cli.add_device_flags(p)
+    args = p.parse_args(argv)
+    args.out = args.out or os.path.join("out", "full" if args.full else "lora", args.task)
+    return args
+
+
+def make_pairs(args, world) -> tuple[list[dict], dict]:
+    """(training pairs, held-out question sets to score) for the task."""
+    if args.data is not None:
+        pairs = data.read_pairs(args.data)
+        random.Random(0).shuffle(pairs)
+        n_val = max(1, len(pairs) // 10)
+        return pairs[n_val:], {"heldout": pairs[:n_val]}
+    qa = {s: read_jsonl(os.path.join(args.world, f"qa_{s}.jsonl")) for s in ("train", "test", "new")}
+    if args.task == "qa":
+        pairs = [{"prompt": qa_prompt(q["question"]), "answer": q["answer"]} for q in qa["train"]]
+        return pairs, qa
+    return reading_examples(world, args.examples, seed=args.seed), qa
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, ddp = setup(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    cfg = cli.config_from_args(TrainConfig, args)
+    log = print if ddp.is_main else (lambda *a, **k: None)
+    model, tokenizer = cli.load_model(args.checkpoint, device)
+    model.train()
+    base_params = model.num_params()
+    meta = read_json(os.path.join(args.world, "meta.json")) if args.data is None else None
+    if meta is not None and meta.get("kind") != "world":
+        raise ValueError(f"{args.world} holds your own text, not the tiny world; give --data pairs.jsonl")
+    world = make_world(meta["people"], meta["seed"]) if meta is not None else None
+    pairs, heldout = make_pairs(args, world)
+    block = model.config.block_size
+    examples = [data.encode_example(tokenizer, p["prompt"], answer_text(p["answer"]), block) for p in pairs]
+    n_val = max(1, len(examples) // 20)
+    val, train_examples = examples[:n_val], examples[n_val:]
+
+    os.makedirs(args.out, exist_ok=True)
+    weights_path = os.path.join(args.out, "model.safetensors" if args.full else "adapter.safetensors")
+    resume_step = None
+    seed_everything(cfg.seed)
+    if args.full and args.resume:
+        model, _ = cli.load_model(weights_path, device)
+        model.train()
+        resume_step = read_metadata(weights_path)["step"]
+    elif args.resume:
+        resume_step = load_adapter(weights_path, model)["step"]
+    elif not args.full:
+        add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
+                 rslora=args.rslora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{args.task if args.data is None else args.data}: {len(train_examples):,} training examples, "
+        f"{len(val)} for validation; training {trainable:,} of {base_params:,} parameters "
+        f"({100 * trainable / base_params:.2f}%){'' if args.full else f' (LoRA r={args.r} on {args.targets})'}")
+
+    def get_batch(split, step, micro):
+        chosen = train_examples if split == "train" else val
+        return data.get_example_batch(chosen, cfg.batch_size, tokenizer.eot_id, cfg.seed, step, micro,
+                                      ddp.rank, ddp.world_size)
+
+    def save_weights(step):
+        if args.full:
+            save_model(weights_path, model, tokenizer, step=step)
+        else:
+            save_adapter(weights_path, model, step=step, task=args.task)
+
+    metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, resume_step=resume_step,
+                    ddp=ddp, log=log)
+    if not ddp.is_main:
+        return
+    model.eval()
+    acc = {}
+    if args.data is not None:
+        acc["heldout"] = qa_accuracy(model, tokenizer, [{"question": p["prompt"], "answer": p["answer"]}
+                                                         for p in heldout["heldout"]], lambda q: q["question"])
+    else:
+        for split in ("train", "test", "new"):  # closed book: no documents in the prompt
+            acc[split] = qa_accuracy(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
+        if args.task == "rag-qa":
+            docs = read_jsonl(os.path.join(args.world, "docs.jsonl"))
+            index, embedder = load_or_build_index("out/rag", docs, "tfidf", log=log)
+            for split in ("test", "new"):
+                acc[f"{split}_rag"] = eval_rag(model, tokenizer, index, embedder, heldout[split], k=2, log=log)["acc"]
+    metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,
+                    "trainable_pct": 100 * trainable / base_params, "acc": acc,
+                    "adapter_bytes": os.path.getsize(weights_path), "base_bytes": os.path.getsize(args.checkpoint)})
+    if args.merge and not args.full:
+        merge_lora(model)
+        remove_lora(model)  # the merged weights stay; the model is a plain GPT again
+        merged = os.path.join(args.out, "merged.safetensors")
+        save_model(merged, model, tokenizer)
+        log(f"wrote {merged}: the base with the adapter folded in; it loads like any checkpoint")
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
+    log("exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+    log(f"wrote {weights_path} ({metrics['adapter_bytes']:,} bytes; the base is {metrics['base_bytes']:,}) "
+        f"and {os.path.join(args.out, 'metrics.json')}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
