@@ -75,9 +75,9 @@ def main(argv=None):
     model, tokenizer = cli.load_model(args.checkpoint, device, args.adapter)
     seed_everything(args.seed)
     if args.eval:
-        qa_train = read_jsonl(os.path.join(args.world, "qa_train.jsonl"))
-        qa_test = read_jsonl(os.path.join(args.world, "qa_test.jsonl"))
-        result = eval_prompting(model, tokenizer, qa_train, qa_test, seed=args.seed)
+        qa = {s: read_jsonl(os.path.join(args.world, f"qa_{s}.jsonl")) for s in ("train", "test", "new")}
+        result = eval_prompting(model, tokenizer, qa["train"], {"test": qa["test"], "new": qa["new"]},
+                                seed=args.seed)
         write_json(os.path.join(args.out, "metrics.json"), result)
         print(f"wrote {os.path.join(args.out, 'metrics.json')}")
     warned = []

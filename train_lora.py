@@ -43,7 +43,9 @@ def parse_args(argv):
     p.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
     p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
     p.add_argument("--resume", action="store_true", help="continue from the adapter/model in --out")
-    p.add_argument("--examples", type=int, default=3000, help="rag-qa: fresh-people examples to make (default: 3000)")
+    p.add_argument("--examples", type=int, default=20000,
+                   help="rag-qa: examples to make, each about a different fresh person (default: 20000)")
+    p.add_argument("--rag-out", default="out/rag", help="rag-qa: where the retrieval index is cached (default: out/rag)")
     g = p.add_argument_group("LoRA")
     g.add_argument("--r", type=int, default=8, help="adapter rank (default: 8)")
     g.add_argument("--alpha", type=float, default=16.0, help="the update is scaled by alpha / r (default: 16)")
@@ -137,7 +139,7 @@ def main(argv=None):
             acc[split] = qa_accuracy(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
         if args.task == "rag-qa":
             docs = read_jsonl(os.path.join(args.world, "docs.jsonl"))
-            index, embedder = load_or_build_index("out/rag", docs, "tfidf", log=log)
+            index, embedder = load_or_build_index(args.rag_out, docs, "tfidf", log=log)
             for split in ("test", "new"):
                 acc[f"{split}_rag"] = eval_rag(model, tokenizer, index, embedder, heldout[split], k=2, log=log)["acc"]
     metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,

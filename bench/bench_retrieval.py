@@ -19,7 +19,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from nanolevels.files import read_jsonl  # noqa: E402
-from nanolevels.retrieval import TfidfEmbedder, VectorIndex, recall_at_k  # noqa: E402
+from nanolevels.retrieval import TfidfEmbedder, VectorIndex, retrieval_recall  # noqa: E402
 
 N, DIM, K, BATCH = 100_000, 256, 5, 64
 WORLD = os.path.join(ROOT, "data", "world")
@@ -67,10 +67,7 @@ def world_recall() -> dict | None:
     out = {"docs": len(docs)}
     for split in ("test", "new"):
         qa = read_jsonl(paths[f"qa_{split}"])
-        results = index.search(embedder.embed([q["question"] for q in qa]), K)
-        gold = [q["person"] for q in qa]
-        out[split] = {"questions": len(qa), "recall@1": recall_at_k(results, gold, 1),
-                      "recall@5": recall_at_k(results, gold, 5)}
+        out[split] = {"questions": len(qa), **retrieval_recall(index, embedder, qa, K)[1]}
     return out
 
 

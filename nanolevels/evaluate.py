@@ -76,14 +76,14 @@ def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
     return accuracy(predictions, [q["answer"] for q in questions])
 
 
-def eval_prompting(model, tokenizer, qa_train: list[dict], qa_test: list[dict], ks=(1, 3, 5),
+def eval_prompting(model, tokenizer, qa_train: list[dict], heldout: dict, ks=(1, 3, 5),
                    draws: int = 3, per_k: int = 4, seed: int = 0, log=print) -> dict:
-    """Level 1 on held-out questions: zero-shot, random k-shot, and demos chosen by a search.
+    """Level 1 on held-out questions ({split: questions}): zero-shot, random k-shot, searched demos.
 
     Demonstrations come from `train` people. A tenth of them (the dev people) are kept out of the
-    demo pool and score the search's candidates, so the demos are never chosen on the test set.
-    Random k-shot is the mean over `draws` random demo sets; every row uses the same template and
-    greedy decoding, so the rows differ only in the demos.
+    demo pool and score the search's candidates, so the demos are never chosen on held-out people.
+    Random k-shot is the mean over `draws` random demo sets (the same sets for every split); every
+    row uses the same template and greedy decoding, so the rows differ only in the demos.
     """
     rng = random.Random(seed)
     people = sorted({q["person"] for q in qa_train})
@@ -92,34 +92,40 @@ def eval_prompting(model, tokenizer, qa_train: list[dict], qa_test: list[dict], 
     dev = [q for q in qa_train if q["person"] in dev_people]
     pool = [q for q in qa_train if q["person"] not in dev_people]
 
-    def score(questions, demos):
-        return qa_accuracy(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
+    def score(demos):
+        return {split: qa_accuracy(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
+                for split, questions in heldout.items()}
 
-    acc = {"zero-shot": score(qa_test, [])}
-    log(f"zero-shot: {acc['zero-shot']:.3f}")
+    def show(name, acc):
+        log(f"{name}: " + ", ".join(f"{split} {a:.3f}" for split, a in acc.items()))
+
+    rows = {"zero-shot": score([])}
+    show("zero-shot", rows["zero-shot"])
     for k in ks:
-        acc[f"{k}-shot"] = sum(score(qa_test, rng.sample(pool, k)) for _ in range(draws)) / draws
-        log(f"{k}-shot (mean of {draws} random demo sets): {acc[f'{k}-shot']:.3f}")
+        runs = [score(rng.sample(pool, k)) for _ in range(draws)]
+        rows[f"{k}-shot"] = {split: sum(r[split] for r in runs) / draws for split in heldout}
+        show(f"{k}-shot (mean of {draws} random demo sets)", rows[f"{k}-shot"])
     candidates = candidate_demo_sets(pool, (0, *ks), per_k, seed)
-    best, dev_scores = search_demos(lambda demos: score(dev, demos), candidates)
-    acc["searched-demos"] = score(qa_test, best)
-    log(f"searched demos ({len(candidates)} candidates scored on {len(dev)} dev questions; best has "
-        f"k={len(best)}, dev {max(dev_scores):.3f}): {acc['searched-demos']:.3f}")
-    return {"acc_test": acc, "search": {"candidates": len(candidates), "dev_questions": len(dev),
-                                        "dev_scores": dev_scores, "best_dev": max(dev_scores), "best_demos": best}}
+    best, dev_scores = search_demos(
+        lambda demos: qa_accuracy(model, tokenizer, dev, lambda q: few_shot(q["question"], demos)), candidates)
+    rows["searched-demos"] = score(best)
+    show(f"searched demos ({len(candidates)} candidates scored on {len(dev)} dev questions; best has "
+         f"k={len(best)}, dev {max(dev_scores):.3f})", rows["searched-demos"])
+    return {"acc": rows, "search": {"candidates": len(candidates), "dev_questions": len(dev),
+                                    "dev_scores": dev_scores, "best_dev": max(dev_scores), "best_demos": best}}
 
 
 def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(),
              max_new_tokens: int = 16, log=print) -> dict:
     """Level 2 on questions: retrieve k documents per question, put them in the prompt, answer.
 
-    Returns exact-match accuracy, and recall@1 / recall@k: how often the asked-about person's
-    biography was among the top 1 / top k documents (retrieval can only help when it was)."""
+    Returns exact-match accuracy, and recall@1 / recall@5: how often the asked-about person's
+    biography was among the top 1 / top 5 documents (retrieval can only help when it was)."""
     hits, recall = retrieval_recall(index, embedder, questions, k)
     budget = model.config.block_size - max_new_tokens  # room for the answer inside the block
     prompts, dropped = [], 0
     for q, top in zip(questions, hits):
-        prompt, n = rag_prompt(q["question"], [doc["text"] for _, doc in top], tokenizer, budget, demos)
+        prompt, n = rag_prompt(q["question"], [doc["text"] for _, doc in top[:k]], tokenizer, budget, demos)
         prompts.append(prompt)
         dropped += n > 0
     if dropped:

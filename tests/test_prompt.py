@@ -44,8 +44,8 @@ def test_eval_writes_every_row(tiny_run, tmp_path):
     r = prompt("--eval", "--checkpoint", tiny_run["checkpoint"], "--world", tiny_run["world"], "--out", out)
     assert r.returncode == 0, r.stderr
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert set(m["acc_test"]) == {"zero-shot", "1-shot", "3-shot", "5-shot", "searched-demos"}
-    assert all(0 <= v <= 1 for v in m["acc_test"].values())
+    assert set(m["acc"]) == {"zero-shot", "1-shot", "3-shot", "5-shot", "searched-demos"}
+    assert all(set(row) == {"test", "new"} and 0 <= row["test"] <= 1 for row in m["acc"].values())
     assert m["search"]["best_dev"] == max(m["search"]["dev_scores"])
 
 

@@ -1,0 +1,219 @@
+"""`python -m nanolevels`: all four levels end to end on the tiny world, then the report card.
+
+    python -m nanolevels            # prepare, pretrain, prompt, RAG, LoRA, full FT, LoRA RAG-QA -> out/report.md
+    python -m nanolevels --fresh    # redo every step instead of reusing finished ones
+    python -m nanolevels --tiny     # a seconds-long run at a toy size (what the tests run)
+
+Each step is one of the level scripts, run in this process with its defaults. A step whose
+metrics.json is newer than everything it depends on is reused. The report card, out/report.md
+(and out/report.json), is one table: rows = methods, columns = exact match on test and new people,
+trainable parameters, wall time.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the level scripts live next to the package
+import prompt  # noqa: E402
+import rag  # noqa: E402
+import train_lora  # noqa: E402
+import train_pretrain  # noqa: E402
+from data.world import prepare  # noqa: E402
+from nanolevels import cli  # noqa: E402
+from nanolevels.device import peak_rss_mb, pick_device  # noqa: E402
+from nanolevels.files import atomic_write, read_json, write_json  # noqa: E402
+from nanolevels.train import format_eta  # noqa: E402
+
+# what --tiny changes: a world and model small enough for a test to run every level in seconds
+TINY_WORLD = ["--people", "12", "--bios-per-person", "2", "--epochs", "3", "--vocab-size", "300"]
+TINY_PRETRAIN = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "256", "--max-steps", "20",
+                 "--eval-interval", "10", "--eval-batches", "1", "--log-interval", "10"]
+TINY_FINETUNE = ["--max-steps", "6", "--batch-size", "4", "--eval-interval", "3", "--eval-batches", "1",
+                 "--log-interval", "3"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="out", help="where every step writes (default: out)")
+    p.add_argument("--world", default=os.path.join(ROOT, "data", "world"), help="the world's folder (default: data/world)")
+    p.add_argument("--fresh", action="store_true", help="redo every step, even those whose outputs are current")
+    p.add_argument("--tiny", action="store_true", help="toy sizes: checks the whole pipeline in seconds")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="where to run every step (default: auto)")
+    return p.parse_args(argv)
+
+
+def plan(args) -> list[tuple]:
+    """(name, level, script main, argv, output metrics.json, inputs it depends on) for each step."""
+    out, world, dev = args.out, args.world, ["--device", args.device]
+    ckpt = os.path.join(out, "pretrain", "model.safetensors")
+    common = ["--checkpoint", ckpt, "--world", world, *dev]
+    tiny = args.tiny
+    world_meta = os.path.join(world, "meta.json")
+    lora_qa, lora_rag = os.path.join(out, "lora", "qa"), os.path.join(out, "lora", "rag-qa")
+    full_qa = os.path.join(out, "full", "qa")
+    return [
+        ("world", 4, prepare.main, ["--out", world, *(TINY_WORLD if tiny else [])], world_meta, []),
+        ("pretrain", 4, train_pretrain.main,
+         ["--world", world, "--out", os.path.join(out, "pretrain"), *dev, *(TINY_PRETRAIN if tiny else [])],
+         os.path.join(out, "pretrain", "metrics.json"), [world_meta]),
+        ("prompting", 1, prompt.main, ["--eval", "--out", os.path.join(out, "prompt"), *common],
+         os.path.join(out, "prompt", "metrics.json"), [ckpt]),
+        ("rag", 2, rag.main, ["--eval", "--out", os.path.join(out, "rag"), *common],
+         os.path.join(out, "rag", "metrics.json"), [ckpt]),
+        ("lora-qa", 3, train_lora.main, ["--out", lora_qa, *common, *(TINY_FINETUNE if tiny else [])],
+         os.path.join(lora_qa, "metrics.json"), [ckpt]),
+        ("full-ft-qa", 3, train_lora.main, ["--full", "--out", full_qa, *common, *(TINY_FINETUNE if tiny else [])],
+         os.path.join(full_qa, "metrics.json"), [ckpt]),
+        ("lora-rag-qa", 3, train_lora.main,
+         ["--task", "rag-qa", "--out", lora_rag, "--rag-out", os.path.join(out, "rag"), *common,
+          *(TINY_FINETUNE + ["--examples", "40"] if tiny else [])],
+         os.path.join(lora_rag, "metrics.json"), [ckpt]),
+    ]
+
+
+def current(output: str, inputs: list[str]) -> bool:
+    """make's rule: the output exists and is newer than every input."""
+    return os.path.exists(output) and all(os.path.getmtime(output) >= os.path.getmtime(i) for i in inputs
+                                          if os.path.exists(i))
+
+
+def run_steps(args) -> dict:
+    """Run (or reuse) every step; return {name: wall seconds} (reused steps keep their first timing)."""
+    times_path = os.path.join(args.out, "step_times.json")
+    times = read_json(times_path) if os.path.exists(times_path) and not args.fresh else {}
+    steps = plan(args)
+    t_start = time.time()
+    for i, (name, level, main, argv, output, inputs) in enumerate(steps, 1):
+        if not args.fresh and current(output, inputs) and name in times:
+            print(f"[{i}/{len(steps)}] {name}: reusing {output}")
+            continue
+        print(f"\n[{i}/{len(steps)}] {name} (level {level}): {' '.join(argv)}")
+        t0 = time.time()
+        main(argv)
+        times[name] = time.time() - t0
+        write_json(times_path, times)
+        left = sum(times.get(n, 0) for n, *_ in steps[i:])  # an ETA from the last run's times, if any
+        print(f"[{i}/{len(steps)}] {name} took {format_eta(times[name])}; elapsed {format_eta(time.time() - t_start)}"
+              + (f", about {format_eta(left)} to go" if left else ""))
+    return times
+
+
+def build_report(args, times: dict) -> dict:
+    m = {name: read_json(path) for name, _, _, _, path, _ in plan(args) if name != "world"}
+    pre, pr, rg = m["pretrain"], m["prompting"]["acc"], m["rag"]
+    params = pre["params"]
+
+    def row(method, level, test, new, trainable, step):
+        return {"method": method, "level": level, "acc_test": test, "acc_new": new,
+                "trainable_params": trainable, "wall_s": times.get(step, 0.0)}
+
+    rows = [row("pretrain-cloze", 4, pre["cloze_acc"]["test"], pre["cloze_acc"]["new"], params, "pretrain")]
+    for method, key in (("zero-shot", "zero-shot"), ("k-shot", "3-shot"), ("searched-demos", "searched-demos")):
+        rows.append(row(method, 1, pr[key]["test"], pr[key]["new"], 0, "prompting"))
+    rows.append(row("rag-base", 2, rg["acc"]["test"], rg["acc"]["new"], 0, "rag"))
+    for method in ("lora-qa", "full-ft-qa"):
+        acc = m[method]["acc"]
+        rows.append(row(method, 3, acc["test"], acc["new"], m[method]["trainable_params"], method))
+    acc = m["lora-rag-qa"]["acc"]
+    rows.append(row("lora-rag-qa", 3, acc["test_rag"], acc["new_rag"], m["lora-rag-qa"]["trainable_params"], "lora-rag-qa"))
+    machine = {"device": str(pick_device(args.device)), "threads": torch.get_num_threads(),
+               "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+               "platform": platform.platform()}
+    retrieval = {name: {k: v["new"][k] for k in ("recall@1", "recall@5")} for name, v in rg["retrieval"].items()}
+    return {"total_wall_s": sum(times.values()), "peak_rss_mb": peak_rss_mb(), "machine": machine, "rows": rows,
+            "retrieval": retrieval, "prompt_k": 3, "rag_k": rg["k"], "base_params": params}
+
+
+def story(report: dict) -> str:
+    """A paragraph, from the numbers, on what each level bought, with the project's targets."""
+    r = {row["method"]: row for row in report["rows"]}
+    pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    zero, kshot = r["zero-shot"]["acc_test"], r["k-shot"]["acc_test"]
+    return " ".join([
+        f"Pretraining stored {pct(r['pretrain-cloze']['acc_test'])} of the test people's facts (cloze) and "
+        f"{pct(r['pretrain-cloze']['acc_new'])} of the new people's, whom it never saw.",
+        f"Prompting answers {pct(zero)} of the test questions zero-shot and {pct(kshot)} with 3 random "
+        f"demonstrations ({'above' if kshot > zero else 'not above'} zero-shot: target {verdict(kshot > zero)}), "
+        f"{pct(r['searched-demos']['acc_test'])} with searched ones.",
+        f"Retrieval finds the asked-about person's biography first for {pct(report['retrieval']['tfidf']['recall@1'])} "
+        f"of the new people's questions with TF-IDF ({pct(report['retrieval']['gpt']['recall@1'])} with the GPT's own "
+        f"hidden states); with it in the prompt, the unchanged model answers {pct(r['rag-base']['acc_new'])} of them, "
+        f"against {pct(r['zero-shot']['acc_new'])} closed-book.",
+        f"A LoRA adapter of {r['lora-qa']['trainable_params']:,} parameters "
+        f"({pct(r['lora-qa']['trainable_params'] / report['base_params'])} of the model), trained on questions about "
+        f"train people, answers {pct(r['lora-qa']['acc_test'])} of the test people's questions closed-book (target "
+        f"80%: {verdict(r['lora-qa']['acc_test'] >= 0.8)}); full fine-tuning of all "
+        f"{r['full-ft-qa']['trainable_params']:,} parameters, {pct(r['full-ft-qa']['acc_test'])}.",
+        f"The RAG-QA adapter with retrieval answers {pct(r['lora-rag-qa']['acc_new'])} of the new people's questions "
+        f"(target 95%: {verdict(r['lora-rag-qa']['acc_new'] >= 0.95)}).",
+    ])
+
+
+def markdown(report: dict) -> str:
+    lines = ["# nanolevels report card", "",
+             "| method | level | exact match, test people | exact match, new people | trainable params | wall time |",
+             "|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        cells = [f"{100 * row[k]:.1f}%" if row[k] is not None else "-" for k in ("acc_test", "acc_new")]
+        lines.append(f"| {row['method']} | {row['level']} | {cells[0]} | {cells[1]} | {row['trainable_params']:,} | "
+                     f"{format_eta(row['wall_s'])} |")
+    lines += ["", story(report), "", "Retrieval of the new people's biographies:", "",
+              "| embedder | recall@1 | recall@5 |", "|---|---|---|"]
+    for name, r in report["retrieval"].items():
+        lines.append(f"| {name} | {r['recall@1']:.3f} | {r['recall@5']:.3f} |")
+    mc = report["machine"]
+    lines += ["", f"Machine: {mc['device']}, {mc['threads']} torch threads, {mc['cpu_count']} CPUs, torch {mc['torch']}, "
+              f"Python {mc['python']}, {mc['platform']}.",
+              f"Total wall time {format_eta(report['total_wall_s'])}; peak memory {report['peak_rss_mb']:.0f} MB.", ""]
+    return "\n".join(lines)
+
+
+def loss_plot(args) -> None:
+    """out/loss.png: pretraining and fine-tuning loss curves, if matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"(no {os.path.join(args.out, 'loss.png')}: pip install matplotlib to get the loss curves)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, runs in zip(axes, (["pretrain"], ["lora/qa", "full/qa", "lora/rag-qa"])):
+        for run in runs:
+            path = os.path.join(args.out, run, "log.jsonl")
+            rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+            rows = [r for r in rows if "loss" in r]
+            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=run)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.legend()
+    axes[0].set_title("level 4: pretraining")
+    axes[1].set_title("level 3: fine-tuning")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "loss.png"), dpi=100)
+    print(f"wrote {os.path.join(args.out, 'loss.png')}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    times = run_steps(args)
+    report = build_report(args, times)
+    atomic_write(os.path.join(args.out, "report.md"), markdown(report))
+    write_json(os.path.join(args.out, "report.json"), report)
+    loss_plot(args)
+    print("\n" + markdown(report))
+    print(f"wrote {os.path.join(args.out, 'report.md')} and {os.path.join(args.out, 'report.json')}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,34 @@
+"""`python -m nanolevels --tiny`: every level end to end at a toy size; every artefact and every
+report.json field is there, and a second run reuses the finished steps."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ["pretrain-cloze", "zero-shot", "k-shot", "searched-demos", "rag-base", "lora-qa", "full-ft-qa", "lora-rag-qa"]
+
+
+def test_whole_pipeline_tiny(tmp_path):
+    out, world = str(tmp_path / "out"), str(tmp_path / "world")
+    cmd = [sys.executable, "-m", "nanolevels", "--tiny", "--out", out, "--world", world, "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for path in ["report.md", "report.json", "pretrain/model.safetensors", "prompt/metrics.json", "rag/metrics.json",
+                 "lora/qa/adapter.safetensors", "full/qa/model.safetensors", "lora/rag-qa/adapter.safetensors"]:
+        assert os.path.exists(os.path.join(out, path)), path
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert {"total_wall_s", "peak_rss_mb", "machine", "rows", "retrieval"} <= set(report)
+    assert [row["method"] for row in report["rows"]] == METHODS
+    for row in report["rows"]:
+        assert {"method", "level", "acc_test", "acc_new", "trainable_params", "wall_s"} <= set(row)
+        assert 0 <= row["acc_test"] <= 1 and 0 <= row["acc_new"] <= 1 and row["level"] in (1, 2, 3, 4)
+    assert set(report["retrieval"]) == {"tfidf", "gpt"}
+    assert all(set(r) == {"recall@1", "recall@5"} for r in report["retrieval"].values())
+    markdown = open(os.path.join(out, "report.md")).read()
+    assert all(f"| {m} |" in markdown for m in METHODS)
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 7, again.stdout[-2000:]
+    assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
