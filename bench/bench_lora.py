@@ -17,6 +17,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_model import time_steps  # noqa: E402
 from nanolevels.lora import add_lora, merge_lora  # noqa: E402
 from nanolevels.model import GPT, GPTConfig  # noqa: E402
 
@@ -25,16 +27,8 @@ BATCH = 32
 
 
 def step_time(model, x, steps: int) -> tuple[float, int]:
-    """(ms per AdamW step over the trainable parameters, bytes of optimizer state)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for i in range(steps + 2):
-        if i == 2:
-            t0 = time.perf_counter()
-        _, loss = model(x, x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    ms = (time.perf_counter() - t0) / steps * 1000
+    """(ms per training step, bytes of AdamW state: two moments per trainable number)."""
+    ms, opt = time_steps(model, x, steps)
     state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                       if torch.is_tensor(t) and t.dim() > 0)
     return ms, state_bytes

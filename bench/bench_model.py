@@ -18,12 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanolevels.device import peak_rss_mb  # noqa: E402
 from nanolevels.model import GPT, GPTConfig  # noqa: E402
 
-# (name, config, batch size): nanoGPT's "baby" shakespeare-char shape, and our default
+# (name, config, batch size): nanoGPT's "baby" shakespeare-char shape (65 characters), and our default
+# (the default world's 1746-token vocabulary)
 SHAPES = [
-    ("nanoGPT baby (4x128, block 64, batch 12)", dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 12),
-    ("nanolevels default (4x128, block 256, batch 16)", dict(n_layer=4, n_head=4, n_embd=128, block_size=256), 16),
+    ("nanoGPT baby (4x128, block 64, batch 12)",
+     dict(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64), 12),
+    ("nanolevels default (4x128, block 256, batch 8)",
+     dict(vocab_size=1746, n_layer=4, n_head=4, n_embd=128, block_size=256), 8),
 ]
-VOCAB = 1024
 
 
 def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
@@ -40,12 +42,10 @@ def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
     return best
 
 
-def train_speed(config: dict, batch: int, steps: int) -> tuple[float, float, int]:
-    """(tokens/s, ms per step, FLOPs per token) of full training steps (forward, backward, AdamW), after warmup."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=VOCAB, **config))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randint(0, VOCAB, (batch, config["block_size"]))
+def time_steps(model, x, steps: int) -> tuple[float, torch.optim.Optimizer]:
+    """(ms per training step: forward, backward, AdamW over the trainable parameters; the optimizer),
+    after a few warmup steps."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for i in range(steps + 3):
         if i == 3:
             t0 = time.perf_counter()
@@ -53,16 +53,25 @@ def train_speed(config: dict, batch: int, steps: int) -> tuple[float, float, int
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    dt = (time.perf_counter() - t0) / steps
-    return batch * config["block_size"] / dt, dt * 1000, model.estimate_flops_per_token()
+    return (time.perf_counter() - t0) / steps * 1000, opt
+
+
+def train_speed(config: dict, batch: int, steps: int) -> tuple[float, float, int]:
+    """(tokens/s, ms per step, FLOPs per token) of full training steps on random tokens."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**config))
+    x = torch.randint(0, config["vocab_size"], (batch, config["block_size"]))
+    ms, _ = time_steps(model, x, steps)
+    return batch * config["block_size"] / (ms / 1000), ms, model.estimate_flops_per_token()
 
 
 @torch.no_grad()
 def generation_speed(new_tokens: int = 256) -> dict:
     """Tokens/s generating new_tokens greedily with and without the KV cache, default shape."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=VOCAB, **SHAPES[1][1])).eval()
-    idx = torch.randint(0, VOCAB, (1, 8))
+    config = SHAPES[1][1]
+    model = GPT(GPTConfig(**config)).eval()
+    idx = torch.randint(0, config["vocab_size"], (1, 8))
     out = {}
     for use_cache in (True, False):
         t0 = time.perf_counter()
