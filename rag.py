@@ -11,12 +11,13 @@ The index of every biography (new people included) is built on first use and cac
 
 import argparse
 import os
+import random
 import sys
 import time
 
 from nanolevels import cli
 from nanolevels.device import pick_device
-from nanolevels.evaluate import complete, eval_rag
+from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag
 from nanolevels.files import read_jsonl, write_json
 from nanolevels.prompting import rag_prompt
 from nanolevels.retrieval import load_or_build_index, retrieval_recall
@@ -60,9 +61,9 @@ def main(argv=None):
         raise FileNotFoundError(f"no documents at {docs_path}; make them with: python data/world/prepare.py")
     docs = read_jsonl(docs_path)
     qa_train = read_jsonl(os.path.join(args.world, "qa_train.jsonl"))
-    demos = qa_train[::max(1, len(qa_train) // max(1, args.demos))][:args.demos]  # spread over people
+    demos = random.Random(args.seed).sample(qa_train, min(args.demos, len(qa_train)))
     index, embedder = load_or_build_index(args.out, docs, args.embedder, model, tokenizer)
-    budget = model.config.block_size - 16
+    budget = model.config.block_size - ANSWER_TOKENS
 
     if args.question is not None:
         hits = index.search(embedder.embed([args.question]), args.k)[0]
@@ -78,7 +79,8 @@ def main(argv=None):
                    "acc": {}, "retrieval": {}}
         questions = {s: read_jsonl(os.path.join(args.world, f"qa_{s}.jsonl")) for s in ("test", "new")}
         for name in EMBEDDERS:  # the retrieval quality of every embedder; answers with the chosen one
-            idx, emb = load_or_build_index(args.out, docs, name, model, tokenizer)
+            idx, emb = (index, embedder) if name == args.embedder else load_or_build_index(
+                args.out, docs, name, model, tokenizer)
             metrics["retrieval"][name] = {}
             for split, qs in questions.items():
                 if name == args.embedder:

@@ -7,8 +7,9 @@
     torchrun --nproc_per_node=2 train_lora.py
 
 The loss is on the answer tokens only. The training loop is the one pretraining uses
-(nanolevels/train.py). Writes out/lora/<task>/: adapter.safetensors (model.safetensors with --full),
-log.jsonl and metrics.json with exact match on held-out questions.
+(nanolevels/train.py). Writes out/lora/<task>/ (out/full/<task>/ with --full; <task> is "custom" with
+--data): adapter.safetensors (model.safetensors with --full), log.jsonl and metrics.json with exact
+match on held-out questions.
 """
 
 import argparse
@@ -20,12 +21,12 @@ from nanolevels import cli, data
 from nanolevels.checkpoint import read_metadata, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_rag, qa_accuracy
-from nanolevels.files import read_json, read_jsonl, write_json
+from nanolevels.files import read_jsonl, write_json
 from nanolevels.lora import DEFAULT_TARGETS, add_lora, load_adapter, merge_lora, remove_lora, save_adapter
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.train import TrainConfig, setup, train
-from nanolevels.world import make_world, reading_examples
+from nanolevels.world import reading_examples
 
 WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
 
@@ -39,7 +40,8 @@ def parse_args(argv):
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
                    help="the base model (default: out/pretrain/model.safetensors)")
     p.add_argument("--world", default=WORLD_DIR, help="the prepared world (default: data/world)")
-    p.add_argument("--out", default=None, help="output folder (default: out/lora/<task>, or out/full/<task> with --full)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: out/lora/<task>, out/full/<task> with --full; <task> is custom with --data)")
     p.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
     p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
     p.add_argument("--resume", action="store_true", help="continue from the adapter/model in --out")
@@ -59,7 +61,7 @@ def parse_args(argv):
                          ckpt_interval=200)
     cli.add_device_flags(p)
     args = p.parse_args(argv)
-    args.out = args.out or os.path.join("out", "full" if args.full else "lora", args.task)
+    args.out = args.out or os.path.join("out", "full" if args.full else "lora", "custom" if args.data else args.task)
     return args
 
 
@@ -86,10 +88,7 @@ def main(argv=None):
     model, tokenizer = cli.load_model(args.checkpoint, device)
     model.train()
     base_params = model.num_params()
-    meta = read_json(os.path.join(args.world, "meta.json")) if args.data is None else None
-    if meta is not None and meta.get("kind") != "world":
-        raise ValueError(f"{args.world} holds your own text, not the tiny world; give --data pairs.jsonl")
-    world = make_world(meta["people"], meta["seed"]) if meta is not None else None
+    world = data.load_world(args.world) if args.data is None else None
     pairs, heldout = make_pairs(args, world)
     block = model.config.block_size
     examples = [data.encode_example(tokenizer, p["prompt"], answer_text(p["answer"]), block) for p in pairs]

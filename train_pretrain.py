@@ -20,11 +20,10 @@ from nanolevels import cli, data
 from nanolevels.checkpoint import load_model, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import cloze_accuracy
-from nanolevels.files import read_json, write_json
+from nanolevels.files import write_json
 from nanolevels.model import GPT, GPTConfig, download_gpt2
 from nanolevels.tokenizer import Tokenizer
 from nanolevels.train import TrainConfig, setup, train
-from nanolevels.world import make_world
 
 WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
 
@@ -101,7 +100,7 @@ def main(argv=None):
     def save_weights(step):
         save_model(model_path, model, tokenizer, step=step)
 
-    world = make_world(**_world_args(data_dir)) if args.data is None else None
+    world = data.load_world(data_dir) if args.data is None else None
 
     def on_eval(step):
         prompt = "" if world is None else f"{world.split('test')[0].name} was born in"
@@ -124,11 +123,6 @@ def main(argv=None):
     log(f"done: {metrics['steps']} steps in {metrics['wall_s']:.0f}s, val loss {metrics['val_loss']:.4f}"
         + (f", cloze accuracy {metrics['cloze_acc']}" if world is not None else ""))
     log(f"wrote {model_path} and {os.path.join(args.out, 'metrics.json')}")
-
-
-def _world_args(data_dir):
-    meta = read_json(os.path.join(data_dir, "meta.json"))
-    return {"n_people": meta["people"], "seed": meta["seed"]}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ trainable parameters, wall time.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,7 +27,7 @@ import train_pretrain  # noqa: E402
 from data.world import prepare  # noqa: E402
 from nanolevels import cli  # noqa: E402
 from nanolevels.device import peak_rss_mb, pick_device  # noqa: E402
-from nanolevels.files import atomic_write, read_json, write_json  # noqa: E402
+from nanolevels.files import atomic_write, read_json, read_jsonl, write_json  # noqa: E402
 from nanolevels.train import format_eta  # noqa: E402
 
 # what --tiny changes: a world and model small enough for a test to run every level in seconds
@@ -42,12 +41,14 @@ TINY_FINETUNE = ["--max-steps", "6", "--batch-size", "4", "--eval-interval", "3"
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out", help="where every step writes (default: out)")
-    p.add_argument("--world", default=os.path.join(ROOT, "data", "world"), help="the world's folder (default: data/world)")
+    p.add_argument("--world", default=None,
+                   help="the world's folder (default: data/world; <out>/world with --tiny)")
     p.add_argument("--fresh", action="store_true", help="redo every step, even those whose outputs are current")
     p.add_argument("--tiny", action="store_true", help="toy sizes: checks the whole pipeline in seconds")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                   help="where to run every step (default: auto)")
-    return p.parse_args(argv)
+    cli.add_device_flags(p, dtype=False)
+    args = p.parse_args(argv)
+    args.world = args.world or (os.path.join(args.out, "world") if args.tiny else os.path.join(ROOT, "data", "world"))
+    return args
 
 
 def plan(args) -> list[tuple]:
@@ -86,24 +87,27 @@ def current(output: str, inputs: list[str]) -> bool:
 
 
 def run_steps(args) -> dict:
-    """Run (or reuse) every step; return {name: wall seconds} (reused steps keep their first timing)."""
-    times_path = os.path.join(args.out, "step_times.json")
-    times = read_json(times_path) if os.path.exists(times_path) and not args.fresh else {}
+    """Run (or reuse) every step; return {name: wall seconds} (reused steps keep their first timing).
+
+    A step is reused when it ran before with the same arguments and its output is newer than its
+    inputs; out/steps.json remembers each step's arguments and wall time."""
+    record_path = os.path.join(args.out, "steps.json")
+    record = read_json(record_path) if os.path.exists(record_path) and not args.fresh else {}
     steps = plan(args)
     t_start = time.time()
     for i, (name, level, main, argv, output, inputs) in enumerate(steps, 1):
-        if not args.fresh and current(output, inputs) and name in times:
+        if record.get(name, {}).get("argv") == argv and current(output, inputs):
             print(f"[{i}/{len(steps)}] {name}: reusing {output}")
             continue
         print(f"\n[{i}/{len(steps)}] {name} (level {level}): {' '.join(argv)}")
         t0 = time.time()
         main(argv)
-        times[name] = time.time() - t0
-        write_json(times_path, times)
-        left = sum(times.get(n, 0) for n, *_ in steps[i:])  # an ETA from the last run's times, if any
-        print(f"[{i}/{len(steps)}] {name} took {format_eta(times[name])}; elapsed {format_eta(time.time() - t_start)}"
-              + (f", about {format_eta(left)} to go" if left else ""))
-    return times
+        record[name] = {"argv": argv, "wall_s": time.time() - t0}
+        write_json(record_path, record)
+        left = sum(record.get(n, {}).get("wall_s", 0) for n, *_ in steps[i:])  # ETA from the last run, if any
+        print(f"[{i}/{len(steps)}] {name} took {format_eta(record[name]['wall_s'])}; "
+              f"elapsed {format_eta(time.time() - t_start)}" + (f", about {format_eta(left)} to go" if left else ""))
+    return {name: r["wall_s"] for name, r in record.items()}
 
 
 def build_report(args, times: dict) -> dict:
@@ -190,8 +194,7 @@ def loss_plot(args) -> None:
     for ax, runs in zip(axes, (["pretrain"], ["lora/qa", "full/qa", "lora/rag-qa"])):
         for run in runs:
             path = os.path.join(args.out, run, "log.jsonl")
-            rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-            rows = [r for r in rows if "loss" in r]
+            rows = [r for r in (read_jsonl(path) if os.path.exists(path) else []) if "loss" in r]
             ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=run)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")

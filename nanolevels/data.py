@@ -18,7 +18,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from nanolevels.files import atomic_write, write_json, write_jsonl
+from nanolevels.files import atomic_write, read_json, write_json, write_jsonl
 from nanolevels.tokenizer import EOT, Tokenizer
 from nanolevels.world import ATTRIBUTES, make_corpus, make_world, qa_pair
 
@@ -73,14 +73,14 @@ def encode_example(tokenizer, prompt: str, answer: str, block_size: int):
     """(ids, targets) for one example; targets are -100 except on the answer tokens.
 
     Prompt and answer are encoded separately, exactly as at inference time, where the model sees
-    the encoded prompt and produces the answer tokens itself. If the pair is longer than the
-    block, the prompt's START is dropped (the question sits at its end).
+    <|endoftext|> + the encoded prompt (see evaluate.complete) and produces the answer tokens itself.
+    If the pair is longer than the block, the prompt's START is dropped (the question sits at its end).
     """
-    p = tokenizer.encode(prompt)
-    a = tokenizer.encode(answer)
-    if not p or not a:
+    if not prompt or not answer:
         raise ValueError(f"an example needs a non-empty prompt and answer, got {prompt!r} -> {answer!r}")
-    if len(a) >= block_size:
+    p = [tokenizer.eot_id] + tokenizer.encode(prompt)
+    a = tokenizer.encode(answer)
+    if len(a) > block_size:
         raise ValueError(f"an answer of {len(a)} tokens does not fit in block size {block_size}")
     ids = (p + a)[-(block_size + 1):]
     n_prompt = len(ids) - len(a)
@@ -110,6 +110,24 @@ def get_example_batch(examples, batch_size: int, pad_id: int, seed: int, step: i
         raise ValueError("the fine-tuning data set is empty")
     rows = _global_rows(seed, step, micro_step, batch_size * world_size, len(examples))
     return collate([examples[i] for i in _rank_slice(rows, rank, world_size)], pad_id)
+
+
+def _forget(out_dir: str) -> None:
+    """Remove meta.json before rewriting a folder: until the new one is written, the folder is incomplete."""
+    meta = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta):
+        os.remove(meta)
+
+
+def load_world(data_dir: str):
+    """The World a prepared folder was made from (rebuilt from its meta.json, deterministically)."""
+    meta_path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{data_dir} holds no prepared world; run python data/world/prepare.py")
+    meta = read_json(meta_path)
+    if meta.get("kind") != "world":
+        raise ValueError(f"{data_dir} holds your own text, not the tiny world; it has no people or questions")
+    return make_world(meta["people"], meta["seed"])
 
 
 def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_size: int, log):
@@ -144,6 +162,7 @@ def prepare_world(out_dir: str = "data/world", people: int = 300, bios_per_perso
     """
     world = make_world(people, seed)
     corpus = make_corpus(world, bios_per_person, epochs, reading_share, mix_qa)
+    _forget(out_dir)
     join = f"\n{EOT}\n"
     train_text = join.join(corpus.train_docs)
     atomic_write(os.path.join(out_dir, "pretrain.txt"), train_text + "\n")
@@ -155,7 +174,7 @@ def prepare_world(out_dir: str = "data/world", people: int = 300, bios_per_perso
         write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
                     [qa_pair(p, a) for p in world.split(split) for a in ATTRIBUTES])
     write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
-    n_pages = sum("\nQ: " in d for d in corpus.train_docs)
+    n_pages = sum("\nQ: " in d and not d.startswith("Q: ") for d in corpus.train_docs)  # not mixed QA
     log(f"world: {len(world.split('train'))} train / {len(world.split('test'))} test / "
         f"{len(world.split('new'))} new people; {len(corpus.train_docs):,} pretraining documents "
         f"({len(train_text):,} chars; {n_pages:,} of them reading pages), "
@@ -181,6 +200,7 @@ def prepare_text(path: str, out_dir: str, vocab_size: int = 2048, val_fraction: 
         raise ValueError(f"cannot read {path}: {e}; give a UTF-8 text file") from None
     if not text.strip():
         raise ValueError(f"{path} is empty; give a text file with something to learn from")
+    _forget(out_dir)
     cut = int(len(text) * (1 - val_fraction))
     cut = text.rfind("\n", 0, cut) + 1 or cut
     atomic_write(os.path.join(out_dir, "pretrain.txt"), text[:cut])

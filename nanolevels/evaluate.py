@@ -2,7 +2,7 @@
 
 Every level is measured the same way: the model continues a prompt greedily, the completion is cut
 at the first stop string (a newline for QA answers), and it counts only if it equals the true
-answer after normalisation (case, surrounding spaces and final punctuation do not matter).
+answer after normalisation (case, runs of spaces and a final period do not matter).
 Every prompt starts with <|endoftext|>, as every document did in pretraining.
 """
 
@@ -26,8 +26,11 @@ def exact_match(prediction: str, answer: str) -> bool:
     return normalize(prediction) == normalize(answer)
 
 
+ANSWER_TOKENS = 16  # the longest answer generated: room every prompt leaves in the block
+
+
 @torch.no_grad()
-def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, stops=("\n",),
+def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_TOKENS, stops=("\n",),
              batch_size: int = 64) -> list[str]:
     """Greedy completion of each prompt, cut at the first stop string (or <|endoftext|>).
 
@@ -102,7 +105,7 @@ def eval_prompting(model, tokenizer, qa_train: list[dict], heldout: dict, ks=(1,
     rows = {"zero-shot": score([])}
     show("zero-shot", rows["zero-shot"])
     for k in ks:
-        runs = [score(rng.sample(pool, k)) for _ in range(draws)]
+        runs = [score(rng.sample(pool, min(k, len(pool)))) for _ in range(draws)]
         rows[f"{k}-shot"] = {split: sum(r[split] for r in runs) / draws for split in heldout}
         show(f"{k}-shot (mean of {draws} random demo sets)", rows[f"{k}-shot"])
     candidates = candidate_demo_sets(pool, (0, *ks), per_k, seed)
@@ -116,7 +119,7 @@ def eval_prompting(model, tokenizer, qa_train: list[dict], heldout: dict, ks=(1,
 
 
 def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(),
-             max_new_tokens: int = 16, log=print) -> dict:
+             max_new_tokens: int = ANSWER_TOKENS, log=print) -> dict:
     """Level 2 on questions: retrieve k documents per question, put them in the prompt, answer.
 
     Returns exact-match accuracy, and recall@1 / recall@5: how often the asked-about person's

@@ -30,6 +30,8 @@ from collections import Counter, defaultdict
 import regex
 import tiktoken
 
+from nanolevels.files import atomic_write
+
 # GPT-4 (cl100k) split: contractions, letters (with one leading non-letter such as a
 # space), 1-3 digits, punctuation runs, newlines, other whitespace.
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -208,11 +210,7 @@ class Tokenizer:
         lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items() if k != "merges"]
         if "merges" in d:
             lines.append('  "merges": [' + ",".join(f"\n    {json.dumps(m)}" for m in d["merges"]) + "\n  ]")
-        # write then rename: a crash mid-write leaves the old file, never half a file
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("{\n" + ",\n".join(lines) + "\n}\n")
-        os.replace(tmp, path)
+        atomic_write(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
     @classmethod
     def load(cls, path):

@@ -1,7 +1,8 @@
 """ONE training loop, shared by pretraining (all weights) and fine-tuning (a LoRA adapter or all).
 
 What it does each step: for each of `grad_accum` micro-batches, forward under autocast, scale the
-loss by 1/grad_accum (so the summed gradient is the mean over the whole batch), backward; then clip
+loss by 1/grad_accum (so the summed gradient is the mean of the micro-batches' mean losses; with
+answer-masked fine-tuning data each micro-batch's mean is over its own answer tokens), backward; then clip
 the gradient norm, set the learning rate (linear warmup, cosine decay to min_lr), and step AdamW.
 It trains whatever parameters have requires_grad, so LoRA needs nothing special here.
 
@@ -54,6 +55,12 @@ class TrainConfig:
     ckpt_interval: int = _opt(1000, "steps between checkpoints (there is always one at the end)")
     seed: int = _opt(1337, "seed of the data order and dropout")
     compile: bool = _opt(False, "torch.compile the model (a slow start; pays off on GPUs)")
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval",
+                     "ckpt_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -146,7 +153,8 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step = 0
     if resume_step is not None:
-        step, _ = load_train_state(state_path, optimizer)
+        step, extra = load_train_state(state_path, optimizer)
+        scaler.load_state_dict(extra["scaler"])
         if step != resume_step:
             raise ValueError(f"the weights are from step {resume_step} but {state_path} is from "
                              f"step {step}; the run was cut between the two writes, start afresh")
@@ -163,7 +171,7 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
 
     def checkpoint(at_step: int):
         if ddp.is_main:
-            save_train_state(state_path, optimizer, at_step)
+            save_train_state(state_path, optimizer, at_step, scaler=scaler.state_dict())
             save_weights(at_step)
 
     @torch.no_grad()
@@ -189,7 +197,7 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
     start_step = step
     with _StopFlag() as stop:
         while step < cfg.max_steps:
-            if step % cfg.eval_interval == 0 and step > start_step or step == 0 and resume_step is None:
+            if step % cfg.eval_interval == 0:
                 losses = estimate_loss()
                 write_log({"step": step, **losses})
                 if ddp.is_main:
@@ -233,7 +241,10 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 if ddp.is_main:
                     log(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | "
                         f"{tok_s / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
-            if stop.set:
+            stopping = torch.tensor(float(stop.set), device=device)
+            if ddp.world_size > 1:
+                dist.all_reduce(stopping, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+            if stopping.item():
                 checkpoint(step)
                 if ddp.is_main:
                     log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")

@@ -220,12 +220,12 @@ class World:
 
 def make_world(n_people: int = 300, seed: int = 1337, fractions=(0.5, 0.25, 0.25)) -> World:
     """The world's people, split train/test/new by `fractions` (of n_people)."""
-    if n_people < 3:
-        raise ValueError(f"--people must be at least 3 (one per split), got {n_people}")
+    if n_people < 4:
+        raise ValueError(f"--people must be at least 4 (every split needs someone), got {n_people}")
     rng = random.Random(seed)
-    n_train = max(1, round(n_people * fractions[0]))
     n_test = max(1, round(n_people * fractions[1]))
-    n_new = n_people - n_train - n_test
+    n_new = max(1, round(n_people * (1 - fractions[0] - fractions[1])))
+    n_train = n_people - n_test - n_new
     taken: set[str] = set()
     people = (make_people(rng, n_train, "train", taken) + make_people(rng, n_test, "test", taken)
               + make_people(rng, n_new, "new", taken))

@@ -35,7 +35,7 @@ def test_lm_batch_too_little_data():
 def test_encode_example_masks_prompt(tok):
     prompt, answer = "Q: What is the birth city of Ada Jo Crane?\nA:", " Lyon\n"
     ids, targets = data.encode_example(tok, prompt, answer, block_size=64)
-    p, a = tok.encode(prompt), tok.encode(answer)
+    p, a = [tok.eot_id] + tok.encode(prompt), tok.encode(answer)  # prompts start like documents
     assert ids == (p + a)[:-1]
     assert targets == [IGNORE] * (len(p) - 1) + a
     # too long for the block: the prompt's start is dropped, the answer is kept whole
@@ -44,6 +44,10 @@ def test_encode_example_masks_prompt(tok):
     assert targets[-len(a):] == a and ids[-(len(a) - 1):] == a[:-1]
     with pytest.raises(ValueError):
         data.encode_example(tok, "", answer, 64)
+    ids, targets = data.encode_example(tok, prompt, answer, block_size=len(a))  # the answer alone fills the block
+    assert targets == a and len(ids) == len(a)
+    with pytest.raises(ValueError, match="does not fit"):
+        data.encode_example(tok, prompt, answer, block_size=len(a) - 1)
 
 
 def test_collate_pads_right_with_ignored_targets(tok):

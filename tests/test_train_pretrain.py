@@ -99,6 +99,7 @@ def test_own_text(tmp_path):
     (["--resume"], "no checkpoint"),
     (["--block-size", "100000"], "too few for block size"),
     (["--dtype", "float16"], "float16"),
+    (["--eval-interval", "0"], "--eval-interval must be at least 1"),
 ])
 def test_user_errors_are_one_line(world, tmp_path, args, message):
     if args == ["--device", "cuda"] and os.environ.get("CUDA_VISIBLE_DEVICES") != "":
