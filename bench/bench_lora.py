@@ -35,11 +35,11 @@ def step_time(model, x, steps: int) -> tuple[float, int]:
 
 
 @torch.no_grad()
-def generation_ms(model, steps: int = 64) -> float:
-    """ms per generated token (KV cache, greedy), best of 3."""
+def generation_ms(model, steps: int = 128) -> float:
+    """ms per generated token (KV cache, greedy), best of 5 runs."""
     idx = torch.randint(0, CONFIG["vocab_size"], (1, 16))
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         model.generate(idx, steps, temperature=0)
         best = min(best, (time.perf_counter() - t0) / steps * 1000)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nanolevels.model import GPT, GPTConfig
-from nanolevels.retrieval import (GPTEmbedder, TfidfEmbedder, VectorIndex, load_or_build_index, make_embedder,
-                                  normalize_rows, recall_at_k)
+from nanolevels.retrieval import (BLOCK, GPTEmbedder, TfidfEmbedder, VectorIndex, load_or_build_index,
+                                  make_embedder, normalize_rows, recall_at_k, top_k_unordered)
 from nanolevels.tokenizer import Tokenizer
 from nanolevels.world import QUESTIONS, make_corpus, make_world
 
@@ -31,9 +31,9 @@ def brute_force(index, query, k):
 
 # ---- VectorIndex ----
 
-@pytest.mark.parametrize("k", [1, 5, 37])
-def test_search_matches_brute_force(k):
-    index = random_index()
+@pytest.mark.parametrize("n, k", [(200, 1), (200, 5), (200, 37), (6 * BLOCK + 5, 5)])
+def test_search_matches_brute_force(n, k):
+    index = random_index(n)
     queries = np.random.default_rng(1).standard_normal((7, DIM)).astype(np.float32)
     batched = index.search(queries, k)
     assert len(batched) == 7
@@ -45,6 +45,20 @@ def test_search_matches_brute_force(k):
             assert [doc["id"] for _, doc in result] == ids
             assert np.allclose([s for s, _ in result], scores, atol=1e-5)
             assert all(a >= b for (a, _), (b, _) in zip(result, result[1:]))
+
+
+@pytest.mark.parametrize("n, k", [(10 * BLOCK + 17, 5), (3 * BLOCK, 3), (2 * BLOCK, 5)])
+def test_block_prefilter_is_exact(n, k):
+    """top_k_unordered's per-block prefilter finds exactly the k largest, ties and partial blocks included."""
+    rng = np.random.default_rng(n)
+    scores = rng.standard_normal((4, n)).astype(np.float32)
+    scores[0, :] = 0.0  # all tied
+    scores[1, -3:] = 10.0  # the best ones in the partial last block
+    scores[2, 5 * BLOCK:5 * BLOCK + k] = 9.0  # all in one block
+    top = top_k_unordered(scores, k)
+    for row, idx in zip(scores, top):
+        assert len(set(idx.tolist())) == k
+        assert np.array_equal(np.sort(row[idx]), np.sort(row)[-k:])
 
 
 def test_rows_are_unit_length_and_zero_rows_stay_zero():
