@@ -29,53 +29,59 @@ from nanolevels.train import TrainConfig, setup, train
 from nanolevels.world import reading_examples
 
 WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
+# Full fine-tuning's (lr, min_lr). Measured on the default model, qa task, 750 steps of 16: closed-book
+# exact match on test people 5% at LoRA's 3e-3, 45% at 1e-3, 88% at 3e-4, 94% at 1e-4.
+FULL_LR = (1e-4, 1e-5)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="qa", choices=("qa", "rag-qa"),
-                   help="qa: closed-book QA pairs of train people; rag-qa: biographies of fresh people "
-                        "plus distractors, then a question (default: qa)")
+                   help="qa: closed-book QA pairs of train people; rag-qa: a fresh person's biography "
+                        "(after a distractor's, or alone), then all six questions about them (default: qa)")
     p.add_argument("--data", default=None, help="a JSONL file of your own {prompt, answer} pairs instead")
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
                    help="the base model (default: out/pretrain/model.safetensors)")
     p.add_argument("--world", default=WORLD_DIR, help="the prepared world (default: data/world)")
     p.add_argument("--out", default=None,
                    help="output folder (default: out/lora/<task>, out/full/<task> with --full; <task> is custom with --data)")
-    p.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
+    p.add_argument("--full", action="store_true",
+                   help=f"train every weight instead of a LoRA adapter (then --lr defaults to {FULL_LR[0]:g} and "
+                        f"--min-lr to {FULL_LR[1]:g}: LoRA's rate destroys what the weights know)")
     p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
     p.add_argument("--resume", action="store_true", help="continue from the adapter/model in --out")
     p.add_argument("--examples", type=int, default=20000,
                    help="rag-qa: examples to make, each about a different fresh person (default: 20000)")
     p.add_argument("--rag-out", default="out/rag", help="rag-qa: where the retrieval index is cached (default: out/rag)")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--r", type=int, default=8, help="adapter rank (default: 8)")
-    g.add_argument("--alpha", type=float, default=16.0, help="the update is scaled by alpha / r (default: 16)")
+    g.add_argument("--r", type=int, default=16, help="adapter rank (default: 16)")
+    g.add_argument("--alpha", type=float, default=32.0, help="the update is scaled by alpha / r (default: 32)")
     g.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r) instead (rsLoRA)")
     g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (default: 0)")
     g.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help="comma-separated module-name suffixes to adapt (default: attn.c_attn,attn.c_proj; "
                         "add mlp.c_fc,mlp.c_proj for the MLP)")
-    cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=600, batch_size=32, lr=3e-3,
+    cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=750, batch_size=16, lr=3e-3,
                          min_lr=3e-4, warmup_steps=30, weight_decay=0.0, eval_interval=200, log_interval=50,
                          ckpt_interval=200)
     cli.add_device_flags(p)
+    if p.parse_known_args(argv)[0].full:
+        p.set_defaults(lr=FULL_LR[0], min_lr=FULL_LR[1])
     args = p.parse_args(argv)
     args.out = args.out or os.path.join("out", "full" if args.full else "lora", "custom" if args.data else args.task)
     return args
 
 
-def make_pairs(args, world) -> tuple[list[dict], dict]:
-    """(training pairs, held-out question sets to score) for the task."""
+def make_examples(args, world) -> tuple[list[list[tuple[str, str]]], dict]:
+    """(training examples, each a list of (prompt, answer text) turns; held-out question sets to score)."""
     if args.data is not None:
         pairs = data.read_pairs(args.data)
         random.Random(0).shuffle(pairs)
         n_val = max(1, len(pairs) // 10)
-        return pairs[n_val:], {"heldout": pairs[:n_val]}
+        return [[(p["prompt"], answer_text(p["answer"]))] for p in pairs[n_val:]], {"heldout": pairs[:n_val]}
     qa = {s: read_jsonl(os.path.join(args.world, f"qa_{s}.jsonl")) for s in ("train", "test", "new")}
     if args.task == "qa":
-        pairs = [{"prompt": qa_prompt(q["question"]), "answer": q["answer"]} for q in qa["train"]]
-        return pairs, qa
+        return [[(qa_prompt(q["question"]), answer_text(q["answer"]))] for q in qa["train"]], qa
     return reading_examples(world, args.examples, seed=args.seed), qa
 
 
@@ -89,9 +95,8 @@ def main(argv=None):
     model.train()
     base_params = model.num_params()
     world = data.load_world(args.world) if args.data is None else None
-    pairs, heldout = make_pairs(args, world)
-    block = model.config.block_size
-    examples = [data.encode_example(tokenizer, p["prompt"], answer_text(p["answer"]), block) for p in pairs]
+    turns, heldout = make_examples(args, world)
+    examples = [data.encode_example(tokenizer, t, model.config.block_size) for t in turns]
     n_val = max(1, len(examples) // 20)
     val, train_examples = examples[:n_val], examples[n_val:]
 

@@ -156,7 +156,8 @@ def story(report: dict) -> str:
         f"({pct(r['lora-qa']['trainable_params'] / report['base_params'])} of the model), trained on questions about "
         f"train people, answers {pct(r['lora-qa']['acc_test'])} of the test people's questions closed-book (target "
         f"80%: {verdict(r['lora-qa']['acc_test'] >= 0.8)}); full fine-tuning of all "
-        f"{r['full-ft-qa']['trainable_params']:,} parameters, {pct(r['full-ft-qa']['acc_test'])}.",
+        f"{r['full-ft-qa']['trainable_params']:,} parameters, at its own lower learning rate, "
+        f"{pct(r['full-ft-qa']['acc_test'])}.",
         f"The RAG-QA adapter with retrieval answers {pct(r['lora-rag-qa']['acc_new'])} of the new people's questions "
         f"(target 95%: {verdict(r['lora-rag-qa']['acc_new'] >= 0.95)}).",
     ])

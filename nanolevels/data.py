@@ -69,23 +69,25 @@ def get_lm_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: int
     return window[:, :-1], window[:, 1:]
 
 
-def encode_example(tokenizer, prompt: str, answer: str, block_size: int):
-    """(ids, targets) for one example; targets are -100 except on the answer tokens.
+def encode_example(tokenizer, turns, block_size: int):
+    """(ids, targets) for one example: a list of (prompt, answer) turns; targets are -100 except
+    on the answer tokens.
 
-    Prompt and answer are encoded separately, exactly as at inference time, where the model sees
-    <|endoftext|> + the encoded prompt (see evaluate.complete) and produces the answer tokens itself.
-    If the pair is longer than the block, the prompt's START is dropped (the question sits at its end).
+    Each part is encoded separately, exactly as at inference time, where the model sees
+    <|endoftext|> + the encoded prompt (see evaluate.complete) and produces the answer tokens itself;
+    a later turn's prompt follows the previous answer (several questions about one context).
+    If the example is longer than the block, its START is dropped (the last question sits at its end).
     """
-    if not prompt or not answer:
-        raise ValueError(f"an example needs a non-empty prompt and answer, got {prompt!r} -> {answer!r}")
-    p = [tokenizer.eot_id] + tokenizer.encode(prompt)
-    a = tokenizer.encode(answer)
-    if len(a) > block_size:
-        raise ValueError(f"an answer of {len(a)} tokens does not fit in block size {block_size}")
-    ids = (p + a)[-(block_size + 1):]
-    n_prompt = len(ids) - len(a)
-    targets = [IGNORE] * (n_prompt - 1) + a
-    return ids[:-1], targets
+    ids, targets = [tokenizer.eot_id], []
+    for prompt, answer in turns:
+        if not prompt or not answer:
+            raise ValueError(f"an example needs a non-empty prompt and answer, got {prompt!r} -> {answer!r}")
+        p, a = tokenizer.encode(prompt), tokenizer.encode(answer)
+        if len(a) > block_size:
+            raise ValueError(f"an answer of {len(a)} tokens does not fit in block size {block_size}")
+        ids += p + a
+        targets += [IGNORE] * len(p) + a
+    return ids[:-1][-block_size:], targets[-block_size:]
 
 
 def collate(examples, pad_id: int):

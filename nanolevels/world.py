@@ -290,21 +290,30 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
     return Corpus(bios, train_docs, val_docs)
 
 
-def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[dict]:
-    """n {prompt, answer} examples for learning to read (RAFT-style, arXiv 2403.10131): k biographies
-    in random order, one of them about the person asked about, then one question about that person.
+def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[tuple[str, str]]]:
+    """n examples for learning to read (RAFT-style, arXiv 2403.10131), each a list of (prompt, answer)
+    turns: 1 to k biographies, the one about the person asked about LAST, then all six questions
+    about that person, in random order, each answered.
 
-    All people here are FRESH, so the answer cannot come from the model's memory: it has to be read
-    off the context, which is the skill retrieval needs for `new` people. The other k - 1 biographies
-    (distractors) are about other fresh people, as retrieval's lower-ranked documents would be."""
+    All people here are FRESH, so the answers cannot come from the model's memory: they have to be
+    read off the context, which is the skill retrieval needs for `new` people. The distractors are
+    biographies of other fresh people, placed first, as rag_prompt places lower-ranked documents:
+    training sees the layout inference will. Measured with full fine-tuning, 1,500 steps: with the
+    right biography at a random place, 46% on new people (the model cannot tell whose biography is
+    whose); with it last, 98% after 500 steps. A varying number of documents keeps the model from
+    reading "the second document" instead of "the last one". Six answers per context teach six
+    times as much per token as one (LoRA, 750 steps: 51% with one question, 97% with six).
+    """
     rng = random.Random(seed)
     people = fresh_people(world, n + k, seed=seed)
     examples = []
     for i in range(n):
         person = people[i]
-        others = rng.sample(people[:i] + people[i + 1:], k - 1)
-        context = [biography(p, rng) for p in [person, *others]]
-        rng.shuffle(context)
-        q = qa_pair(person, rng.choice(ATTRIBUTES))
-        examples.append({"prompt": qa_prompt(q["question"], context), "answer": q["answer"]})
+        others = rng.sample(people[:i] + people[i + 1:], rng.randint(0, k - 1))
+        context = [biography(p, rng) for p in [*others, person]]
+        attributes = list(ATTRIBUTES)
+        rng.shuffle(attributes)
+        questions = [qa_pair(person, a) for a in attributes]
+        examples.append([(qa_prompt(q["question"], context if j == 0 else ()), answer_text(q["answer"]))
+                         for j, q in enumerate(questions)])
     return examples

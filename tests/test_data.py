@@ -34,24 +34,32 @@ def test_lm_batch_too_little_data():
 
 def test_encode_example_masks_prompt(tok):
     prompt, answer = "Q: What is the birth city of Ada Jo Crane?\nA:", " Lyon\n"
-    ids, targets = data.encode_example(tok, prompt, answer, block_size=64)
+    ids, targets = data.encode_example(tok, [(prompt, answer)], block_size=64)
     p, a = [tok.eot_id] + tok.encode(prompt), tok.encode(answer)  # prompts start like documents
     assert ids == (p + a)[:-1]
     assert targets == [IGNORE] * (len(p) - 1) + a
     # too long for the block: the prompt's start is dropped, the answer is kept whole
-    ids, targets = data.encode_example(tok, prompt, answer, block_size=len(a) + 3)
+    ids, targets = data.encode_example(tok, [(prompt, answer)], block_size=len(a) + 3)
     assert len(ids) == len(targets) == len(a) + 3
     assert targets[-len(a):] == a and ids[-(len(a) - 1):] == a[:-1]
     with pytest.raises(ValueError):
-        data.encode_example(tok, "", answer, 64)
-    ids, targets = data.encode_example(tok, prompt, answer, block_size=len(a))  # the answer alone fills the block
+        data.encode_example(tok, [("", answer)], 64)
+    ids, targets = data.encode_example(tok, [(prompt, answer)], block_size=len(a))  # the answer alone fills the block
     assert targets == a and len(ids) == len(a)
     with pytest.raises(ValueError, match="does not fit"):
-        data.encode_example(tok, prompt, answer, block_size=len(a) - 1)
+        data.encode_example(tok, [(prompt, answer)], block_size=len(a) - 1)
+
+
+def test_encode_example_several_turns(tok):
+    turns = [("Ada was born in Lyon.\nQ: Where?\nA:", " Lyon\n"), ("Q: Who?\nA:", " Ada\n")]
+    ids, targets = data.encode_example(tok, turns, block_size=64)
+    parts = [tok.encode(t) for turn in turns for t in turn]
+    assert ids == ([tok.eot_id] + sum(parts, []))[:-1]
+    assert targets == [IGNORE] * len(parts[0]) + parts[1] + [IGNORE] * len(parts[2]) + parts[3]
 
 
 def test_collate_pads_right_with_ignored_targets(tok):
-    ex = [data.encode_example(tok, "Q: a?\nA:", " Lyon\n", 64), data.encode_example(tok, "Q: longer one?\nA:", " x\n", 64)]
+    ex = [data.encode_example(tok, [("Q: a?\nA:", " Lyon\n")], 64), data.encode_example(tok, [("Q: longer one?\nA:", " x\n")], 64)]
     x, y = data.collate(ex, pad_id=tok.eot_id)
     n0 = len(ex[0][0])
     assert x.shape[1] == max(len(e[0]) for e in ex)

@@ -9,7 +9,7 @@ from nanolevels import data
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
 from nanolevels.world import (ATTRIBUTES, QUESTIONS, TEMPLATES, cloze_prompt, fresh_people, make_corpus,
-                              make_world, reading_page)
+                              make_world, reading_examples, reading_page)
 import random
 
 
@@ -101,6 +101,26 @@ def test_cloze_prompt_and_reading_page():
         assert sentence.startswith(cloze_prompt(person, a) + " ")
     page = reading_page(person, random.Random(0))
     assert page.count("\nA: ") == len(ATTRIBUTES) and page.endswith("\n")
+
+
+def test_reading_examples_layout():
+    world = make_world(20, seed=3)
+    examples = reading_examples(world, 5, seed=1, k=2)
+    assert examples == reading_examples(world, 5, seed=1, k=2)
+    assert {turns[0][0].count("\n") for turns in reading_examples(world, 40, seed=1, k=2)} == {2, 3}  # 1 or 2 biographies
+    world_names = {p.name for p in world.people}
+    for asked, turns in zip(fresh_people(world, 7, seed=1), examples):  # the i-th fresh person is asked about
+        assert asked.name not in world_names and len(turns) == len(ATTRIBUTES)
+        context, first_question = turns[0][0].split("\nQ: ")
+        *distractors, own = context.split("\n")
+        first_question = "Q: " + first_question
+        assert len(distractors) <= 1 and asked.name in own  # the right biography sits last
+        assert all(asked.name not in d for d in distractors)
+        questions = [first_question] + [p for p, _ in turns[1:]]
+        answers = [a for _, a in turns]
+        assert sorted(questions) == sorted(f"Q: {QUESTIONS[a].format(name=asked.name)}\nA:" for a in ATTRIBUTES)
+        assert all(a == f" {asked.value(x)}\n" for q, a in zip(questions, answers) for x in ATTRIBUTES
+                   if q == f"Q: {QUESTIONS[x].format(name=asked.name)}\nA:")
 
 
 @pytest.mark.parametrize("kw", [dict(people=2), dict(bios_per_person=0), dict(reading_share=1.0)])

@@ -1,0 +1,76 @@
+"""train_lora.py: per-mode defaults, the files and metrics it writes, the merged model, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_lora
+from nanolevels.checkpoint import load_model
+from nanolevels.lora import load_adapter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+FAST = ["--max-steps", "4", "--batch-size", "4", "--eval-interval", "2", "--eval-batches", "1", "--log-interval", "2",
+        "--device", "cpu"]
+
+
+def write_pairs(path, n=20):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"prompt": f"Q: What is {i} plus one?\nA:", "answer": str(i + 1)}) + "\n")
+    return str(path)
+
+
+def test_full_fine_tuning_gets_its_own_learning_rate():
+    lora, full = train_lora.parse_args([]), train_lora.parse_args(["--full"])
+    assert (lora.lr, lora.min_lr) == (3e-3, 3e-4)
+    assert (full.lr, full.min_lr) == train_lora.FULL_LR
+    assert train_lora.parse_args(["--full", "--lr", "0.01"]).lr == 0.01
+    assert full.out == os.path.join("out", "full", "qa") and lora.out == os.path.join("out", "lora", "qa")
+
+
+def test_custom_data_writes_adapter_metrics_and_merged_model(tiny_run, tmp_path):
+    out = str(tmp_path / "custom")
+    train_lora.main(["--data", write_pairs(tmp_path / "pairs.jsonl"), "--checkpoint", tiny_run["checkpoint"],
+                     "--out", out, "--merge", "--r", "4", "--alpha", "8", *FAST])
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    for key in ("trainable_params", "total_params", "trainable_pct", "adapter_bytes", "base_bytes", "wall_s"):
+        assert m[key] > 0, key
+    assert set(m["acc"]) == {"heldout"} and m["adapter_bytes"] < m["base_bytes"]
+    # the merged file is a plain checkpoint that computes what base + adapter computes
+    base, _, _ = load_model(tiny_run["checkpoint"], "cpu")
+    load_adapter(os.path.join(out, "adapter.safetensors"), base)
+    merged, _, _ = load_model(os.path.join(out, "merged.safetensors"), "cpu")
+    x = torch.randint(0, base.config.vocab_size, (2, 16))
+    assert torch.allclose(base.eval()(x)[0], merged.eval()(x)[0], atol=1e-5)
+
+
+def test_rag_qa_scores_with_retrieval(tiny_run, tmp_path):
+    out = str(tmp_path / "rag-qa")
+    train_lora.main(["--task", "rag-qa", "--examples", "40", "--checkpoint", tiny_run["checkpoint"],
+                     "--world", tiny_run["world"], "--out", out, "--rag-out", str(tmp_path / "rag"), *FAST])
+    acc = json.load(open(os.path.join(out, "metrics.json")))["acc"]
+    assert set(acc) == {"train", "test", "new", "test_rag", "new_rag"}
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda run, tmp: ["--checkpoint", str(tmp / "none.safetensors")], "python train_pretrain.py"),
+    (lambda run, tmp: ["--data", str(tmp / "none.jsonl")], "no fine-tuning data"),
+    (lambda run, tmp: ["--data", write_pairs(tmp / "empty.jsonl", 0)], "holds no examples"),
+    (lambda run, tmp: ["--data", str(tmp / "bad.jsonl")], "line 2"),
+    (lambda run, tmp: ["--targets", "attn.nope"], "no module matches"),
+    (lambda run, tmp: ["--resume", "--out", str(tmp)], "no LoRA adapter"),
+])
+def test_user_errors(tiny_run, tmp_path, make_args, message):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "Q: a?\\nA:", "answer": "b"}\n{"prompt": "only"}\n')
+    args = make_args(tiny_run, tmp_path)
+    if "--checkpoint" not in args:
+        args += ["--checkpoint", tiny_run["checkpoint"]]
+    r = subprocess.run([sys.executable, "train_lora.py", *args, "--world", tiny_run["world"], *FAST], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
