@@ -35,7 +35,7 @@ def parse_args(argv):
     p.add_argument("--world", default=WORLD_DIR,
                    help="the prepared world's folder; prepared with defaults if missing (default: data/world)")
     p.add_argument("--out", default="out/pretrain", help="output folder (default: out/pretrain)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (with --data: on the text prepared then)")
     p.add_argument("--init", default="scratch", choices=("scratch", "gpt2"),
                    help="scratch: random weights; gpt2: download GPT-2 (124M) weights and tokenizer "
                         "(needs the internet; far too big for a CPU) (default: scratch)")
@@ -62,14 +62,18 @@ def main(argv=None):
 
     # data: the tiny world (prepared on first use) or the user's text, prepared into --out/data
     data_dir = args.world if args.data is None else os.path.join(args.out, "data")
+    gpt2_dir = os.path.join(args.out, "gpt2")
     if ddp.is_main:
-        if args.data is not None:
+        if args.init == "gpt2" and not args.resume:
+            download_gpt2(gpt2_dir)  # once, here: the other ranks read the file
+            Tokenizer.gpt2()  # fills tiktoken's cache
+        if args.data is not None and not (args.resume and os.path.exists(os.path.join(data_dir, "meta.json"))):
             data.prepare_text(args.data, data_dir, args.vocab_size, log=log)
         elif not os.path.exists(os.path.join(data_dir, "meta.json")):
             log(f"no world in {data_dir} yet: preparing it with the defaults")
             data.prepare_world(data_dir, log=log)
     if ddp.world_size > 1:
-        dist.barrier()  # the other ranks wait until rank 0 has written the data
+        dist.barrier()  # the other ranks wait until rank 0 has written the data and the weights
 
     model_path = os.path.join(args.out, "model.safetensors")
     resume_step = None
@@ -79,7 +83,7 @@ def main(argv=None):
         log(f"resuming from step {resume_step} of {model_path}")
     elif args.init == "gpt2":
         tokenizer = Tokenizer.gpt2()
-        model = GPT.from_hf_gpt2(download_gpt2(os.path.join(args.out, "gpt2")))
+        model = GPT.from_hf_gpt2(download_gpt2(gpt2_dir))
     else:
         tokenizer = None
     tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)

@@ -3,6 +3,8 @@
     python -m nanolevels            # prepare, pretrain, prompt, RAG, LoRA, full FT, LoRA RAG-QA -> out/report.md
     python -m nanolevels --fresh    # redo every step instead of reusing finished ones
     python -m nanolevels --tiny     # a seconds-long run at a toy size (what the tests run)
+    python -m nanolevels --device cuda --world-args "--people 3000" \
+        --pretrain-args "--n-layer 8 --n-embd 256 --batch-size 64 --dtype bfloat16"   # a bigger machine
 
 Each step is one of the level scripts, run in this process with its defaults. A step whose
 metrics.json is newer than everything it depends on is reused. The report card, out/report.md
@@ -13,6 +15,7 @@ trainable parameters, wall time.
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -45,6 +48,11 @@ def parse_args(argv):
                    help="the world's folder (default: data/world; <out>/world with --tiny)")
     p.add_argument("--fresh", action="store_true", help="redo every step, even those whose outputs are current")
     p.add_argument("--tiny", action="store_true", help="toy sizes: checks the whole pipeline in seconds")
+    p.add_argument("--world-args", default="", help='extra flags for data/world/prepare.py, e.g. "--people 3000"')
+    p.add_argument("--pretrain-args", default="",
+                   help='extra flags for train_pretrain.py, e.g. "--n-layer 8 --n-embd 256 --max-steps 6000"')
+    p.add_argument("--finetune-args", default="",
+                   help='extra flags for the three train_lora.py steps, e.g. "--max-steps 1500"')
     cli.add_device_flags(p, dtype=False)
     args = p.parse_args(argv)
     args.world = args.world or (os.path.join(args.out, "world") if args.tiny else os.path.join(ROOT, "data", "world"))
@@ -60,22 +68,24 @@ def plan(args) -> list[tuple]:
     world_meta = os.path.join(world, "meta.json")
     lora_qa, lora_rag = os.path.join(out, "lora", "qa"), os.path.join(out, "lora", "rag-qa")
     full_qa = os.path.join(out, "full", "qa")
+    world_args, pretrain_args = shlex.split(args.world_args), shlex.split(args.pretrain_args)
+    finetune = [*(TINY_FINETUNE if tiny else []), *shlex.split(args.finetune_args)]
     return [
-        ("world", 4, prepare.main, ["--out", world, *(TINY_WORLD if tiny else [])], world_meta, []),
+        ("world", 4, prepare.main, ["--out", world, *(TINY_WORLD if tiny else []), *world_args], world_meta, []),
         ("pretrain", 4, train_pretrain.main,
-         ["--world", world, "--out", os.path.join(out, "pretrain"), *dev, *(TINY_PRETRAIN if tiny else [])],
+         ["--world", world, "--out", os.path.join(out, "pretrain"), *dev, *(TINY_PRETRAIN if tiny else []), *pretrain_args],
          os.path.join(out, "pretrain", "metrics.json"), [world_meta]),
         ("prompting", 1, prompt.main, ["--eval", "--out", os.path.join(out, "prompt"), *common],
          os.path.join(out, "prompt", "metrics.json"), [ckpt]),
         ("rag", 2, rag.main, ["--eval", "--out", os.path.join(out, "rag"), *common],
          os.path.join(out, "rag", "metrics.json"), [ckpt]),
-        ("lora-qa", 3, train_lora.main, ["--out", lora_qa, *common, *(TINY_FINETUNE if tiny else [])],
+        ("lora-qa", 3, train_lora.main, ["--out", lora_qa, *common, *finetune],
          os.path.join(lora_qa, "metrics.json"), [ckpt]),
-        ("full-ft-qa", 3, train_lora.main, ["--full", "--out", full_qa, *common, *(TINY_FINETUNE if tiny else [])],
+        ("full-ft-qa", 3, train_lora.main, ["--full", "--out", full_qa, *common, *finetune],
          os.path.join(full_qa, "metrics.json"), [ckpt]),
         ("lora-rag-qa", 3, train_lora.main,
          ["--task", "rag-qa", "--out", lora_rag, "--rag-out", os.path.join(out, "rag"), *common,
-          *(TINY_FINETUNE + ["--examples", "40"] if tiny else [])],
+          *(["--examples", "40"] if tiny else []), *finetune],
          os.path.join(lora_rag, "metrics.json"), [ckpt]),
     ]
 
@@ -153,7 +163,7 @@ def story(report: dict) -> str:
         f"hidden states); with it in the prompt, the unchanged model answers {pct(r['rag-base']['acc_new'])} of them, "
         f"against {pct(r['zero-shot']['acc_new'])} closed-book.",
         f"A LoRA adapter of {r['lora-qa']['trainable_params']:,} parameters "
-        f"({pct(r['lora-qa']['trainable_params'] / report['base_params'])} of the model), trained on questions about "
+        f"({100 * r['lora-qa']['trainable_params'] / report['base_params']:.1f}% of the model), trained on questions about "
         f"train people, answers {pct(r['lora-qa']['acc_test'])} of the test people's questions closed-book (target "
         f"80%: {verdict(r['lora-qa']['acc_test'] >= 0.8)}); full fine-tuning of all "
         f"{r['full-ft-qa']['trainable_params']:,} parameters, at its own lower learning rate, "

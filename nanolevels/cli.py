@@ -1,8 +1,8 @@
 """What every level script shares: the common flags and the user-error convention.
 
-A user's mistake (bad flag value, missing file, corrupt checkpoint) is raised as ValueError or
-FileNotFoundError with a message that says what to do; `run` prints it as one line and exits 2,
-with no stack trace. Ctrl-C exits 130 after whatever cleanup the script's own code did.
+A user's mistake (bad flag value, missing file, corrupt checkpoint) is raised as ValueError, and a
+problem of the machine (no such file, no network, disk full) as an OSError, with a message that
+says what to do; `run` prints it as one line and exits 2, with no stack trace. Ctrl-C exits 130 after whatever cleanup the script's own code did.
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ def run(main, argv=None) -> int:
     """Call main(argv); turn user errors into one line on stderr and exit code 2."""
     try:
         return main(argv) or 0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -323,6 +323,6 @@ def download_gpt2(dest_dir):
     except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise RuntimeError(f"could not download GPT-2 weights (no network?): {e}") from e
+        raise ConnectionError(f"could not download GPT-2 weights (no network?): {e}") from e
     os.replace(tmp, path)
     return path

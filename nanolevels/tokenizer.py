@@ -230,7 +230,7 @@ class Tokenizer:
             enc = tiktoken.get_encoding("gpt2")
         except Exception as e:
             reason = (str(e).splitlines() or [""])[0]
-            raise RuntimeError(f"could not download the GPT-2 tokenizer (no network?): "
+            raise ConnectionError(f"could not download the GPT-2 tokenizer (no network?): "
                                f"{type(e).__name__}: {reason}") from None
         tok = cls.__new__(cls)
         tok.merges = None

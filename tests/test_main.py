@@ -32,3 +32,15 @@ def test_whole_pipeline_tiny(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 7, again.stdout[-2000:]
     assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
+
+
+def test_extra_flags_reach_their_steps():
+    from nanolevels.__main__ import parse_args, plan
+    args = parse_args(["--world-args", "--people 40", "--pretrain-args", "--n-layer 2 --n-embd 64",
+                       "--finetune-args", "--max-steps 9"])
+    argv = {name: a for name, _, _, a, _, _ in plan(args)}
+    assert argv["world"][-2:] == ["--people", "40"]
+    assert argv["pretrain"][-4:] == ["--n-layer", "2", "--n-embd", "64"]
+    assert all(argv[step][-2:] == ["--max-steps", "9"] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa"))
+    assert "--people" not in argv["pretrain"] and "--max-steps" not in argv["prompting"]
+    assert plan(parse_args([]))[1][3] == ["--world", args.world, "--out", os.path.join("out", "pretrain"), "--device", "auto"]

@@ -90,6 +90,12 @@ def test_own_text(tmp_path):
     r = pretrain("--data", str(text), "--out", out, "--max-steps", "2", "--vocab-size", "280", *TINY)
     assert r.returncode == 0, r.stderr
     assert "cloze_acc" not in json.load(open(os.path.join(out, "metrics.json")))
+    assert "tokenizer:" in r.stdout
+    # resuming trains on the text prepared then (no second tokenizer), even if the file has changed
+    text.write_text("Something else entirely. " * 400)
+    r = pretrain("--data", str(text), "--out", out, "--max-steps", "3", "--vocab-size", "280", "--resume", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "tokenizer:" not in r.stdout and "resuming from step 2" in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [
