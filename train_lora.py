@@ -72,6 +72,11 @@ def parse_args(argv):
     return args
 
 
+def add_adapter(model, args) -> None:
+    """Wrap the model's target layers in the LoRA adapter the flags describe."""
+    add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora)
+
+
 def make_examples(args, world) -> tuple[list[list[tuple[str, str]]], dict]:
     """(training examples, each a list of (prompt, answer text) turns; held-out question sets to score)."""
     if args.data is not None:
@@ -111,8 +116,7 @@ def main(argv=None):
     elif args.resume:
         resume_step = load_adapter(weights_path, model)["step"]
     elif not args.full:
-        add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
-                 rslora=args.rslora)
+        add_adapter(model, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{args.task if args.data is None else args.data}: {len(train_examples):,} training examples, "
         f"{len(val)} for validation; training {trainable:,} of {base_params:,} parameters "

@@ -67,9 +67,12 @@ def main(argv=None):
         if args.init == "gpt2" and not args.resume:
             download_gpt2(gpt2_dir)  # once, here: the other ranks read the file
             Tokenizer.gpt2()  # fills tiktoken's cache
-        if args.data is not None and not (args.resume and os.path.exists(os.path.join(data_dir, "meta.json"))):
+        prepared = os.path.exists(os.path.join(data_dir, "meta.json"))
+        if args.data is not None and args.resume and prepared:
+            log(f"resuming on the text prepared in {data_dir} (not re-reading {args.data})")
+        elif args.data is not None:
             data.prepare_text(args.data, data_dir, args.vocab_size, log=log)
-        elif not os.path.exists(os.path.join(data_dir, "meta.json")):
+        elif not prepared:
             log(f"no world in {data_dir} yet: preparing it with the defaults")
             data.prepare_world(data_dir, log=log)
     if ddp.world_size > 1:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_lora  # noqa: E402
 from bench_model import time_steps  # noqa: E402
-from nanolevels.lora import add_lora, merge_lora  # noqa: E402
+from nanolevels.lora import merge_lora  # noqa: E402
 from nanolevels.model import GPT, GPTConfig  # noqa: E402
 
 CONFIG = dict(vocab_size=1746, block_size=256, n_layer=4, n_head=4, n_embd=128)
@@ -55,11 +55,11 @@ def run(quick: bool = False) -> dict:
     full = GPT(GPTConfig(**CONFIG))
     full_ms, full_state = step_time(full, x, steps)
     lora = GPT(GPTConfig(**CONFIG))
-    add_lora(lora, r=DEFAULTS.r, alpha=DEFAULTS.alpha)
+    train_lora.add_adapter(lora, DEFAULTS)
     lora_ms, lora_state = step_time(lora, x, steps)
     base = GPT(GPTConfig(**CONFIG)).eval()
     merged = GPT(GPTConfig(**CONFIG))
-    add_lora(merged, r=DEFAULTS.r, alpha=DEFAULTS.alpha)
+    train_lora.add_adapter(merged, DEFAULTS)
     merge_lora(merged)
     merged.eval()
     base_gen, merged_gen = generation_ms(base), generation_ms(merged)

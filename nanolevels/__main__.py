@@ -3,10 +3,9 @@
     python -m nanolevels            # prepare, pretrain, prompt, RAG, LoRA, full FT, LoRA RAG-QA -> out/report.md
     python -m nanolevels --fresh    # redo every step instead of reusing finished ones
     python -m nanolevels --tiny     # a seconds-long run at a toy size (what the tests run)
-    python -m nanolevels --device cuda --world-args "--people 3000" \
-        --pretrain-args "--n-layer 8 --n-embd 256 --batch-size 64 --dtype bfloat16"   # a bigger machine
+    python -m nanolevels --device cuda --out out/big --world-args "--people 2000" --pretrain-args "--n-layer 8"
 
-Each step is one of the level scripts, run in this process with its defaults. A step whose
+Each step is one of the level scripts, run in this process with its defaults (plus --*-args). A step whose
 metrics.json is newer than everything it depends on is reused. The report card, out/report.md
 (and out/report.json), is one table: rows = methods, columns = exact match on test and new people,
 trainable parameters, wall time.
@@ -45,17 +44,20 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out", help="where every step writes (default: out)")
     p.add_argument("--world", default=None,
-                   help="the world's folder (default: data/world; <out>/world with --tiny)")
+                   help="the world's folder (default: data/world; <out>/world with --tiny or --world-args)")
     p.add_argument("--fresh", action="store_true", help="redo every step, even those whose outputs are current")
     p.add_argument("--tiny", action="store_true", help="toy sizes: checks the whole pipeline in seconds")
-    p.add_argument("--world-args", default="", help='extra flags for data/world/prepare.py, e.g. "--people 3000"')
+    p.add_argument("--world-args", default="",
+                   help='extra flags for data/world/prepare.py, e.g. "--people 2000" (the world then goes to <out>/world)')
     p.add_argument("--pretrain-args", default="",
                    help='extra flags for train_pretrain.py, e.g. "--n-layer 8 --n-embd 256 --max-steps 6000"')
     p.add_argument("--finetune-args", default="",
-                   help='extra flags for the three train_lora.py steps, e.g. "--max-steps 1500"')
+                   help='extra flags for the three train_lora.py steps (full fine-tuning included: a --lr here '
+                        'replaces its own), e.g. "--max-steps 1500"')
     cli.add_device_flags(p, dtype=False)
     args = p.parse_args(argv)
-    args.world = args.world or (os.path.join(args.out, "world") if args.tiny else os.path.join(ROOT, "data", "world"))
+    own_world = args.tiny or args.world_args  # never rewrite the shared data/world with other settings
+    args.world = args.world or (os.path.join(args.out, "world") if own_world else os.path.join(ROOT, "data", "world"))
     return args
 
 

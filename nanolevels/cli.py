@@ -1,8 +1,9 @@
 """What every level script shares: the common flags and the user-error convention.
 
-A user's mistake (bad flag value, missing file, corrupt checkpoint) is raised as ValueError, and a
-problem of the machine (no such file, no network, disk full) as an OSError, with a message that
-says what to do; `run` prints it as one line and exits 2, with no stack trace. Ctrl-C exits 130 after whatever cleanup the script's own code did.
+A user's mistake (bad flag value, corrupt checkpoint) is raised as ValueError, and a missing file
+or a problem of the machine (no network, disk full) as an OSError, with a message that says what
+to do; `run` prints it as one line and exits 2, with no stack trace. Ctrl-C exits 130 after
+whatever cleanup the script's own code did.
 """
 
 import dataclasses

@@ -1,9 +1,9 @@
 """Text -> token files -> training batches; QA pairs -> answer-masked batches.
 
 Pretraining reads random windows of a flat token stream (documents joined by <|endoftext|>),
-stored as uint16 on disk and memory-mapped, as nanoGPT does. Fine-tuning reads (prompt, answer)
-pairs and computes the loss on the answer tokens only: prompt and padding positions get the
-target -100, which cross-entropy ignores.
+stored as uint16 on disk and memory-mapped, as nanoGPT does. Fine-tuning reads examples of
+(prompt, answer) turns and computes the loss on the answer tokens only: prompt and padding
+positions get the target -100, which cross-entropy ignores.
 
 Batches are a pure function of (seed, step, micro_step): nothing to save for an exact resume, and
 under DDP every rank draws the same global batch and keeps its own slice, so N ranks see exactly
@@ -70,19 +70,24 @@ def get_lm_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: int
 
 
 def encode_example(tokenizer, turns, block_size: int):
-    """(ids, targets) for one example: a list of (prompt, answer) turns; targets are -100 except
-    on the answer tokens.
+    """(ids, targets) for one example, a list of (prompt, answer) turns; targets are -100 except on
+    the answer tokens.
 
     Each part is encoded separately, exactly as at inference time, where the model sees
     <|endoftext|> + the encoded prompt (see evaluate.complete) and produces the answer tokens itself;
     a later turn's prompt follows the previous answer (several questions about one context).
-    If the example is longer than the block, its START is dropped (the last question sits at its end).
+    Too long for the block: whole turns are dropped from the END first (the first turn holds the
+    context every later question needs), then the first prompt's START (its question sits at its end).
     """
+    if not turns:
+        raise ValueError("an example needs at least one (prompt, answer) turn")
     ids, targets = [tokenizer.eot_id], []
     for prompt, answer in turns:
         if not prompt or not answer:
             raise ValueError(f"an example needs a non-empty prompt and answer, got {prompt!r} -> {answer!r}")
         p, a = tokenizer.encode(prompt), tokenizer.encode(answer)
+        if targets and len(ids) + len(p) + len(a) > block_size + 1:
+            break
         if len(a) > block_size:
             raise ValueError(f"an answer of {len(a)} tokens does not fit in block size {block_size}")
         ids += p + a

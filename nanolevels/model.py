@@ -8,6 +8,7 @@ References: karpathy/nanoGPT's model.py, and Hugging Face's modeling_gpt2.py for
 import math
 import os
 import shutil
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -320,9 +321,11 @@ def download_gpt2(dest_dir):
     try:
         with urllib.request.urlopen(GPT2_URL, timeout=60) as response, open(tmp, "wb") as f:
             shutil.copyfileobj(response, f)
-    except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+    except BaseException as e:
         if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ConnectionError(f"could not download GPT-2 weights (no network?): {e}") from e
+            os.remove(tmp)  # never leave half a file
+        if isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError)):  # not a full disk
+            raise ConnectionError(f"could not download GPT-2 weights (no network?): {e}") from None
+        raise
     os.replace(tmp, path)
     return path

@@ -56,6 +56,13 @@ def test_encode_example_several_turns(tok):
     parts = [tok.encode(t) for turn in turns for t in turn]
     assert ids == ([tok.eot_id] + sum(parts, []))[:-1]
     assert targets == [IGNORE] * len(parts[0]) + parts[1] + [IGNORE] * len(parts[2]) + parts[3]
+    # every answer target is the next token of ids
+    assert all(t == ids[i + 1] for i, t in enumerate(targets[:-1]) if t != IGNORE)
+    # too long: the last turn goes whole, the first (with the context) stays
+    first = 1 + len(parts[0]) + len(parts[1])
+    assert data.encode_example(tok, turns, block_size=first + 2) == data.encode_example(tok, turns[:1], 64)
+    with pytest.raises(ValueError, match="at least one"):
+        data.encode_example(tok, [], 64)
 
 
 def test_collate_pads_right_with_ignored_targets(tok):

@@ -43,4 +43,7 @@ def test_extra_flags_reach_their_steps():
     assert argv["pretrain"][-4:] == ["--n-layer", "2", "--n-embd", "64"]
     assert all(argv[step][-2:] == ["--max-steps", "9"] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa"))
     assert "--people" not in argv["pretrain"] and "--max-steps" not in argv["prompting"]
-    assert plan(parse_args([]))[1][3] == ["--world", args.world, "--out", os.path.join("out", "pretrain"), "--device", "auto"]
+    assert args.world == os.path.join("out", "world")  # not the shared data/world
+    default = parse_args([])
+    assert default.world == os.path.join(ROOT, "data", "world")
+    assert plan(default)[1][3] == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--device", "auto"]

@@ -1,6 +1,9 @@
 """Tests for nanolevels/model.py: shapes, loss masking, init, KV cache, generation, GPT-2 import."""
 
 import math
+import os
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import torch
 from torch.nn import functional as F
 from safetensors.torch import save_file
 
-from nanolevels.model import GPT, GPTConfig, sample, window_start
+from nanolevels.model import GPT, GPTConfig, download_gpt2, sample, window_start
 
 BLOCK = 16
 
@@ -299,3 +302,14 @@ def test_from_hf_gpt2_takes_n_head(tmp_path):
     save_file(hf_gpt2_tensors(n_embd=32), str(tmp_path / "model.safetensors"))
     model = GPT.from_hf_gpt2(str(tmp_path / "model.safetensors"), n_head=4)
     assert model.config.n_head == 4 and model.transformer.h[0].attn.n_head == 4
+
+
+def test_download_gpt2_offline_is_a_connection_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(ConnectionError, match="no network"):
+        download_gpt2(str(tmp_path / "gpt2"))
+    assert os.listdir(tmp_path / "gpt2") == []
+    save_file(hf_gpt2_tensors(), str(tmp_path / "gpt2" / "model.safetensors"))  # already there: no download
+    assert download_gpt2(str(tmp_path / "gpt2")) == str(tmp_path / "gpt2" / "model.safetensors")

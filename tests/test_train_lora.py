@@ -25,7 +25,9 @@ def write_pairs(path, n=20):
     return str(path)
 
 
-def test_full_fine_tuning_gets_its_own_learning_rate():
+def test_full_fine_tuning_gets_its_own_learning_rate(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train_lora.py", "--full", "--min-lr", "0.5"])  # argv=None reads sys.argv
+    assert (train_lora.parse_args(None).lr, train_lora.parse_args(None).min_lr) == (train_lora.FULL_LR[0], 0.5)
     lora, full = train_lora.parse_args([]), train_lora.parse_args(["--full"])
     assert (lora.lr, lora.min_lr) == (3e-3, 3e-4)
     assert (full.lr, full.min_lr) == train_lora.FULL_LR

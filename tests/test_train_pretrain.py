@@ -95,7 +95,8 @@ def test_own_text(tmp_path):
     text.write_text("Something else entirely. " * 400)
     r = pretrain("--data", str(text), "--out", out, "--max-steps", "3", "--vocab-size", "280", "--resume", *TINY)
     assert r.returncode == 0, r.stderr
-    assert "tokenizer:" not in r.stdout and "resuming from step 2" in r.stdout
+    assert "tokenizer:" not in r.stdout and "resuming on the text prepared in" in r.stdout
+    assert "resuming from step 2" in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -104,12 +104,12 @@ def test_cloze_prompt_and_reading_page():
 
 
 def test_reading_examples_layout():
-    world = make_world(20, seed=3)
-    examples = reading_examples(world, 5, seed=1, k=2)
-    assert examples == reading_examples(world, 5, seed=1, k=2)
+    world, n, k = make_world(20, seed=3), 5, 2
+    examples = reading_examples(world, n, seed=1, k=k)
+    assert examples == reading_examples(world, n, seed=1, k=k)
     assert {turns[0][0].count("\n") for turns in reading_examples(world, 40, seed=1, k=2)} == {2, 3}  # 1 or 2 biographies
     world_names = {p.name for p in world.people}
-    for asked, turns in zip(fresh_people(world, 7, seed=1), examples):  # the i-th fresh person is asked about
+    for asked, turns in zip(fresh_people(world, n + k, seed=1), examples):  # the i-th fresh person is asked about
         assert asked.name not in world_names and len(turns) == len(ATTRIBUTES)
         context, first_question = turns[0][0].split("\nQ: ")
         *distractors, own = context.split("\n")
