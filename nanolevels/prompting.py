@@ -2,8 +2,8 @@
 
 Level 1 changes no weight: what we put in front of the question is the program. The layout is
 
-    [context document]\n ...              (retrieved documents, level 2; none when closed-book)
     Q: <question>\nA: <answer>\n ...       (k demonstrations, level 1; none when zero-shot)
+    [context document]\n ...              (retrieved documents, level 2; none when closed-book)
     Q: <question>\nA:                      (the model continues with " <answer>\n")
 
 which is exactly how the pretraining text's reading pages are written (a biography, then its
@@ -26,12 +26,14 @@ def answer_text(answer: str) -> str:
 
 
 def few_shot(question: str, demos=(), context=()) -> str:
-    """A k-shot prompt: each demo (a dict with question, answer) answered, then the question.
+    """A k-shot prompt: each demo (a dict with question, answer) answered, then the context
+    documents, if any, then the question.
 
-    Context documents, if any, come first, so the demos sit right before the question they show
-    the format of."""
+    The documents stay right above the question, as a biography sits above its questions on a
+    reading page. Measured (`rag.py --eval --demos 3`, base model, new people): 36.4% this way,
+    4.9% with the demos between the documents and the question; 36.2% with no demos."""
     shots = "".join(qa_prompt(d["question"]) + answer_text(d["answer"]) for d in demos)
-    return "".join(doc + "\n" for doc in context) + shots + qa_prompt(question)
+    return shots + qa_prompt(question, context)
 
 
 def candidate_demo_sets(pool: list, ks=(0, 1, 3, 5), per_k: int = 4, seed: int = 0) -> list[list]:

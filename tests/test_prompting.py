@@ -15,9 +15,9 @@ def test_layout_is_exactly_as_documented():
     assert answer_text("Lyon") == " Lyon\n"
     assert few_shot("Who?") == qa_prompt("Who?")
     assert few_shot("Who?", DEMOS, ["Doc."]) == (
-        "Doc.\n"
         "Q: What is the birth city of Ada Jo Crane?\nA: Lyon\n"
         "Q: What did Bo Lee Vance study?\nA: Physics\n"
+        "Doc.\n"
         "Q: Who?\nA:")
 
 
