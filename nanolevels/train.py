@@ -12,6 +12,7 @@ the loss turns NaN/inf (the last good checkpoint is kept), and DDP under torchru
 computes its slice of the global batch and DDP averages the gradients.
 """
 
+import atexit
 import json
 import math
 import os
@@ -93,6 +94,8 @@ def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
     d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # torch asks for an explicit teardown; left to interpreter exit, a rank aborted once (SIGABRT)
+        atexit.register(dist.destroy_process_group)
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
