@@ -35,7 +35,8 @@ def parse_args(argv):
     p.add_argument("--world", default=WORLD_DIR,
                    help="the prepared world's folder; prepared with defaults if missing (default: data/world)")
     p.add_argument("--out", default="out/pretrain", help="output folder (default: out/pretrain)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (with --data: on the text prepared then)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (with --data: on the text prepared then)")
     p.add_argument("--init", default="scratch", choices=("scratch", "gpt2"),
                    help="scratch: random weights; gpt2: download GPT-2 (124M) weights and tokenizer "
                         "(needs the internet; far too big for a CPU) (default: scratch)")

@@ -299,10 +299,9 @@ def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[t
     read off the context, which is the skill retrieval needs for `new` people. The distractors are
     biographies of other fresh people, placed first, where rag_prompt places lower-ranked documents
     (at inference these are often other biographies of the same person): training sees the layout
-    inference will. Measured on the default model with a throw-away
-    script (two biographies, new-people questions): full fine-tuning with the right biography at a
-    random place read 46% after 1,500 steps (the model cannot tell whose biography is whose); with
-    it last, 98% after 500. A varying number of documents keeps the model from reading "the second
+    inference will. Measured on the default model with a throw-away script (two biographies,
+    new-people questions): full fine-tuning with the right biography at a random place read 46%
+    after 1,500 steps (the model cannot tell whose biography is whose); with it last, 98% after 500. A varying number of documents keeps the model from reading "the second
     document" rather than "the last one" (with always two, one document alone read 0-52% per
     attribute). Six answers per context teach more per token than one: LoRA r=8, 750 steps of 16,
     51% with one question, 97% with six.
@@ -312,7 +311,8 @@ def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[t
     examples = []
     for i in range(n):
         person = people[i]
-        others = rng.sample(people[:i] + people[i + 1:], rng.randint(0, k - 1))
+        # distractors: positions among everyone but person i (indices, not a copied list: n is 20,000)
+        others = [people[j + (j >= i)] for j in rng.sample(range(n + k - 1), rng.randint(0, k - 1))]
         context = [biography(p, rng) for p in [*others, person]]
         attributes = list(ATTRIBUTES)
         rng.shuffle(attributes)
