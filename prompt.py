@@ -14,12 +14,11 @@ import sys
 
 import torch
 
-from nanolevels import cli
+from nanolevels import cli, data
 from nanolevels.device import pick_device, seed_everything
 from nanolevels.evaluate import eval_prompting
-from nanolevels.files import read_jsonl, write_json
+from nanolevels.files import write_json
 
-WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
 
 
 def parse_args(argv):
@@ -37,7 +36,7 @@ def parse_args(argv):
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the smallest set of tokens whose probability reaches p, in (0, 1]")
     p.add_argument("--seed", type=int, default=1337, help="sampling seed (default: 1337)")
-    p.add_argument("--world", default=WORLD_DIR, help="the prepared world, for --eval (default: data/world)")
+    p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world, for --eval (default: data/world)")
     p.add_argument("--out", default="out/prompt", help="where --eval writes metrics.json (default: out/prompt)")
     cli.add_device_flags(p, dtype=False)
     args = p.parse_args(argv)
@@ -75,8 +74,8 @@ def main(argv=None):
     model, tokenizer = cli.load_model(args.checkpoint, device, args.adapter)
     seed_everything(args.seed)
     if args.eval:
-        qa = {s: read_jsonl(os.path.join(args.world, f"qa_{s}.jsonl")) for s in ("train", "test", "new")}
-        result = eval_prompting(model, tokenizer, qa["train"], {"test": qa["test"], "new": qa["new"]},
+        qa = data.load_questions(args.world, "train", "dev", "test", "new")
+        result = eval_prompting(model, tokenizer, qa["train"], qa["dev"], {"test": qa["test"], "new": qa["new"]},
                                 seed=args.seed)
         write_json(os.path.join(args.out, "metrics.json"), result)
         print(f"wrote {os.path.join(args.out, 'metrics.json')}")

@@ -15,14 +15,13 @@ import random
 import sys
 import time
 
-from nanolevels import cli
+from nanolevels import cli, data
 from nanolevels.device import pick_device
 from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag
 from nanolevels.files import read_jsonl, write_json
 from nanolevels.prompting import rag_prompt
 from nanolevels.retrieval import load_or_build_index, retrieval_recall
 
-WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
 EMBEDDERS = ("tfidf", "gpt")
 
 
@@ -38,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--k", type=int, default=2, help="documents retrieved per question (default: 2)")
     p.add_argument("--demos", type=int, default=0,
                    help="few-shot demonstrations (QA pairs of train people) between documents and question (default: 0)")
-    p.add_argument("--world", default=WORLD_DIR, help="the prepared world (default: data/world)")
+    p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world (default: data/world)")
     p.add_argument("--out", default="out/rag", help="index cache and metrics.json (default: out/rag)")
     p.add_argument("--seed", type=int, default=0, help="which demonstrations are drawn (default: 0)")
     cli.add_device_flags(p, dtype=False)
@@ -77,7 +76,7 @@ def main(argv=None):
     if args.eval:
         metrics = {"k": args.k, "demos": args.demos, "embedder": args.embedder, "adapter": args.adapter,
                    "acc": {}, "retrieval": {}}
-        questions = {s: read_jsonl(os.path.join(args.world, f"qa_{s}.jsonl")) for s in ("test", "new")}
+        questions = data.load_questions(args.world, "test", "new")
         for name in EMBEDDERS:  # the retrieval quality of every embedder; answers with the chosen one
             idx, emb = (index, embedder) if name == args.embedder else load_or_build_index(
                 args.out, docs, name, model, tokenizer)

@@ -18,11 +18,12 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from nanolevels.files import atomic_write, read_json, write_json, write_jsonl
+from nanolevels.files import atomic_write, read_json, read_jsonl, write_json, write_jsonl
 from nanolevels.tokenizer import EOT, Tokenizer
-from nanolevels.world import ATTRIBUTES, make_corpus, make_world, qa_pair
+from nanolevels.world import ATTRIBUTES, SPLITS, make_corpus, make_world, qa_pair
 
 IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
+WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "world")
 
 
 def save_tokens(ids, path: str) -> None:
@@ -137,6 +138,18 @@ def load_world(data_dir: str):
     return make_world(meta["people"], meta["seed"])
 
 
+def load_questions(world_dir: str, *splits: str) -> dict[str, list[dict]]:
+    """{split: its questions} from a prepared world's qa_<split>.jsonl files."""
+    out = {}
+    for split in splits:
+        path = os.path.join(world_dir, f"qa_{split}.jsonl")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py "
+                                    f"--out {world_dir}")
+        out[split] = read_jsonl(path)
+    return out
+
+
 def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_size: int, log):
     """Train the tokenizer on the pretraining text, then write tokenizer.json, train.bin, val.bin."""
     t0 = time.time()
@@ -147,7 +160,7 @@ def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_
     val_ids = encode_documents(tokenizer, val_docs)
     save_tokens(train_ids, os.path.join(out_dir, "train.bin"))
     save_tokens(val_ids, os.path.join(out_dir, "val.bin"))
-    n_bytes = sum(len(d.encode()) + len(EOT) for d in train_docs)
+    n_bytes = sum(len(d.encode()) for d in train_docs)  # text only: <|endoftext|> is one token, not 13 bytes
     log(f"tokenizer: {tokenizer.vocab_size} tokens trained in {train_s:.1f}s; "
         f"train.bin {len(train_ids):,} tokens ({n_bytes / len(train_ids):.2f} bytes/token), "
         f"val.bin {len(val_ids):,} tokens")
@@ -155,14 +168,14 @@ def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_
             "val_tokens": len(val_ids), "tokenizer_train_s": train_s}
 
 
-def prepare_world(out_dir: str = "data/world", people: int = 300, bios_per_person: int = 5,
+def prepare_world(out_dir: str = "data/world", people: int = 340, bios_per_person: int = 5,
                   epochs: int = 40, reading_share: float = 0.2, mix_qa: bool = False,
                   vocab_size: int = 2048, seed: int = 1337, log=print) -> dict:
     """Write the tiny world's files into out_dir and return a summary.
 
     pretrain.txt, val.txt  the pretraining and validation documents, separated by <|endoftext|> lines
-    docs.jsonl             every biography (all splits, `new` included): the retrieval collection
-    qa_{train,test,new}.jsonl  questions per split: person, attribute, question, answer
+    docs.jsonl             every biography (all splits, `dev-new` and `new` included): the retrieval collection
+    qa_<split>.jsonl       questions per split (train, dev, test, dev-new, new): person, attribute, question, answer
     people.jsonl           the people table
     tokenizer.json, train.bin, val.bin   the BPE tokenizer and the token streams
     meta.json              the arguments (written last: its presence means the rest is complete)
@@ -177,13 +190,13 @@ def prepare_world(out_dir: str = "data/world", people: int = 300, bios_per_perso
     write_jsonl(os.path.join(out_dir, "docs.jsonl"),
                 [{"id": f"{p.name}#{i}", "person": p.name, "split": p.split, "text": bio}
                  for p in world.people for i, bio in enumerate(corpus.bios[p.name])])
-    for split in ("train", "test", "new"):
+    for split in SPLITS:
         write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
                     [qa_pair(p, a) for p in world.split(split) for a in ATTRIBUTES])
     write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
     n_pages = sum("\nQ: " in d and not d.startswith("Q: ") for d in corpus.train_docs)  # not mixed QA
-    log(f"world: {len(world.split('train'))} train / {len(world.split('test'))} test / "
-        f"{len(world.split('new'))} new people; {len(corpus.train_docs):,} pretraining documents "
+    log(f"world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people; "
+        f"{len(corpus.train_docs):,} pretraining documents "
         f"({len(train_text):,} chars; {n_pages:,} of them reading pages), "
         f"{len(corpus.val_docs):,} validation documents")
     # the tokenizer learns from each distinct document once: repeats would add time, not merges

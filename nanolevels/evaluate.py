@@ -6,6 +6,7 @@ answer after normalisation (case, runs of spaces and a final period do not matte
 Every prompt starts with <|endoftext|>, as every document did in pretraining.
 """
 
+import math
 import random
 import re
 from collections import defaultdict
@@ -65,6 +66,18 @@ def accuracy(predictions: list[str], answers: list[str]) -> float:
     return sum(exact_match(p, a) for p, a in zip(predictions, answers)) / len(answers)
 
 
+def wilson(acc: float, n: int, z: float = 1.96) -> list[float]:
+    """[low, high]: the 95% Wilson score interval of a share `acc` of n trials.
+
+    Unlike acc +- 1.96 * sqrt(acc * (1 - acc) / n), it stays inside [0, 1] and is not zero-width at
+    0% or 100%: with n questions all answered right, the true accuracy may still be a little lower."""
+    if n < 1:
+        raise ValueError("an interval needs at least one question")
+    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def cloze_accuracy(model, tokenizer, people) -> float:
     """Share of (person, attribute) the model completes exactly from a biography sentence's start,
     e.g. '<|endoftext|>Ada Jo Crane was born in' -> ' Lyon.'"""
@@ -79,21 +92,16 @@ def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
     return accuracy(predictions, [q["answer"] for q in questions])
 
 
-def eval_prompting(model, tokenizer, qa_train: list[dict], heldout: dict, ks=(1, 3, 5),
+def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout: dict, ks=(1, 3, 5),
                    draws: int = 3, per_k: int = 4, seed: int = 0, log=print) -> dict:
     """Level 1 on held-out questions ({split: questions}): zero-shot, random k-shot, searched demos.
 
-    Demonstrations come from `train` people. A tenth of them (the dev people) are kept out of the
-    demo pool and score the search's candidates, so the demos are never chosen on held-out people.
+    Demonstrations come from `pool` (the train people's questions); the search's candidates are
+    scored on `dev` (the dev people's), so the demos are never chosen on held-out people.
     Random k-shot is the mean over `draws` random demo sets (the same sets for every split); every
     row uses the same template and greedy decoding, so the rows differ only in the demos.
     """
     rng = random.Random(seed)
-    people = sorted({q["person"] for q in qa_train})
-    rng.shuffle(people)
-    dev_people = set(people[:max(1, len(people) // 10)])
-    dev = [q for q in qa_train if q["person"] in dev_people]
-    pool = [q for q in qa_train if q["person"] not in dev_people]
 
     def score(demos):
         return {split: qa_accuracy(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))

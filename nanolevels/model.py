@@ -112,21 +112,6 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
-def window_start(length, block_size):
-    """Index of the first token the model sees when the sequence is `length` tokens long.
-
-    Positions are learned absolute embeddings, so a KV cache cannot slide one token at a time (every
-    cached token's position would change). Instead the window jumps forward by block_size // 2 each
-    time the sequence would overflow the block: the cached path then re-prefills the last ~block_size // 2
-    tokens once every block_size // 2 steps, which is cheap amortised. generate() uses this rule with and
-    without the cache, so both give the same tokens; a prompt longer than the block keeps its tail.
-    """
-    step = max(1, block_size // 2)
-    overflow = length - block_size
-    # the smallest multiple of step that brings the window back inside the block
-    return 0 if overflow <= 0 else (overflow + step - 1) // step * step
-
-
 def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, V) -> (B, 1): greedy if temperature <= 0, else sampled."""
     if temperature <= 0:
@@ -233,15 +218,16 @@ class GPT(nn.Module):
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        cache, cache_start = None, None
+        cache = None
         for _ in range(max_new_tokens):
-            start = window_start(idx.size(1), self.config.block_size)
-            if not use_cache:
-                logits, _ = self(idx[:, start:])
-            elif start != cache_start:
-                # first step, or the window jumped: positions changed, so fill the cache anew
-                cache, cache_start = self.new_cache(idx.size(0)), start
-                logits, _ = self(idx[:, start:], cache=cache)
+            if not use_cache or idx.size(1) > self.config.block_size:
+                # the model sees the last block_size tokens, as nanoGPT crops. Positions are learned and
+                # absolute, so once the window slides every token's position changes and the cache
+                # cannot be reused: each step is a full forward over the window from then on.
+                logits, _ = self(idx[:, -self.config.block_size:])
+            elif cache is None:
+                cache = self.new_cache(idx.size(0))
+                logits, _ = self(idx, cache=cache)  # prefill: the whole prompt at once
             else:
                 logits, _ = self(idx[:, -1:], cache=cache)  # only the token sampled last step is new
             next_token = sample(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
@@ -267,7 +253,8 @@ class GPT(nn.Module):
         temperature <= 0 is greedy (argmax); otherwise sample, from the top_k most likely tokens and/or the
         smallest set whose probability reaches top_p (in (0, 1]). With batch size 1, generation stops after
         a token in stop_tokens, which is included in the output; a batch never stops early. Sequences may
-        grow past block_size: see window_start(). Put the model in eval() mode first, or dropout samples too.
+        grow past block_size: the model then sees their last block_size tokens. Put the model in eval() mode
+        first, or dropout samples too.
         """
         new_tokens = self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, stop_tokens,
                                            use_cache, generator)

@@ -137,6 +137,14 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def _any_rank(flag: bool, device, ddp: Dist) -> bool:
+    """True on every rank if flag is True on any rank."""
+    t = torch.tensor(float(flag), device=device)
+    if ddp.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device, dtype: torch.dtype,
           save_weights, on_eval=None, resume_step: int | None = None, ddp: Dist = Dist(),
           log=print) -> dict:
@@ -144,7 +152,9 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
 
     get_batch(split, step, micro_step) -> (x, y): this rank's micro-batch ("train" or "val").
     save_weights(step): write the weights file (the caller knows its format: model or adapter).
-    on_eval(step): called on rank 0 after each evaluation, e.g. to print a sample.
+    on_eval(step): called on rank 0 after each evaluation, e.g. to print a sample or run a dev-split
+    check; if it returns a reason (a string), training stops there, a skill having arrived before
+    the step cap (max_steps), and the reason goes into the log and the metrics ("stopped").
     resume_step: the step of the weights the caller loaded; the optimizer state is read from
     out_dir/train_state.safetensors and must be from the same step.
     """
@@ -188,9 +198,9 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 with autocast(device, dtype):
                     _, loss = net(x.to(device), y.to(device))
                 total += loss.float()
-            if ddp.world_size > 1:
-                dist.all_reduce(total, op=dist.ReduceOp.AVG)
-            out[f"{split}_loss"] = total.item() / cfg.eval_batches
+            if ddp.world_size > 1:  # SUM then divide: gloo has ReduceOp.AVG only in recent torch
+                dist.all_reduce(total)
+            out[f"{split}_loss"] = total.item() / cfg.eval_batches / ddp.world_size
         model.train()
         return out
 
@@ -198,15 +208,21 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
     tokens_seen, losses, last = 0, {}, {}
     t_start = time.time()
     start_step = step
+    stopped = f"the step cap (--max-steps {cfg.max_steps})"
     with _StopFlag() as stop:
         while step < cfg.max_steps:
             if step % cfg.eval_interval == 0:
                 losses = estimate_loss()
                 write_log({"step": step, **losses})
+                reason = None
                 if ddp.is_main:
                     log(f"step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
-                    if on_eval:
-                        on_eval(step)
+                    reason = on_eval(step) if on_eval else None
+                if _any_rank(reason is not None, device, ddp):  # every rank stops at the same step
+                    stopped = reason or "a dev check passed"  # the reason itself is known on rank 0
+                    log(f"stopping at step {step} of at most {cfg.max_steps}: {stopped}")
+                    write_log({"step": step, "stopped": stopped})
+                    break
             # dropout's randomness is a function of (seed, step, rank) too, so a resume is exact
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, ddp.rank]).generate_state(1)[0]))
             lr = lr_at(step, cfg)
@@ -223,8 +239,8 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 loss_sum += loss.detach().float()
                 tokens_seen += x.numel() * ddp.world_size
             if ddp.world_size > 1:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)  # log the global batch's loss, not one slice's
-            loss_val = loss_sum.item() / cfg.grad_accum
+                dist.all_reduce(loss_sum)  # log the global batch's loss, not one slice's
+            loss_val = loss_sum.item() / cfg.grad_accum / ddp.world_size
             if not math.isfinite(loss_val):
                 raise ValueError(f"the loss became {loss_val} at step {step}; the last good checkpoint "
                                  f"in {out_dir} is kept; try a lower --lr")
@@ -244,20 +260,19 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 if ddp.is_main:
                     log(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | "
                         f"{tok_s / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
-            stopping = torch.tensor(float(stop.set), device=device)
-            if ddp.world_size > 1:
-                dist.all_reduce(stopping, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-            if stopping.item():
+            if _any_rank(stop.set, device, ddp):  # every rank stops at the same step
                 checkpoint(step)
                 if ddp.is_main:
                     log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")
                 raise KeyboardInterrupt
             if step % cfg.ckpt_interval == 0 and step < cfg.max_steps:
                 checkpoint(step)
+        else:
+            log(f"stopping at {stopped}")
     wall_s = time.time() - t_start
     losses = estimate_loss()
     write_log({"step": step, **losses})
     checkpoint(step)
-    return {**losses, "steps": step, "tokens_seen": tokens_seen, "wall_s": wall_s,
+    return {**losses, "steps": step, "stopped": stopped, "tokens_seen": tokens_seen, "wall_s": wall_s,
             "tokens_per_s": tokens_seen / max(wall_s, 1e-9), "last_train_loss": last.get("loss"),
             "peak_rss_mb": peak_rss_mb()}

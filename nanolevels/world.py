@@ -7,13 +7,19 @@ several short documents; every sentence states one attribute and repeats the FUL
 "knowledge augmentation": without it, facts stored during pretraining cannot be extracted later),
 and the sentence order is shuffled per biography.
 
-People come in three disjoint splits:
-  train  biographies are in the pretraining text; their QA pairs may be used to fine-tune and as
-         few-shot demonstrations.
-  test   biographies are in the pretraining text; their questions are held out everywhere.
-  new    biographies are NEVER in the pretraining text: documents that "arrive after training".
-         Only retrieval can know them.
-and `fresh_people` makes any number of further people, never in the world's splits, for
+People come in five disjoint splits, each with a role that never changes:
+  train    biographies are in the pretraining text; their QA pairs may be used to fine-tune and as
+           few-shot demonstrations.
+  dev      biographies are in the pretraining text; used ONLY to choose (a stopping point, a
+           prompt, a learning rate). Never trained on as questions.
+  test     biographies are in the pretraining text; their questions are held out everywhere and
+           only ever reported.
+  dev-new  biographies are NEVER in the pretraining text; used only to choose things that concern
+           unseen documents (when a reader has learned to read).
+  new      biographies are NEVER in the pretraining text: documents that "arrive after training".
+           Only retrieval can know them. Only ever reported.
+The rule: a number that chose something comes from a dev split; test and new are scored, never
+consulted. `fresh_people` makes any number of further people, never in the world's splits, for
 training examples that must not be answerable from memory (reading pages, RAG fine-tuning).
 
 Everything is a pure function of a seed: same seed, same world, byte for byte.
@@ -23,6 +29,11 @@ import random
 from dataclasses import dataclass
 
 from nanolevels.prompting import answer_text, qa_prompt
+
+# Share of --people in each split (train takes what the others leave); the default 340 people give
+# 108 train / 41 dev / 75 test / 41 dev-new / 75 new.
+SPLITS = {"train": 0.32, "dev": 0.12, "test": 0.22, "dev-new": 0.12, "new": 0.22}
+PRETRAINED = ("train", "dev", "test")  # the splits whose biographies are in the pretraining text
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
 
@@ -141,7 +152,7 @@ December""".split()
 @dataclass
 class Person:
     name: str
-    split: str  # "train" | "test" | "new" | "fresh"
+    split: str  # one of SPLITS, or "fresh"
     birth_date: str
     birth_city: str
     university: str
@@ -211,24 +222,28 @@ def reading_page(person: Person, rng: random.Random) -> str:
 
 @dataclass
 class World:
-    people: list[Person]  # train, then test, then new
+    people: list[Person]  # in the order of SPLITS
     seed: int
 
     def split(self, name: str) -> list[Person]:
         return [p for p in self.people if p.split == name]
 
 
-def make_world(n_people: int = 300, seed: int = 1337, fractions=(0.5, 0.25, 0.25)) -> World:
-    """The world's people, split train/test/new by `fractions` (of n_people)."""
-    if n_people < 4:
-        raise ValueError(f"--people must be at least 4 (every split needs someone), got {n_people}")
+def split_sizes(n_people: int) -> dict[str, int]:
+    """How many of n_people each split gets (see SPLITS); every split needs at least one person."""
+    sizes = {name: round(n_people * share) for name, share in SPLITS.items() if name != "train"}
+    sizes = {"train": n_people - sum(sizes.values()), **sizes}
+    empty = [name for name, n in sizes.items() if n < 1]
+    if empty:
+        raise ValueError(f"--people {n_people} leaves the {', '.join(empty)} split(s) empty; use --people 5 or more")
+    return sizes
+
+
+def make_world(n_people: int = 340, seed: int = 1337) -> World:
+    """The world's people, n_people of them, in the splits of SPLITS."""
     rng = random.Random(seed)
-    n_test = max(1, round(n_people * fractions[1]))
-    n_new = max(1, round(n_people * (1 - fractions[0] - fractions[1])))
-    n_train = n_people - n_test - n_new
     taken: set[str] = set()
-    people = (make_people(rng, n_train, "train", taken) + make_people(rng, n_test, "test", taken)
-              + make_people(rng, n_new, "new", taken))
+    people = [p for split, n in split_sizes(n_people).items() for p in make_people(rng, n, split, taken)]
     return World(people, seed)
 
 
@@ -248,9 +263,10 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
                 mix_qa: bool = False) -> Corpus:
     """Biographies of everyone, and the pretraining documents built from them.
 
-    Pretraining text = the biographies of train+test people, each written `epochs` times, plus
-    reading pages about fresh people (`reading_share` of all documents), plus, with `mix_qa`, the
-    QA pairs of train people (as often as their biographies). Never a word about a `new` person.
+    Pretraining text = the biographies of the PRETRAINED people (train, dev, test), each written
+    `epochs` times, plus reading pages about fresh people (`reading_share` of all documents), plus,
+    with `mix_qa`, the QA pairs of train people (as often as their biographies). Never a word about
+    a `dev-new` or `new` person, never a question about a dev or test person.
 
     Every reading page is about a different fresh person, seen once: its answers can only be
     learned by reading them off the page, never by memorising the person (repeated pages would
@@ -270,7 +286,7 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
         raise ValueError(f"--reading-share must be in [0, 1), got {reading_share}")
     rng = random.Random(world.seed + 1)
     bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
-    known = world.split("train") + world.split("test")
+    known = [p for p in world.people if p.split in PRETRAINED]
     once = [b for p in known for b in bios[p.name]]
     val_docs = [biography(p, rng) for p in known]
     if mix_qa:

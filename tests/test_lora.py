@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import FP32
 from nanolevels.checkpoint import load_model, save_model
 from nanolevels.lora import (DEFAULT_TARGETS, LoRALinear, add_lora, base_fingerprint, load_adapter, lora_layers,
                              lora_param_count, lora_state_dict, merge_lora, remove_lora, save_adapter,
@@ -86,7 +87,7 @@ def test_merge_unmerge_disable(trained):
     merge_lora(model)
     merge_lora(model)  # idempotent
     assert all(layer.merged for layer in lora_layers(model).values())
-    torch.testing.assert_close(logits(model, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(model, x), unmerged, **FP32)
     unmerge_lora(model)
     for name, p in model.named_parameters():
         if name in weights:
@@ -109,7 +110,7 @@ def test_remove_lora():
     remove_lora(model)
     assert not lora_layers(model) and type(model.transformer.h[0].attn.c_attn) is nn.Linear
     assert all(p.requires_grad for p in model.parameters())
-    torch.testing.assert_close(logits(model, x), adapted, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(model, x), adapted, **FP32)
     model = add_lora_to(tiny_gpt())
     remove_lora(model)  # unmerged: the base comes back untouched
     assert torch.equal(logits(model, x), logits(tiny_gpt(), x))
@@ -199,4 +200,4 @@ def test_mlp_targets():
     unmerged = logits(model, x)
     assert (unmerged - logits(base, x)).abs().max() > 1e-3
     merge_lora(model)
-    torch.testing.assert_close(logits(model, x), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(model, x), unmerged, **FP32)

@@ -23,12 +23,17 @@ def test_whole_pipeline_tiny(tmp_path):
     assert {"total_wall_s", "peak_rss_mb", "machine", "rows", "retrieval"} <= set(report)
     assert [row["method"] for row in report["rows"]] == METHODS
     for row in report["rows"]:
-        assert {"method", "level", "acc_test", "acc_new", "trainable_params", "wall_s"} <= set(row)
+        assert {"method", "level", "acc_test", "acc_new", "ci_test", "ci_new", "n_test", "n_new", "trainable_params",
+                "wall_s"} <= set(row)
         assert 0 <= row["acc_test"] <= 1 and 0 <= row["acc_new"] <= 1 and row["level"] in (1, 2, 3, 4)
+        for split in ("test", "new"):
+            low, high = row[f"ci_{split}"]
+            assert 0 <= low <= row[f"acc_{split}"] <= high <= 1 and row[f"n_{split}"] == 18  # 3 people x 6
+    assert set(report["targets"]) and set(report["stopped"]) == {"pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa"}
     assert set(report["retrieval"]) == {"tfidf", "gpt"}
     assert all(set(r) == {"recall@1", "recall@5"} for r in report["retrieval"].values())
     markdown = open(os.path.join(out, "report.md")).read()
-    assert all(f"| {m} |" in markdown for m in METHODS)
+    assert all(f"| {m} |" in markdown for m in METHODS) and "Wilson" in markdown
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 7, again.stdout[-2000:]
     assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
@@ -44,6 +49,9 @@ def test_extra_flags_reach_their_steps():
     assert all(argv[step][-2:] == ["--max-steps", "9"] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa"))
     assert "--people" not in argv["pretrain"] and "--max-steps" not in argv["prompting"]
     assert args.world == os.path.join("out", "world")  # not the shared data/world
+    seeded = {name: a for name, _, _, a, _, _ in plan(parse_args(["--seed", "7"]))}
+    assert all(seeded[step][-2:] == ["--seed", "7"] for step in ("world", "pretrain", "prompting", "rag"))
+    assert all("--seed" in seeded[step] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa"))
     default = parse_args([])
     assert default.world == os.path.join(ROOT, "data", "world")
     assert plan(default)[1][3] == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--device", "auto"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FP32
 from nanolevels.model import GPT, GPTConfig
 from nanolevels.retrieval import (BLOCK, GPTEmbedder, TfidfEmbedder, VectorIndex, load_or_build_index,
                                   make_embedder, normalize_rows, recall_at_k, top_k_unordered)
@@ -215,14 +216,14 @@ def test_gpt_embedder_shapes_norms_and_right_padding():
     assert np.all(vectors[4] == 0)  # no tokens, nothing to average
     # right padding is invisible: alone or in a batch with longer texts, the same vector
     for text, v in zip(texts, vectors):
-        assert np.allclose(embedder.embed([text])[0], v, atol=1e-5)
+        assert np.allclose(embedder.embed([text])[0], v, **FP32)
     # a text longer than block_size keeps its first block_size tokens (bytes here)
-    assert np.allclose(vectors[3], embedder.embed([texts[3][:16]])[0], atol=1e-5)
+    assert np.allclose(vectors[3], embedder.embed([texts[3][:16]])[0], **FP32)
     # a direct mean of the hidden states, for one text
     ids = torch.tensor([tokenizer.encode(texts[1])])
     with torch.no_grad():
         mean = model.hidden_states(ids)[0].mean(0).numpy()
-    assert np.allclose(vectors[1], mean / np.linalg.norm(mean), atol=1e-5)
+    assert np.allclose(vectors[1], mean / np.linalg.norm(mean), **FP32)
 
 
 def test_gpt_embedder_restores_training_mode():

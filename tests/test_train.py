@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nanolevels import data
+from nanolevels import train as train_module
 from nanolevels.checkpoint import load_model, save_model
 from nanolevels.model import GPT, GPTConfig
 from nanolevels.tokenizer import Tokenizer
@@ -74,12 +75,17 @@ def test_resume_is_exact(setup, tmp_path):
 
 
 def test_grad_accumulation_is_scaled(setup, tmp_path, monkeypatch):
-    """Accumulating the same micro-batch twice must give the same update as using it once."""
+    """Accumulating the same micro-batch twice must give the same update as using it once.
+
+    Plain SGD and no clipping: AdamW and a clipped norm would hide a gradient twice too large."""
     tok, tokens = setup
-    one, _ = run(tok, tokens, tmp_path / "one", 1, fresh_model(tok, dropout=0.0), grad_accum=1)
+    monkeypatch.setattr(train_module, "make_optimizer", lambda model, cfg, device: torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr))
+    one, _ = run(tok, tokens, tmp_path / "one", 1, fresh_model(tok, dropout=0.0), grad_accum=1, grad_clip=0, lr=1.0)
     original = data.get_lm_batch
     monkeypatch.setattr(data, "get_lm_batch", lambda t, b, block, seed, step, micro=0: original(t, b, block, seed, step))
-    two, _ = run(tok, tokens, tmp_path / "two", 1, fresh_model(tok, dropout=0.0), grad_accum=2)
+    two, _ = run(tok, tokens, tmp_path / "two", 1, fresh_model(tok, dropout=0.0), grad_accum=2, grad_clip=0, lr=1.0)
+    assert any(not torch.equal(a, b) for a, b in zip(one.parameters(), fresh_model(tok, dropout=0.0).parameters()))
     for a, b in zip(one.parameters(), two.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
 
@@ -105,3 +111,24 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(setup, tmp_path, monkeypatch):
     _, _, meta = load_model(str(tmp_path / "model.safetensors"))
     assert meta["step"] == 3
     assert np.isfinite(load_model(str(tmp_path / "model.safetensors"))[0].transformer.wte.weight.sum().item())
+
+
+def test_dev_check_stops_training(setup, tmp_path):
+    """on_eval returning a reason stops at that evaluation, before the step cap, and says why."""
+    tok, tokens = setup
+    cfg = TrainConfig(max_steps=20, batch_size=4, warmup_steps=2, eval_interval=3, eval_batches=1, log_interval=2,
+                      ckpt_interval=100)
+    model, lines = fresh_model(tok), []
+
+    def get_batch(split, step, micro):
+        return data.get_lm_batch(tokens, 4, 16, 0, step, micro)
+
+    metrics = train(model, cfg, get_batch, str(tmp_path), CPU, torch.float32,
+                    lambda step: save_model(str(tmp_path / "model.safetensors"), model, tok, step=step),
+                    on_eval=lambda step: "dev check passed" if step >= 6 else None, log=lines.append)
+    assert metrics["steps"] == 6 and metrics["stopped"] == "dev check passed"
+    assert "stopping at step 6 of at most 20: dev check passed" in lines
+    assert load_model(str(tmp_path / "model.safetensors"))[2]["step"] == 6
+    metrics = train(fresh_model(tok), cfg, get_batch, str(tmp_path / "cap"), CPU, torch.float32, lambda step: None,
+                    on_eval=lambda step: None, log=lines.append)
+    assert metrics["steps"] == 20 and metrics["stopped"] == "the step cap (--max-steps 20)"

@@ -43,7 +43,8 @@ def test_pretrain_writes_everything(world, tmp_path):
     m = json.load(open(os.path.join(out, "metrics.json")))
     for key in ("params", "tokens_seen", "wall_s", "tokens_per_s", "train_loss", "val_loss"):
         assert key in m
-    assert set(m["cloze_acc"]) == {"train", "test", "new"}
+    assert set(m["cloze_acc"]) == {"train", "dev", "test", "dev-new", "new"}
+    assert m["stopped"] == "the step cap (--max-steps 4)"
     assert m["tokens_seen"] == 4 * 4 * 32
 
 

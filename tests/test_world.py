@@ -8,8 +8,8 @@ import pytest
 from nanolevels import data
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
-from nanolevels.world import (ATTRIBUTES, QUESTIONS, TEMPLATES, cloze_prompt, fresh_people, make_corpus,
-                              make_world, reading_examples, reading_page)
+from nanolevels.world import (ATTRIBUTES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, cloze_prompt, fresh_people,
+                              make_corpus, make_world, reading_examples, reading_page)
 import random
 
 
@@ -19,11 +19,10 @@ def prepare(out_dir, **kw):
 
 
 def test_splits_are_disjoint_and_sized():
-    world = make_world(100, seed=1)
-    names = {s: {p.name for p in world.split(s)} for s in ("train", "test", "new")}
-    assert [len(names[s]) for s in ("train", "test", "new")] == [50, 25, 25]
-    assert not names["train"] & names["test"] and not names["train"] & names["new"]
-    assert not names["test"] & names["new"]
+    world = make_world(340, seed=1)
+    names = {s: {p.name for p in world.split(s)} for s in SPLITS}
+    assert [len(names[s]) for s in SPLITS] == [108, 41, 75, 41, 75]
+    assert len(set().union(*names.values())) == 340  # disjoint
     fresh = {p.name for p in fresh_people(world, 200, seed=3)}
     assert len(fresh) == 200 and not fresh & {p.name for p in world.people}
 
@@ -44,13 +43,13 @@ def test_no_new_person_in_pretraining_text_and_answers_in_bios(tmp_path):
     prepare(tmp_path)
     text = (tmp_path / "pretrain.txt").read_text() + (tmp_path / "val.txt").read_text()
     people = read_jsonl(tmp_path / "people.jsonl")
-    new = [p for p in people if p["split"] == "new"]
-    assert new and not any(p["name"] in text for p in new)
-    known = [p for p in people if p["split"] != "new"]
+    unseen = [p for p in people if p["split"] not in PRETRAINED]
+    assert {p["split"] for p in unseen} == {"dev-new", "new"} and not any(p["name"] in text for p in unseen)
+    known = [p for p in people if p["split"] in PRETRAINED]
     assert all(p["name"] in text for p in known)
     docs = read_jsonl(tmp_path / "docs.jsonl")
-    assert {d["split"] for d in docs} == {"train", "test", "new"}
-    for split in ("train", "test", "new"):
+    assert {d["split"] for d in docs} == set(SPLITS)
+    for split in SPLITS:
         qa = read_jsonl(tmp_path / f"qa_{split}.jsonl")
         assert len(qa) == len(ATTRIBUTES) * sum(p["split"] == split for p in people)
         for q in qa:
@@ -67,8 +66,8 @@ def test_no_qa_of_world_people_unless_mixed(tmp_path):
     prepare(tmp_path / "mixed", mix_qa=True)
     text = (tmp_path / "mixed" / "pretrain.txt").read_text()
     assert all(q["question"] in text for q in qa_train)
-    qa_test = read_jsonl(tmp_path / "qa_test.jsonl")
-    assert not any(q["question"] in text for q in qa_test)
+    for split in ("dev", "test"):  # choosing and reporting splits are never asked about in pretraining
+        assert not any(q["question"] in text for q in read_jsonl(tmp_path / f"qa_{split}.jsonl"))
 
 
 def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
@@ -123,7 +122,13 @@ def test_reading_examples_layout():
                    if q == f"Q: {QUESTIONS[x].format(name=asked.name)}\nA:")
 
 
-@pytest.mark.parametrize("kw", [dict(people=2), dict(bios_per_person=0), dict(reading_share=1.0)])
+@pytest.mark.parametrize("kw", [dict(people=4), dict(bios_per_person=0), dict(reading_share=1.0)])
 def test_bad_sizes_raise(tmp_path, kw):
     with pytest.raises(ValueError):
         prepare(tmp_path, **kw)
+
+
+def test_smallest_world_has_every_split():
+    with pytest.raises(ValueError, match="dev.*empty.*--people 5"):
+        make_world(4)
+    assert {p.split for p in make_world(5).people} == set(SPLITS)

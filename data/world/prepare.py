@@ -18,8 +18,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                    help="output folder (default: data/world, next to this script)")
-    p.add_argument("--people", type=int, default=300,
-                   help="people in the world, split 50%% train / 25%% test / 25%% new (default: 300)")
+    p.add_argument("--people", type=int, default=340,
+                   help="people in the world, split 32%% train / 12%% dev / 22%% test / 12%% dev-new / 22%% new "
+                        "(see nanolevels/world.py) (default: 340)")
     p.add_argument("--bios-per-person", type=int, default=5,
                    help="biographies per person, each a fresh paraphrase (default: 5)")
     p.add_argument("--epochs", type=int, default=40,
