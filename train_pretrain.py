@@ -37,9 +37,11 @@ def parse_args(argv):
     p.add_argument("--out", default="out/pretrain", help="output folder (default: out/pretrain)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (with --data: on the text prepared then)")
-    p.add_argument("--init", default="scratch", choices=("scratch", "gpt2"),
-                   help="scratch: random weights; gpt2: download GPT-2 (124M) weights and tokenizer "
-                        "(needs the internet; far too big for a CPU) (default: scratch)")
+    p.add_argument("--init", default="scratch",
+                   help="scratch: random weights; gpt2: download GPT-2 (124M) weights (needs the internet; far too "
+                        "big for a CPU); or the path of a GPT-2 model.safetensors you have (Hugging Face layout). "
+                        "Both use GPT-2's tokenizer, which tiktoken downloads once and keeps in its cache "
+                        "(TIKTOKEN_CACHE_DIR) (default: scratch)")
     p.add_argument("--vocab-size", type=int, default=2048,
                    help="the largest BPE vocabulary trained for --data (default: 2048)")
     g = p.add_argument_group("model")
@@ -54,6 +56,8 @@ def parse_args(argv):
     cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=4000, eval_interval=500)
     cli.add_device_flags(p)
     args = p.parse_args(argv)
+    if args.init not in ("scratch", "gpt2") and not args.init.endswith(".safetensors"):
+        raise ValueError(f"--init takes scratch, gpt2 or a GPT-2 model.safetensors path, got {args.init!r}")
     if args.stop_cloze <= 0:
         raise ValueError(f"--stop-cloze must be above 0 (above 1 turns the dev check off), got {args.stop_cloze}")
     return args
@@ -71,8 +75,9 @@ def main(argv=None):
     data_dir = args.world if args.data is None else os.path.join(args.out, "data")
     gpt2_dir = os.path.join(args.out, "gpt2")
     if ddp.is_main:
-        if args.init == "gpt2" and not args.resume:
-            download_gpt2(gpt2_dir)  # once, here: the other ranks read the file
+        if args.init != "scratch" and not args.resume:
+            if args.init == "gpt2":
+                download_gpt2(gpt2_dir)  # once, here: the other ranks read the file
             Tokenizer.gpt2()  # fills tiktoken's cache
         prepared = os.path.exists(os.path.join(data_dir, "meta.json"))
         if args.data is not None and args.resume and prepared:
@@ -91,9 +96,9 @@ def main(argv=None):
         model, tokenizer, meta = load_model(model_path)
         resume_step = meta["step"]
         log(f"resuming from step {resume_step} of {model_path}")
-    elif args.init == "gpt2":
+    elif args.init != "scratch":
         tokenizer = Tokenizer.gpt2()
-        model = GPT.from_hf_gpt2(download_gpt2(gpt2_dir))
+        model = GPT.from_hf_gpt2(download_gpt2(gpt2_dir) if args.init == "gpt2" else args.init)
     else:
         tokenizer = None
     tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)

@@ -32,7 +32,7 @@ from nanolevels import cli  # noqa: E402
 from nanolevels.data import load_questions  # noqa: E402
 from nanolevels.device import peak_rss_mb, pick_device  # noqa: E402
 from nanolevels.evaluate import wilson  # noqa: E402
-from nanolevels.files import atomic_write, read_json, read_jsonl, write_json  # noqa: E402
+from nanolevels.files import atomic_write, read_json, read_jsonl, shown, write_json  # noqa: E402
 from nanolevels.train import format_eta  # noqa: E402
 
 # what --tiny changes: a world and model small enough for a test to run every level in seconds
@@ -117,9 +117,9 @@ def run_steps(args) -> dict:
     t_start = time.time()
     for i, (name, level, main, argv, output, inputs) in enumerate(steps, 1):
         if record.get(name, {}).get("argv") == argv and current(output, inputs):
-            print(f"[{i}/{len(steps)}] {name}: reusing {output}")
+            print(f"[{i}/{len(steps)}] {name}: reusing {shown(output)}")
             continue
-        print(f"\n[{i}/{len(steps)}] {name} (level {level}): {' '.join(argv)}")
+        print(f"\n[{i}/{len(steps)}] {name} (level {level}): {' '.join(map(shown, argv))}")
         t0 = time.time()
         main(argv)
         record[name] = {"argv": argv, "wall_s": time.time() - t0}

@@ -13,6 +13,15 @@ def atomic_write(path: str, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def shown(path: str) -> str:
+    """path as a reader wants to see it: relative to the working directory when it lies inside it
+    (data/world, not /home/you/nanolevels/data/world); any other string unchanged."""
+    if not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def write_json(path: str, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

@@ -1,5 +1,7 @@
 """Batches: shifted targets, determinism, DDP slicing; answer masking; prepared text files."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,10 @@ def test_prepare_text(tmp_path):
         data.prepare_text(str(tmp_path / "bin.txt"), str(out))
     with pytest.raises(FileNotFoundError):
         data.load_pretraining_data(str(tmp_path / "nothing"))
+
+
+def test_shown_paths_are_relative_inside_the_working_directory(tmp_path, monkeypatch):
+    from nanolevels.files import shown
+    monkeypatch.chdir(tmp_path)
+    assert shown(str(tmp_path / "data" / "world")) == os.path.join("data", "world")
+    assert shown("/elsewhere/world") == "/elsewhere/world" and shown("out/x") == "out/x" and shown("--seed") == "--seed"

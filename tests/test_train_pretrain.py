@@ -125,3 +125,24 @@ def test_corrupt_checkpoint_is_one_line(world, tmp_path):
     (out / "model.safetensors").write_bytes(b"not a checkpoint")
     r = pretrain("--world", world, "--out", str(out), "--resume", *TINY)
     assert r.returncode == 2 and "corrupt or truncated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_from_a_local_gpt2_file(world, tmp_path, monkeypatch):
+    """--init path/to/model.safetensors: GPT-2 weights you have, no download (the tokenizer is stubbed
+    with the world's own: GPT-2's comes from tiktoken's cache or the network)."""
+    import train_pretrain
+    from safetensors.torch import save_file
+    from test_model import hf_gpt2_tensors
+    from nanolevels.tokenizer import Tokenizer
+    own = Tokenizer.load(os.path.join(world, "tokenizer.json"))
+    monkeypatch.setattr(Tokenizer, "gpt2", classmethod(lambda cls: own))
+    path = str(tmp_path / "gpt2" / "model.safetensors")
+    os.makedirs(os.path.dirname(path))
+    save_file(hf_gpt2_tensors(vocab_size=own.vocab_size, block_size=32), path)
+    out = str(tmp_path / "run")
+    train_pretrain.main(["--world", world, "--out", out, "--init", path, "--max-steps", "2", "--batch-size", "2",
+                         "--eval-interval", "2", "--eval-batches", "1", "--device", "cpu"])
+    assert json.load(open(os.path.join(out, "metrics.json")))["params"] > 0
+    assert not os.path.exists(os.path.join(out, "gpt2"))  # nothing downloaded
+    r = pretrain("--world", world, "--out", out, "--init", "gpt3")
+    assert r.returncode == 2 and "--init takes scratch, gpt2 or a GPT-2 model.safetensors path" in r.stderr

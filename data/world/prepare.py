@@ -12,6 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from nanolevels import cli, data  # noqa: E402
+from nanolevels.files import shown  # noqa: E402
 
 
 def main(argv=None):
@@ -37,7 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     data.prepare_world(args.out, args.people, args.bios_per_person, args.epochs, args.reading_share,
                        args.mix_qa, args.vocab_size, args.seed)
-    print(f"wrote {args.out}")
+    print(f"wrote {shown(args.out)}")
 
 
 if __name__ == "__main__":
