@@ -75,7 +75,7 @@ def main(argv=None):
 
     if args.eval:
         metrics = {"k": args.k, "demos": args.demos, "embedder": args.embedder, "adapter": args.adapter,
-                   "acc": {}, "retrieval": {}}
+                   "acc": {}, "by_attribute": {}, "retrieval": {}}
         questions = data.load_questions(args.world, "test", "new")
         for name in EMBEDDERS:  # the retrieval quality of every embedder; answers with the chosen one
             idx, emb = (index, embedder) if name == args.embedder else load_or_build_index(
@@ -85,6 +85,7 @@ def main(argv=None):
                 if name == args.embedder:
                     r = eval_rag(model, tokenizer, idx, emb, qs, args.k, demos)
                     metrics["acc"][split] = r.pop("acc")
+                    metrics["by_attribute"][split] = r.pop("by_attribute")
                 else:
                     _, r = retrieval_recall(idx, emb, qs, args.k)
                 metrics["retrieval"][name][split] = r

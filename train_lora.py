@@ -149,7 +149,7 @@ def main(argv=None):
         index, embedder = load_or_build_index(args.rag_out, docs, "tfidf", log=log)
 
     def rag_accuracy(split):
-        return eval_rag(model, tokenizer, index, embedder, heldout[split], k=2, log=log)["acc"]
+        return eval_rag(model, tokenizer, index, embedder, heldout[split], k=2, log=log)
 
     def dev_check(step):
         """Exact match on a dev split, the way the skill is used: closed-book questions about the dev
@@ -158,11 +158,13 @@ def main(argv=None):
             return None
         model.eval()
         if args.task == "qa":
-            acc, what = qa_accuracy(model, tokenizer, heldout["dev"], lambda q: qa_prompt(q["question"])), "dev"
+            acc, what = qa_accuracy(model, tokenizer, heldout["dev"], lambda q: qa_prompt(q["question"])), "dev, closed book"
         else:
-            acc, what = rag_accuracy("dev-new"), "dev-new (with retrieval)"
+            r = rag_accuracy("dev-new")
+            acc = r["acc"]
+            what = "dev-new with retrieval; " + ", ".join(f"{a} {v:.2f}" for a, v in r["by_attribute"].items())
         model.train()
-        log(f"  dev check: exact match on {what} {acc:.3f} (stop at {args.stop_acc})")
+        log(f"  dev check: exact match {acc:.3f} (stop at {args.stop_acc}) on {what}")
         return f"dev exact match {acc:.3f} >= {args.stop_acc}" if acc >= args.stop_acc else None
 
     metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval=dev_check,
@@ -179,7 +181,7 @@ def main(argv=None):
             acc[split] = qa_accuracy(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
         if args.task == "rag-qa":
             for split in ("dev-new", "test", "new"):
-                acc[f"{split}_rag"] = rag_accuracy(split)
+                acc[f"{split}_rag"] = rag_accuracy(split)["acc"]
     metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,
                     "trainable_pct": 100 * trainable / base_params, "acc": acc,
                     "n": {split: len(questions) for split, questions in heldout.items()},

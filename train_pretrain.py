@@ -53,7 +53,7 @@ def parse_args(argv):
     p.add_argument("--stop-cloze", type=float, default=0.97,
                    help="the tiny world: stop once the dev people's cloze accuracy reaches this, checked at each "
                         "evaluation (--max-steps is then the cap); above 1 turns the check off (default: 0.97)")
-    cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=4000, eval_interval=500)
+    cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=4000, eval_interval=250)
     cli.add_device_flags(p)
     args = p.parse_args(argv)
     if args.init not in ("scratch", "gpt2") and not args.init.endswith(".safetensors"):

@@ -130,8 +130,9 @@ def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, d
              max_new_tokens: int = ANSWER_TOKENS, log=print) -> dict:
     """Level 2 on questions: retrieve k documents per question, put them in the prompt, answer.
 
-    Returns exact-match accuracy, and recall@1 / recall@5: how often the asked-about person's
-    biography was among the top 1 / top 5 documents (retrieval can only help when it was)."""
+    Returns exact-match accuracy, its share per attribute (a reader learns attributes one at a time),
+    and recall@1 / recall@5: how often the asked-about person's biography was among the top 1 / top 5
+    documents (retrieval can only help when it was)."""
     hits, recall = retrieval_recall(index, embedder, questions, k)
     budget = model.config.block_size - max_new_tokens  # room for the answer inside the block
     prompts, dropped = [], 0
@@ -143,4 +144,8 @@ def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, d
         log(f"note: {dropped} of {len(prompts)} prompts did not fit the {model.config.block_size}-token block; "
             f"their lowest-ranked documents were dropped")
     predictions = complete(model, tokenizer, prompts, max_new_tokens)
-    return {"acc": accuracy(predictions, [q["answer"] for q in questions]), **recall}
+    by_attribute = defaultdict(list)
+    for p, q in zip(predictions, questions):
+        by_attribute[q["attribute"]].append(exact_match(p, q["answer"]))
+    return {"acc": accuracy(predictions, [q["answer"] for q in questions]),
+            "by_attribute": {a: sum(hits) / len(hits) for a, hits in by_attribute.items()}, **recall}

@@ -30,8 +30,8 @@ def few_shot(question: str, demos=(), context=()) -> str:
     documents, if any, then the question.
 
     The documents stay right above the question, as a biography sits above its questions on a
-    reading page. Measured (`rag.py --eval --demos 3`, base model, new people): 36.4% this way,
-    4.9% with the demos between the documents and the question; 36.2% with no demos."""
+    reading page, the layout the model learned to read from (demos between the documents and the
+    question break that pattern)."""
     shots = "".join(qa_prompt(d["question"]) + answer_text(d["answer"]) for d in demos)
     return shots + qa_prompt(question, context)
 

@@ -313,14 +313,10 @@ def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[t
 
     All people here are FRESH, so the answers cannot come from the model's memory: they have to be
     read off the context, which is the skill retrieval needs for `new` people. The distractors are
-    biographies of other fresh people, placed first, where rag_prompt places lower-ranked documents
-    (at inference these are often other biographies of the same person): training sees the layout
-    inference will. Measured on the default model with a throw-away script (two biographies,
-    new-people questions): full fine-tuning with the right biography at a random place read 46%
-    after 1,500 steps (the model cannot tell whose biography is whose); with it last, 98% after 500. A varying number of documents keeps the model from reading "the second
-    document" rather than "the last one" (with always two, one document alone read 0-52% per
-    attribute). Six answers per context teach more per token than one: LoRA r=8, 750 steps of 16,
-    51% with one question, 97% with six.
+    biographies of other fresh people, placed first, where rag_prompt places lower-ranked documents:
+    training sees the layout inference will. With the right biography at a random place the model
+    cannot tell whose biography is whose; with always two documents it learns "the second document"
+    rather than "the last one", hence 1 to k. Six answers per context teach more per token than one.
     """
     rng = random.Random(seed + 1)  # not the stream that drew the people
     people = fresh_people(world, n + k, seed=seed)

@@ -52,12 +52,14 @@ def test_custom_data_writes_adapter_metrics_and_merged_model(tiny_run, tmp_path)
     assert torch.allclose(base.eval()(x)[0], merged.eval()(x)[0], **FP32)
 
 
-def test_rag_qa_scores_with_retrieval(tiny_run, tmp_path):
+def test_rag_qa_scores_with_retrieval(tiny_run, tmp_path, capsys):
     out = str(tmp_path / "rag-qa")
     train_lora.main(["--task", "rag-qa", "--examples", "40", "--checkpoint", tiny_run["checkpoint"],
                      "--world", tiny_run["world"], "--out", out, "--rag-out", str(tmp_path / "rag"), *FAST])
-    acc = json.load(open(os.path.join(out, "metrics.json")))["acc"]
-    assert set(acc) == {"train", "dev", "test", "new", "dev-new_rag", "test_rag", "new_rag"}
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(metrics["acc"]) == {"train", "dev", "test", "new", "dev-new_rag", "test_rag", "new_rag"}
+    assert metrics["stopped"].startswith("the step cap")  # a toy model never passes the dev check
+    assert "dev check: exact match 0.000 (stop at 0.98) on dev-new with retrieval; " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("make_args, message", [
