@@ -35,12 +35,15 @@ def run(main, argv=None) -> int:
         return 130
 
 
-def add_config_flags(parser, config_cls, **defaults) -> None:
+def add_config_flags(parser, config_cls, exclude=(), **defaults) -> None:
     """One flag per field of a config dataclass (--max-steps for max_steps), with the field's help.
 
-    `defaults` overrides a field's default for this script (e.g. fewer steps for fine-tuning).
+    `defaults` overrides a field's default for this script (e.g. fewer steps for fine-tuning);
+    fields in `exclude` are left for the script to define itself.
     """
     for f in dataclasses.fields(config_cls):
+        if f.name in exclude:
+            continue
         default = defaults.get(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
