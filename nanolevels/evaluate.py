@@ -7,7 +7,6 @@ Every prompt starts with <|endoftext|>, as every document did in pretraining.
 """
 
 import math
-import random
 import re
 from collections import defaultdict
 
@@ -92,36 +91,37 @@ def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
     return accuracy(predictions, [q["answer"] for q in questions])
 
 
-def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout: dict, ks=(1, 3, 5),
-                   draws: int = 3, per_k: int = 4, seed: int = 0, log=print) -> dict:
-    """Level 1 on held-out questions ({split: questions}): zero-shot, random k-shot, searched demos.
+def show_row(name: str, row: dict, log=print) -> None:
+    """One line of level 1's table: a prompt's dev score (what chose it), then its held-out scores."""
+    log(f"{name:<50}" + "  ".join(f"{split} {acc:.3f}" for split, acc in row.items()))
 
-    Demonstrations come from `pool` (the train people's questions); the search's candidates are
-    scored on `dev` (the dev people's), so the demos are never chosen on held-out people.
-    Random k-shot is the mean over `draws` random demo sets (the same sets for every split); every
-    row uses the same template and greedy decoding, so the rows differ only in the demos.
+
+def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout: dict, ks=(1, 3), draws: int = 2,
+                   seed: int = 0, log=print) -> dict:
+    """Level 1's question prompts on held-out questions ({split: questions}): zero-shot, random k-shot,
+    searched demos.
+
+    The candidates are zero-shot and `draws` random demo sets of each k, drawn from `pool` (the train
+    people's questions); each is scored on `dev` (the dev people's) and on the held-out splits, and
+    the search picks by dev alone. Random k-shot is the mean over its k's sets; every row asks the
+    same question template with greedy decoding, so the rows differ only in the demos.
     """
-    rng = random.Random(seed)
+    candidates = candidate_demo_sets(pool, (0, *ks), draws, seed)
 
-    def score(demos):
-        return {split: qa_accuracy(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
-                for split, questions in heldout.items()}
+    def ask(questions, demos):
+        return qa_accuracy(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
 
-    def show(name, acc):
-        log(f"{name}: " + ", ".join(f"{split} {a:.3f}" for split, a in acc.items()))
-
-    rows = {"zero-shot": score([])}
-    show("zero-shot", rows["zero-shot"])
-    for k in ks:
-        runs = [score(rng.sample(pool, min(k, len(pool)))) for _ in range(draws)]
-        rows[f"{k}-shot"] = {split: sum(r[split] for r in runs) / draws for split in heldout}
-        show(f"{k}-shot (mean of {draws} random demo sets)", rows[f"{k}-shot"])
-    candidates = candidate_demo_sets(pool, (0, *ks), per_k, seed)
-    best, dev_scores = search_demos(
-        lambda demos: qa_accuracy(model, tokenizer, dev, lambda q: few_shot(q["question"], demos)), candidates)
-    rows["searched-demos"] = score(best)
-    show(f"searched demos ({len(candidates)} candidates scored on {len(dev)} dev questions; best has "
-         f"k={len(best)}, dev {max(dev_scores):.3f})", rows["searched-demos"])
+    best, dev_scores = search_demos(lambda demos: ask(dev, demos), candidates)
+    scored = [{"dev": d, **{split: ask(questions, demos) for split, questions in heldout.items()}}
+              for demos, d in zip(candidates, dev_scores)]
+    rows = {"zero-shot": scored[0]}
+    show_row("zero-shot question", rows["zero-shot"], log)
+    for j, k in enumerate(ks):
+        runs = scored[1 + j * draws:1 + (j + 1) * draws]
+        rows[f"{k}-shot"] = {split: sum(r[split] for r in runs) / len(runs) for split in runs[0]}
+        show_row(f"{k}-shot question (mean of {draws} random demo sets)", rows[f"{k}-shot"], log)
+    rows["searched-demos"] = scored[candidates.index(best)]
+    show_row(f"searched demos (best of {len(candidates)} sets on dev: k={len(best)})", rows["searched-demos"], log)
     return {"acc": rows, "search": {"candidates": len(candidates), "dev_questions": len(dev),
                                     "dev_scores": dev_scores, "best_dev": max(dev_scores), "best_demos": best}}
 

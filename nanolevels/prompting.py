@@ -46,13 +46,17 @@ def candidate_demo_sets(pool: list, ks=(0, 1, 3, 5), per_k: int = 4, seed: int =
     return sets
 
 
+def best_index(scores: list[float]) -> int:
+    """The index of the highest score; ties go to the earlier candidate (list the shorter prompts first)."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
 def search_demos(score, candidates: list[list]) -> tuple[list, list[float]]:
     """(best demo set, score of every candidate): score(demos) -> dev accuracy, higher is better.
 
     Ties go to the earlier candidate, i.e. to fewer demos: a shorter prompt for the same score."""
     scores = [score(demos) for demos in candidates]
-    best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
-    return candidates[best], scores
+    return candidates[best_index(scores)], scores
 
 
 def rag_prompt(question: str, docs: list[str], tokenizer, budget: int, demos=()) -> tuple[str, int]:
