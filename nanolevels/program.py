@@ -1,0 +1,293 @@
+"""Level 1's compiled prompt program: prompts mined from the pretraining text, chosen on dev, frozen.
+
+A base model stores a fact in the words it read it in: asked "What is the birth city of X?" it
+rarely answers, yet it completes "X was born in" almost always. So, as LPAQA did for BERT (Jiang et
+al., "How Can We Know What Language Models Know?", TACL 2020), we mine prompts from the corpus (the
+words before a known fact's value, the name made a slot) and, as DSPy compiles a program against a
+metric, score every candidate (template x demonstrations) on the dev people, keep the best per
+attribute, and freeze it to a small JSON file that `prompt.py --ask` runs. The program's input is
+(person, attribute), parsed from a question; its output type is the attribute's set of values.
+"""
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter, defaultdict
+
+import torch
+
+from nanolevels.evaluate import accuracy, complete, show_row
+from nanolevels.files import read_json, write_json
+from nanolevels.prompting import best_index, candidate_demo_sets, qa_prompt
+from nanolevels.world import ATTRIBUTES, CITIES, EMPLOYERS, MAJORS, QUESTIONS, UNIVERSITIES
+
+FORMAT = "nanolevels-prompt-program"
+MINED = 4  # templates kept per attribute, the most frequent in the corpus
+DEMO_KS = (0, 1, 3)  # demonstrations per candidate
+DEMO_SETS = 1  # random demo sets per k > 0 (one keeps prompt.py --eval inside its time budget)
+ENSEMBLE = 3  # at most this many of the best templates rank an attribute's values together
+
+# One hand-written rewording of each question (the only hand-written prompts besides the questions).
+PARAPHRASES = {
+    "birth_date": "When was {name} born?",
+    "birth_city": "Where was {name} born?",
+    "university": "Where did {name} go to college?",
+    "major": "What was the major of {name}?",
+    "employer": "Who employed {name}?",
+    "employer_city": "In which city did {name} work?",
+}
+
+# The program's output type (a DSPy signature's output field): the values an attribute can take,
+# from the world's own pools. Ranking needs them; birth dates (any day of 56 years) are generated.
+VALUES = {"birth_city": CITIES, "university": UNIVERSITIES, "major": MAJORS, "employer": sorted(EMPLOYERS),
+          "employer_city": sorted(set(EMPLOYERS.values()))}
+
+
+def mine_templates(text: str, facts: list[dict], keep: int = MINED) -> dict[str, list[str]]:
+    """The `keep` most frequent templates per attribute: every sentence of text that names a person
+    of facts ({person, attribute, answer}) and then states one of their values, cut just before the
+    value, the name made the slot '{name}' ('Ada Jo Crane was born in Lyon.' -> '{name} was born in')."""
+    values = defaultdict(dict)  # person -> attribute -> value
+    for f in facts:
+        values[f["person"]][f["attribute"]] = f["answer"]
+    if not values:
+        raise ValueError("no dev questions to mine prompts with; prepare the world with: python data/world/prepare.py")
+    names = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in sorted(values, key=len, reverse=True)) + r")\b")
+    counts = defaultdict(Counter)
+    for sentence, n in Counter(re.split(r"(?<=\.) |\n", text)).items():
+        found = names.search(sentence)
+        if found is None:
+            continue
+        for attribute, value in values[found.group()].items():
+            at = sentence.find(value, found.end())  # a prompt ends where the value starts
+            if at >= 0:
+                counts[attribute][sentence[:at].rstrip().replace(found.group(), "{name}")] += n
+    return {attribute: [t for t, _ in c.most_common(keep)] for attribute, c in counts.items()}
+
+
+def prompt_text(prompt: dict, name: str) -> str:
+    """The prompt's demonstrations, each answered and ended the way its template's answers end, then
+    the template for name: 'Bo Lee Vance was born in Porto. Ada Jo Crane was born in'."""
+    end = "\n" if prompt["stop"] == "\n" else ". "
+    shots = "".join(f"{prompt['template'].replace('{name}', n)} {answer}{end}" for n, answer in prompt["demos"])
+    return shots + prompt["template"].replace("{name}", name)
+
+
+def generate(model, tokenizer, prompts: list[dict], names: list[str]) -> list[str]:
+    """Greedy answers, prompt i asked about names[i]: cut at a newline, and also at '.' after a sentence."""
+    out = [""] * len(prompts)
+    for stop in {p["stop"] for p in prompts}:
+        rows = [i for i, p in enumerate(prompts) if p["stop"] == stop]
+        texts = complete(model, tokenizer, [prompt_text(prompts[i], names[i]) for i in rows],
+                         stops=tuple(dict.fromkeys((stop, "\n"))))
+        for i, text in zip(rows, texts):
+            out[i] = text
+    return out
+
+
+def candidates(attribute: str, mined: list[str], demo_sets: list[list], known: dict) -> list[dict]:
+    """Every (template, demo set) for attribute, fewer demos first: the mined sentence starts, the
+    question and its paraphrase. known[(person, attribute)] answers the demos."""
+    templates = [{"template": t, "stop": "."} for t in mined]
+    templates += [{"template": qa_prompt(q), "stop": "\n"} for q in (QUESTIONS[attribute], PARAPHRASES[attribute])]
+    return [{**t, "demos": [[n, known[(n, attribute)]] for n in names]} for names in demo_sets for t in templates]
+
+
+def search(candidates: dict[str, list[dict]], dev: dict[str, list[dict]], answer) -> tuple[dict, dict]:
+    """(best candidate per attribute, with its dev score; every candidate's dev score per attribute).
+
+    answer(prompts, names) -> answers; all candidates are answered in one call (one batch is faster).
+    Ties go to the earlier candidate."""
+    jobs = [(a, c, q) for a, cs in candidates.items() for c in cs for q in dev[a]]
+    got = answer([c for _, c, _ in jobs], [q["person"] for _, _, q in jobs])
+    at, best, scores = 0, {}, {}
+    for a, cs in candidates.items():
+        scores[a] = []
+        for _ in cs:
+            n = len(dev[a])
+            scores[a].append(accuracy(got[at:at + n], [q["answer"] for q in dev[a]]))
+            at += n
+        i = best_index(scores[a])
+        best[a] = {**cs[i], "dev": scores[a][i]}
+    return best, scores
+
+
+@torch.no_grad()
+def answer_logprobs(model, tokenizer, prompt: str, answers: list[str]) -> torch.Tensor:
+    """(len(answers),): log p(answer | prompt), summed over the tokens of ' ' + answer (teacher forcing).
+
+    The prompt is read once; every answer continues from its own copy of the prompt's KV cache.
+    Prompt and answer must fit the block: a longer prompt loses its start, as in generation."""
+    device = next(model.parameters()).device
+    answer_ids = [tokenizer.encode(" " + a) for a in answers]
+    n, width = len(answers), max(map(len, answer_ids))
+    keep = model.config.block_size - width  # a long prompt loses its start, as in generation
+    prompt_ids = torch.tensor([([tokenizer.eot_id] + tokenizer.encode(prompt))[-keep:]], device=device)  # (1, P)
+    length = prompt_ids.size(1)
+    cache = model.new_cache(1)
+    logits, _ = model(prompt_ids, cache=cache)  # (1, P, V); the last row predicts every answer's first token
+    for layer in range(len(cache.k)):  # n copies of the prompt's keys and values, room for the answers
+        cache.k[layer] = cache.k[layer][:, :, :length + width].repeat(n, 1, 1, 1)
+        cache.v[layer] = cache.v[layer][:, :, :length + width].repeat(n, 1, 1, 1)
+    x = torch.zeros(n, width, dtype=torch.long, device=device)  # answers, right-padded: padding sees nothing real
+    for i, ids in enumerate(answer_ids):
+        x[i, :len(ids)] = torch.tensor(ids)
+    later, _ = model(x, cache=cache)  # (n, width, V): row j predicts answer token j + 1
+    logp = torch.cat([logits[:, -1:].expand(n, -1, -1), later[:, :-1]], dim=1).float().log_softmax(-1)
+    token_logp = logp.gather(2, x.unsqueeze(2)).squeeze(2)  # (n, width)
+    mask = torch.tensor([[j < len(ids) for j in range(width)] for ids in answer_ids], device=device)
+    return (token_logp * mask).sum(1).cpu()
+
+
+def ranked(model, tokenizer, prompts: list[dict], name: str, values: list[str]) -> torch.Tensor:
+    """(len(prompts), len(values)): each prompt's log-probability of each value, asked about name."""
+    return torch.stack([answer_logprobs(model, tokenizer, prompt_text(p, name), values) for p in prompts])
+
+
+def choose_ensemble(model, tokenizer, entry: dict, templates: list[dict], dev: list[dict], values: list[str]) -> dict:
+    """entry (the best single prompt), or the top m <= ENSEMBLE templates ranking values together by
+    their summed log-probabilities (LPAQA's ensemble), if that scores higher on dev. Each m's dev
+    score is kept: the measurement of whether ranking pays."""
+    top = sorted(templates, key=lambda t: -t["dev"])[:ENSEMBLE]  # stable: ties keep the search's order
+    logps = torch.stack([ranked(model, tokenizer, top, q["person"], values) for q in dev])  # (questions, m, values)
+    answers = [q["answer"] for q in dev]
+    dev_by_m = [accuracy([values[i] for i in logps[:, :m].sum(1).argmax(1)], answers) for m in range(1, len(top) + 1)]
+    m = best_index(dev_by_m) + 1
+    entry = {**entry, "ranked_dev": dev_by_m}  # [m = 1, 2, ...]
+    if dev_by_m[m - 1] > entry["dev"]:
+        entry.update(prompts=top[:m], values=values, dev=dev_by_m[m - 1])
+    return entry
+
+
+def fingerprint(model, tokenizer) -> dict:
+    """What a program was compiled for: the model's config, and hashes of its tokenizer and weights."""
+    weights = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    tok = hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
+    return {"tokenizer": tok.hexdigest()[:16], "config": vars(model.config), "weights": weights.hexdigest()[:16]}
+
+
+def compile_program(model, tokenizer, text: str, dev: list[dict], pool: list[dict], seed: int = 0, log=print) -> dict:
+    """Mine templates for the dev people's facts from text, score every candidate on dev (greedy exact
+    match), keep the best per attribute, try ranking with the best few; the program as a dict.
+
+    Demonstrations are facts of `pool` (the train people's questions); nothing here sees test or new."""
+    by_attribute = defaultdict(list)
+    for q in dev:
+        by_attribute[q["attribute"]].append(q)
+    mined = mine_templates(text, dev)
+    known = {(q["person"], q["attribute"]): q["answer"] for q in pool}
+    demo_sets = candidate_demo_sets(sorted({q["person"] for q in pool}), DEMO_KS, DEMO_SETS, seed)
+    cands = {a: candidates(a, mined.get(a, []), demo_sets, known) for a in by_attribute}
+    log(f"compiling: {sum(map(len, cands.values()))} candidates (templates x {len(demo_sets)} demo sets) on "
+        f"{len(dev)} dev questions")
+    best, scores = search(cands, by_attribute, lambda prompts, names: generate(model, tokenizer, prompts, names))
+    attributes = {}
+    for a, cs in cands.items():
+        board = [{"template": c["template"], "k": len(c["demos"]), "dev": s} for c, s in zip(cs, scores[a])]
+        entry = {"prompts": [{k: best[a][k] for k in ("template", "stop", "demos")}], "values": None,
+                 "dev": best[a]["dev"], "greedy_dev": best[a]["dev"]}
+        if a in VALUES and entry["dev"] < 1:  # ranking can only pay where greedy misses
+            per_template = {}  # each template with its best demo set
+            for c, s in zip(cs, scores[a]):
+                if s > per_template.get(c["template"], {"dev": -1})["dev"]:
+                    per_template[c["template"]] = {**c, "dev": s}
+            entry = choose_ensemble(model, tokenizer, entry, list(per_template.values()), by_attribute[a], VALUES[a])
+            entry["prompts"] = [{k: p[k] for k in ("template", "stop", "demos")} for p in entry["prompts"]]
+        attributes[a] = {**entry, "candidates": board}
+    dev_acc = sum(attributes[a]["dev"] * len(by_attribute[a]) for a in attributes) / len(dev)
+    return {"format": FORMAT, "model": fingerprint(model, tokenizer), "dev": dev_acc, "dev_questions": len(dev),
+            "attributes": attributes}
+
+
+def run_program(model, tokenizer, program: dict, questions: list[dict]) -> list[str]:
+    """The program's answer to each question ({person, attribute, ...})."""
+    entries = program["attributes"]
+    out = [""] * len(questions)
+    greedy = [i for i, q in enumerate(questions) if not entries[q["attribute"]]["values"]]
+    texts = generate(model, tokenizer, [entries[questions[i]["attribute"]]["prompts"][0] for i in greedy],
+                     [questions[i]["person"] for i in greedy])
+    for i, text in zip(greedy, texts):
+        out[i] = text
+    for i, q in enumerate(questions):
+        entry = entries[q["attribute"]]
+        if entry["values"]:
+            out[i] = entry["values"][int(ranked(model, tokenizer, entry["prompts"], q["person"], entry["values"])
+                                         .sum(0).argmax())]
+    return out
+
+
+def describe(entry: dict) -> str:
+    """One line on how the program answers an attribute."""
+    first = entry["prompts"][0]
+    how = f"{first['template']!r}, {len(first['demos'])} demos, greedy"
+    if entry["values"]:
+        how = (f"{len(entry['prompts'])} template(s) from {first['template']!r} ranking {len(entry['values'])} values "
+               f"by summed log-probability")
+    return f"{how}; dev {entry['dev']:.3f}"
+
+
+def eval_program(model, tokenizer, text: str, pool: list[dict], dev: list[dict], heldout: dict, seed: int = 0,
+                 log=print) -> tuple[dict, dict]:
+    """(row {dev, <split>: accuracy}, program): compile on dev, then score each held-out split once."""
+    program = compile_program(model, tokenizer, text, dev, pool, seed, log)
+    row = {"dev": program["dev"]}
+    for split, questions in heldout.items():
+        row[split] = accuracy(run_program(model, tokenizer, program, questions), [q["answer"] for q in questions])
+    show_row("compiled program (mined prompts, chosen on dev)", row, log)
+    for a, entry in program["attributes"].items():
+        log(f"  {a}: {describe(entry)}")
+    return row, program
+
+
+def save_program(path: str, program: dict) -> None:
+    write_json(path, program)
+
+
+def load_program(path: str, model, tokenizer, recompile: str) -> dict:
+    """A program saved by save_program, refused (one line ending in `recompile`, the command that
+    makes a new one) when it is missing, unreadable, or compiled for another model or tokenizer."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no compiled prompt program at {path}; compile one with: {recompile}")
+    try:
+        program = read_json(path)
+        ok = program["format"] == FORMAT and set(program["attributes"]) <= set(ATTRIBUTES) and all(
+            isinstance(p["template"], str) and p["stop"] in (".", "\n") and all(len(d) == 2 for d in p["demos"])
+            for entry in program["attributes"].values() for p in entry["prompts"]) and all(
+            entry["prompts"] and (entry["values"] is None or isinstance(entry["values"], list))
+            for entry in program["attributes"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path} is not a readable prompt program (corrupt?); recompile it with: {recompile}")
+    theirs, ours = program.get("model") or {}, fingerprint(model, tokenizer)
+    differ = [k for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        raise ValueError(f"{path} was compiled for another model (its {differ[0]} differs); recompile it for this "
+                         f"one with: {recompile}")
+    return program
+
+
+def question_forms() -> list[tuple[str, str]]:
+    """(attribute, form) for every question form --ask understands: the questions and their paraphrases."""
+    return [(a, form) for a in ATTRIBUTES for form in (QUESTIONS[a], PARAPHRASES[a])]
+
+
+def parse_question(question: str, people: list[str]) -> tuple[str, str]:
+    """(person, attribute) a question asks about, in any form of question_forms() (case ignored);
+    a one-line ValueError listing the forms when it matches none or names nobody in people."""
+    known = {n.lower(): n for n in people}
+    named = None
+    for attribute, form in question_forms():
+        pattern = "(.+)".join(re.escape(part) for part in form.split("{name}"))
+        found = re.fullmatch(pattern, question.strip(), flags=re.IGNORECASE)
+        if found:
+            named = found.group(1).strip()
+            if named.lower() in known:
+                return known[named.lower()], attribute
+    forms = " | ".join(form.format(name="<name>") for _, form in question_forms())
+    why = f"{named!r} is nobody the world knows" if named else f"cannot read {question!r} as a question"
+    raise ValueError(f"{why}; ask about a person of the world as one of: {forms} (or add --raw for a plain completion)")
