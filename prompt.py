@@ -2,9 +2,11 @@
 
     python prompt.py "Ada Jo Crane was born in"   # continue a text
     python prompt.py --interactive                # a prompt loop that streams tokens (Ctrl-D quits)
-    python prompt.py --eval                       # zero-shot vs k-shot vs searched demos on held-out questions
+    python prompt.py --eval                       # question prompts vs a compiled prompt program, held-out questions
+    python prompt.py --ask "What is the birth city of Ada Jo Crane?"   # answer with the compiled program
 
---eval writes out/prompt/metrics.json. The QA layout is in nanolevels/prompting.py.
+--eval compiles the program on the dev people (nanolevels/program.py) and writes out/prompt/program.json
+and out/prompt/metrics.json; --ask runs that program. The QA layout is in nanolevels/prompting.py.
 """
 
 import argparse
@@ -16,16 +18,23 @@ import torch
 
 from nanolevels import cli, data
 from nanolevels.device import pick_device, seed_everything
-from nanolevels.evaluate import eval_prompting
+from nanolevels.evaluate import complete, eval_prompting
 from nanolevels.files import write_json
-
+from nanolevels.program import (describe, eval_program, load_program, parse_question, prompt_text, run_program,
+                                save_program)
+from nanolevels.prompting import qa_prompt
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text to continue")
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal, stream the answers")
-    p.add_argument("--eval", action="store_true", help="score prompting strategies on the held-out test questions")
+    p.add_argument("--eval", action="store_true",
+                   help="score question prompts and the compiled prompt program on the held-out questions")
+    p.add_argument("--ask", default=None, metavar="QUESTION", help="answer a question about a person of the world "
+                   "with the compiled program, e.g. \"Where was Ada Jo Crane born?\"")
+    p.add_argument("--raw", action="store_true", help="with --ask: a plain greedy completion of the question instead")
+    p.add_argument("--verbose", action="store_true", help="with --ask: print the prompt(s) the program ran")
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
                    help="the model (default: out/pretrain/model.safetensors)")
     p.add_argument("--adapter", default=None, help="a LoRA adapter to load onto the model (from train_lora.py)")
@@ -36,16 +45,21 @@ def parse_args(argv):
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the smallest set of tokens whose probability reaches p, in (0, 1]")
     p.add_argument("--seed", type=int, default=1337, help="sampling seed (default: 1337)")
-    p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world, for --eval (default: data/world)")
-    p.add_argument("--out", default="out/prompt", help="where --eval writes metrics.json (default: out/prompt)")
+    p.add_argument("--world", default=data.WORLD_DIR,
+                   help="the prepared world, for --eval and --ask (default: data/world)")
+    p.add_argument("--out", default="out/prompt",
+                   help="where --eval writes metrics.json and program.json, and --ask reads program.json "
+                        "(default: out/prompt)")
     cli.add_device_flags(p, dtype=False)
     args = p.parse_args(argv)
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    if not (args.prompt is not None or args.interactive or args.eval):
-        raise ValueError('give a prompt to continue (python prompt.py "Once upon"), --interactive or --eval')
+    if not (args.prompt is not None or args.interactive or args.eval or args.ask is not None):
+        raise ValueError('give a prompt to continue (python prompt.py "Once upon"), --interactive, --eval or --ask')
+    if (args.raw or args.verbose) and args.ask is None:
+        raise ValueError("--raw and --verbose go with --ask \"<question>\"")
     return args
 
 
@@ -68,17 +82,54 @@ def stream(model, tokenizer, text: str, args, warned: list) -> None:
     print(decoder.decode(b"", final=True))
 
 
+def evaluate(model, tokenizer, args) -> None:
+    """The table: question prompts and the compiled program, each with its dev score, on test and new."""
+    qa = data.load_questions(args.world, "train", "dev", "test", "new")
+    heldout = {"test": qa["test"], "new": qa["new"]}
+    result = eval_prompting(model, tokenizer, qa["train"], qa["dev"], heldout, seed=args.seed)
+    with open(os.path.join(args.world, "pretrain.txt"), encoding="utf-8") as f:
+        corpus = f.read()
+    row, program = eval_program(model, tokenizer, corpus, qa["train"], qa["dev"], heldout, seed=args.seed)
+    result["acc"]["prompt-program"] = row
+    result["program"] = {a: {"template": e["prompts"][0]["template"], "demos": len(e["prompts"][0]["demos"]),
+                             "templates": len(e["prompts"]), "ranked": bool(e["values"]), "dev": e["dev"]}
+                         for a, e in program["attributes"].items()}
+    save_program(os.path.join(args.out, "program.json"), program)
+    write_json(os.path.join(args.out, "metrics.json"), result)
+    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {os.path.join(args.out, 'program.json')}")
+
+
+def ask(model, tokenizer, args) -> None:
+    """Print the answer to args.ask: from the compiled program, or a plain completion with --raw."""
+    if args.raw:
+        prompt = qa_prompt(args.ask.strip())
+        if args.verbose:
+            print(f"prompt: {prompt!r}")
+        print(complete(model, tokenizer, [prompt])[0].strip())
+        return
+    recompile = " ".join(["python prompt.py --eval --checkpoint", args.checkpoint, "--world", args.world, "--out",
+                          args.out] + (["--adapter", args.adapter] if args.adapter else []))
+    person, attribute = parse_question(args.ask, [p.name for p in data.load_world(args.world).people])
+    program = load_program(os.path.join(args.out, "program.json"), model, tokenizer, recompile)
+    if attribute not in program["attributes"]:
+        raise ValueError(f"the program has no prompt for {attribute}; recompile it with: {recompile}")
+    entry = program["attributes"][attribute]
+    if args.verbose:
+        print(f"{attribute} of {person}: {describe(entry)}")
+        for p in entry["prompts"]:
+            print(f"prompt: {prompt_text(p, person)!r}")
+    print(run_program(model, tokenizer, program, [{"person": person, "attribute": attribute}])[0].strip())
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     model, tokenizer = cli.load_model(args.checkpoint, device, args.adapter)
     seed_everything(args.seed)
     if args.eval:
-        qa = data.load_questions(args.world, "train", "dev", "test", "new")
-        result = eval_prompting(model, tokenizer, qa["train"], qa["dev"], {"test": qa["test"], "new": qa["new"]},
-                                seed=args.seed)
-        write_json(os.path.join(args.out, "metrics.json"), result)
-        print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+        evaluate(model, tokenizer, args)
+    if args.ask is not None:
+        ask(model, tokenizer, args)
     warned = []
     if args.prompt is not None:
         stream(model, tokenizer, args.prompt, args, warned)

@@ -39,14 +39,31 @@ def test_long_prompt_is_cut_with_one_note(tiny_run):
     assert r.stderr.count("the model sees only the last 64") == 1
 
 
-def test_eval_writes_every_row(tiny_run, tmp_path):
+def test_eval_writes_every_row_and_ask_runs_the_program(tiny_run, tmp_path):
     out = str(tmp_path / "prompt")
-    r = prompt("--eval", "--checkpoint", tiny_run["checkpoint"], "--world", tiny_run["world"], "--out", out)
+    common = ["--checkpoint", tiny_run["checkpoint"], "--world", tiny_run["world"], "--out", out]
+    r = prompt("--eval", *common)
     assert r.returncode == 0, r.stderr
+    assert "compiled program" in r.stdout and "dev" in r.stdout
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert set(m["acc"]) == {"zero-shot", "1-shot", "3-shot", "5-shot", "searched-demos"}
-    assert all(set(row) == {"test", "new"} and 0 <= row["test"] <= 1 for row in m["acc"].values())
-    assert m["search"]["best_dev"] == max(m["search"]["dev_scores"])
+    assert set(m["acc"]) == {"zero-shot", "1-shot", "3-shot", "searched-demos", "prompt-program"}
+    assert all(set(row) == {"dev", "test", "new"} and 0 <= row["test"] <= 1 for row in m["acc"].values())
+    assert m["search"]["best_dev"] == max(m["search"]["dev_scores"]) == m["acc"]["searched-demos"]["dev"]
+    program = json.load(open(os.path.join(out, "program.json")))
+    assert {a: e["prompts"][0]["template"] for a, e in program["attributes"].items()} == {
+        a: e["template"] for a, e in m["program"].items()}
+
+    person = json.loads(open(os.path.join(tiny_run["world"], "qa_test.jsonl")).readline())["person"]
+    r = prompt("--ask", f"Where was {person} born?", "--verbose", *common)
+    assert r.returncode == 0, r.stderr
+    assert "prompt: " in r.stdout and person in r.stdout
+    r = prompt("--ask", "Who is the king of France?", *common)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "What did <name> study?" in r.stderr, r.stderr
+    r = prompt("--ask", "Who is the king of France?", "--raw", "--verbose", *common)
+    assert r.returncode == 0 and r.stdout.startswith("prompt: 'Q: Who is the king of France?\\nA:'"), r.stderr
+    open(os.path.join(out, "program.json"), "w").write("{")
+    r = prompt("--ask", f"Where was {person} born?", *common)
+    assert r.returncode == 2 and "recompile it with: python prompt.py --eval" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -54,6 +71,7 @@ def test_eval_writes_every_row(tiny_run, tmp_path):
     (["x", "--top-p", "1.5"], "--top-p"),
     (["x", "--top-p", "0"], "--top-p"),
     ([], "give a prompt"),
+    (["x", "--raw"], "--ask"),
     (["x", "--checkpoint", "nope.safetensors"], "python train_pretrain.py"),
     (["x", "--adapter", "nope.safetensors"], "python train_lora.py"),
 ])
