@@ -156,7 +156,8 @@ def build_report(args, times: dict) -> dict:
                 "trainable_params": trainable, "wall_s": times.get(step, 0.0)}
 
     rows = [row("pretrain-cloze", 4, pre["cloze_acc"]["test"], pre["cloze_acc"]["new"], params, "pretrain")]
-    for method, key in (("zero-shot", "zero-shot"), ("k-shot", "3-shot"), ("searched-demos", "searched-demos")):
+    for method, key in (("zero-shot", "zero-shot"), ("k-shot", "3-shot"), ("searched-demos", "searched-demos"),
+                        ("prompt-program", "prompt-program")):
         rows.append(row(method, 1, pr[key]["test"], pr[key]["new"], 0, "prompting"))
     rows.append(row("rag-base", 2, rg["acc"]["test"], rg["acc"]["new"], 0, "rag"))
     for method in ("lora-qa", "full-ft-qa"):
@@ -173,7 +174,7 @@ def build_report(args, times: dict) -> dict:
     targets = {name: bool(check(by_method, retrieval)) for name, check in TARGETS}
     return {"total_wall_s": sum(times.values()), "peak_rss_mb": peak_rss_mb(), "machine": machine, "rows": rows,
             "retrieval": retrieval, "targets": targets, "stopped": stopped, "seed": args.seed, "prompt_k": 3,
-            "rag_k": rg["k"], "base_params": params}
+            "rag_k": rg["k"], "base_params": params, "program": m["prompting"]["program"]}
 
 
 def story(report: dict) -> str:
@@ -181,11 +182,17 @@ def story(report: dict) -> str:
     r = {row["method"]: row for row in report["rows"]}
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
     zero, kshot = r["zero-shot"]["acc_test"], r["k-shot"]["acc_test"]
+    program = "; ".join(f"{a} \"{p['template']}\"" + (" ranking the values" if p["ranked"] else "")
+                        for a, p in report["program"].items())
     return " ".join([
         f"Pretraining stored {pct(r['pretrain-cloze']['acc_test'])} of the test people's facts (cloze) and "
         f"{pct(r['pretrain-cloze']['acc_new'])} of the new people's, whom it never saw.",
         f"Prompting answers {pct(zero)} of the test questions zero-shot and {pct(kshot)} with 3 random "
         f"demonstrations, {pct(r['searched-demos']['acc_test'])} with demonstrations searched on the dev people.",
+        f"The compiled prompt program asks each attribute with the prompt mined from the pretraining text that "
+        f"scored best on the dev people ({program}) and answers {pct(r['prompt-program']['acc_test'])} of the test "
+        f"questions with no weight changed; {pct(r['prompt-program']['acc_new'])} of the new people's, whose facts "
+        f"are not in the weights.",
         f"Retrieval finds the asked-about person's biography first for {pct(report['retrieval']['tfidf']['recall@1'])} "
         f"of the new people's questions with TF-IDF ({pct(report['retrieval']['gpt']['recall@1'])} with the GPT's own "
         f"hidden states); with it in the prompt, the unchanged model answers {pct(r['rag-base']['acc_new'])} of them, "

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["pretrain-cloze", "zero-shot", "k-shot", "searched-demos", "rag-base", "lora-qa", "full-ft-qa", "lora-rag-qa"]
+METHODS = ["pretrain-cloze", "zero-shot", "k-shot", "searched-demos", "prompt-program", "rag-base", "lora-qa",
+           "full-ft-qa", "lora-rag-qa"]
 
 
 def test_whole_pipeline_tiny(tmp_path):
