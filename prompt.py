@@ -20,8 +20,7 @@ from nanolevels import cli, data
 from nanolevels.device import pick_device, seed_everything
 from nanolevels.evaluate import complete, eval_prompting
 from nanolevels.files import write_json
-from nanolevels.program import (describe, eval_program, load_program, parse_question, prompt_text, run_program,
-                                save_program)
+from nanolevels.program import describe, eval_program, load_program, parse_question, prompt_text, run_program
 from nanolevels.prompting import qa_prompt
 
 
@@ -94,7 +93,7 @@ def evaluate(model, tokenizer, args) -> None:
     result["program"] = {a: {"template": e["prompts"][0]["template"], "demos": len(e["prompts"][0]["demos"]),
                              "templates": len(e["prompts"]), "ranked": bool(e["values"]), "dev": e["dev"]}
                          for a, e in program["attributes"].items()}
-    save_program(os.path.join(args.out, "program.json"), program)
+    write_json(os.path.join(args.out, "program.json"), program)
     write_json(os.path.join(args.out, "metrics.json"), result)
     print(f"wrote {os.path.join(args.out, 'metrics.json')} and {os.path.join(args.out, 'program.json')}")
 

@@ -17,8 +17,8 @@ from collections import Counter, defaultdict
 
 import torch
 
-from nanolevels.evaluate import accuracy, complete, show_row
-from nanolevels.files import read_json, write_json
+from nanolevels.evaluate import accuracy, complete, exact_match, show_row
+from nanolevels.files import read_json
 from nanolevels.prompting import best_index, candidate_demo_sets, qa_prompt
 from nanolevels.world import ATTRIBUTES, CITIES, EMPLOYERS, MAJORS, QUESTIONS, UNIVERSITIES
 
@@ -79,8 +79,7 @@ def generate(model, tokenizer, prompts: list[dict], names: list[str]) -> list[st
     out = [""] * len(prompts)
     for stop in {p["stop"] for p in prompts}:
         rows = [i for i, p in enumerate(prompts) if p["stop"] == stop]
-        texts = complete(model, tokenizer, [prompt_text(prompts[i], names[i]) for i in rows],
-                         stops=tuple(dict.fromkeys((stop, "\n"))))
+        texts = complete(model, tokenizer, [prompt_text(prompts[i], names[i]) for i in rows], stops=(stop, "\n"))
         for i, text in zip(rows, texts):
             out[i] = text
     return out
@@ -95,22 +94,15 @@ def candidates(attribute: str, mined: list[str], demo_sets: list[list], known: d
 
 
 def search(candidates: dict[str, list[dict]], dev: dict[str, list[dict]], answer) -> tuple[dict, dict]:
-    """(best candidate per attribute, with its dev score; every candidate's dev score per attribute).
-
-    answer(prompts, names) -> answers; all candidates are answered in one call (one batch is faster).
-    Ties go to the earlier candidate."""
-    jobs = [(a, c, q) for a, cs in candidates.items() for c in cs for q in dev[a]]
-    got = answer([c for _, c, _ in jobs], [q["person"] for _, _, q in jobs])
-    at, best, scores = 0, {}, {}
-    for a, cs in candidates.items():
-        scores[a] = []
-        for _ in cs:
-            n = len(dev[a])
-            scores[a].append(accuracy(got[at:at + n], [q["answer"] for q in dev[a]]))
-            at += n
-        i = best_index(scores[a])
-        best[a] = {**cs[i], "dev": scores[a][i]}
-    return best, scores
+    """(best candidate per attribute, every candidate's dev accuracy per attribute); ties go to the
+    earlier candidate. answer(prompts, names) -> answers, called once for all (one batch is faster)."""
+    jobs = [(a, i, q) for a, cs in candidates.items() for i in range(len(cs)) for q in dev[a]]
+    got = answer([candidates[a][i] for a, i, _ in jobs], [q["person"] for _, _, q in jobs])
+    right = Counter()
+    for (a, i, q), prediction in zip(jobs, got):
+        right[a, i] += exact_match(prediction, q["answer"])
+    scores = {a: [right[a, i] / len(dev[a]) for i in range(len(cs))] for a, cs in candidates.items()}
+    return {a: cs[best_index(scores[a])] for a, cs in candidates.items()}, scores
 
 
 @torch.no_grad()
@@ -145,19 +137,18 @@ def ranked(model, tokenizer, prompts: list[dict], name: str, values: list[str]) 
     return torch.stack([answer_logprobs(model, tokenizer, prompt_text(p, name), values) for p in prompts])
 
 
-def choose_ensemble(model, tokenizer, entry: dict, templates: list[dict], dev: list[dict], values: list[str]) -> dict:
-    """entry (the best single prompt), or the top m <= ENSEMBLE templates ranking values together by
-    their summed log-probabilities (LPAQA's ensemble), if that scores higher on dev. Each m's dev
-    score is kept: the measurement of whether ranking pays."""
-    top = sorted(templates, key=lambda t: -t["dev"])[:ENSEMBLE]  # stable: ties keep the search's order
+def rank_on_dev(model, tokenizer, candidates: list[dict], scores: list[float], dev: list[dict],
+                values: list[str]) -> tuple[list[dict], list[float]]:
+    """(the best ENSEMBLE templates, each with its best demo set; the dev accuracy of ranking values by
+    the summed log-probabilities of the top m of them, for m = 1, 2, ...): LPAQA's ensemble."""
+    top = []
+    for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], i)):
+        if candidates[i]["template"] not in [p["template"] for p in top]:
+            top.append(candidates[i])
+    top = top[:ENSEMBLE]
     logps = torch.stack([ranked(model, tokenizer, top, q["person"], values) for q in dev])  # (questions, m, values)
     answers = [q["answer"] for q in dev]
-    dev_by_m = [accuracy([values[i] for i in logps[:, :m].sum(1).argmax(1)], answers) for m in range(1, len(top) + 1)]
-    m = best_index(dev_by_m) + 1
-    entry = {**entry, "ranked_dev": dev_by_m}  # [m = 1, 2, ...]
-    if dev_by_m[m - 1] > entry["dev"]:
-        entry.update(prompts=top[:m], values=values, dev=dev_by_m[m - 1])
-    return entry
+    return top, [accuracy([values[i] for i in logps[:, :m].sum(1).argmax(1)], answers) for m in range(1, len(top) + 1)]
 
 
 def fingerprint(model, tokenizer) -> dict:
@@ -187,17 +178,15 @@ def compile_program(model, tokenizer, text: str, dev: list[dict], pool: list[dic
     best, scores = search(cands, by_attribute, lambda prompts, names: generate(model, tokenizer, prompts, names))
     attributes = {}
     for a, cs in cands.items():
-        board = [{"template": c["template"], "k": len(c["demos"]), "dev": s} for c, s in zip(cs, scores[a])]
-        entry = {"prompts": [{k: best[a][k] for k in ("template", "stop", "demos")}], "values": None,
-                 "dev": best[a]["dev"], "greedy_dev": best[a]["dev"]}
+        entry = {"prompts": [best[a]], "values": None, "dev": max(scores[a]), "greedy_dev": max(scores[a])}
         if a in VALUES and entry["dev"] < 1:  # ranking can only pay where greedy misses
-            per_template = {}  # each template with its best demo set
-            for c, s in zip(cs, scores[a]):
-                if s > per_template.get(c["template"], {"dev": -1})["dev"]:
-                    per_template[c["template"]] = {**c, "dev": s}
-            entry = choose_ensemble(model, tokenizer, entry, list(per_template.values()), by_attribute[a], VALUES[a])
-            entry["prompts"] = [{k: p[k] for k in ("template", "stop", "demos")} for p in entry["prompts"]]
-        attributes[a] = {**entry, "candidates": board}
+            top, entry["ranked_dev"] = rank_on_dev(model, tokenizer, cs, scores[a], by_attribute[a], VALUES[a])
+            m = best_index(entry["ranked_dev"]) + 1
+            if entry["ranked_dev"][m - 1] > entry["dev"]:
+                entry.update(prompts=top[:m], values=VALUES[a], dev=entry["ranked_dev"][m - 1])
+        entry["candidates"] = [{"template": c["template"], "k": len(c["demos"]), "dev": d}
+                               for c, d in zip(cs, scores[a])]
+        attributes[a] = entry
     dev_acc = sum(attributes[a]["dev"] * len(by_attribute[a]) for a in attributes) / len(dev)
     return {"format": FORMAT, "model": fingerprint(model, tokenizer), "dev": dev_acc, "dev_questions": len(dev),
             "attributes": attributes}
@@ -243,31 +232,33 @@ def eval_program(model, tokenizer, text: str, pool: list[dict], dev: list[dict],
     return row, program
 
 
-def save_program(path: str, program: dict) -> None:
-    write_json(path, program)
+def well_formed(program) -> bool:
+    """Whether a loaded JSON value has every field run_program reads (KeyError/TypeError if far off)."""
+    entries = program["attributes"].values()
+    return (program["format"] == FORMAT and isinstance(program["model"], dict)
+            and set(program["attributes"]) <= set(ATTRIBUTES)
+            and all(e["prompts"] and (e["values"] is None or isinstance(e["values"], list)) for e in entries)
+            and all(isinstance(p["template"], str) and p["stop"] in (".", "\n") and all(len(d) == 2 for d in p["demos"])
+                    for e in entries for p in e["prompts"]))
 
 
 def load_program(path: str, model, tokenizer, recompile: str) -> dict:
-    """A program saved by save_program, refused (one line ending in `recompile`, the command that
-    makes a new one) when it is missing, unreadable, or compiled for another model or tokenizer."""
+    """A compiled program (JSON, as compile_program made it), refused with one line ending in
+    `recompile` (the command that makes a new one) when missing, unreadable, or for another model."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no compiled prompt program at {path}; compile one with: {recompile}")
     try:
         program = read_json(path)
-        ok = program["format"] == FORMAT and set(program["attributes"]) <= set(ATTRIBUTES) and all(
-            isinstance(p["template"], str) and p["stop"] in (".", "\n") and all(len(d) == 2 for d in p["demos"])
-            for entry in program["attributes"].values() for p in entry["prompts"]) and all(
-            entry["prompts"] and (entry["values"] is None or isinstance(entry["values"], list))
-            for entry in program["attributes"].values())
+        ok = well_formed(program)
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise ValueError(f"{path} is not a readable prompt program (corrupt?); recompile it with: {recompile}")
-    theirs, ours = program.get("model") or {}, fingerprint(model, tokenizer)
-    differ = [k for k in ours if theirs.get(k) != ours[k]]
+    ours = fingerprint(model, tokenizer)
+    differ = [k for k in ours if program["model"].get(k) != ours[k]]
     if differ:
-        raise ValueError(f"{path} was compiled for another model (its {differ[0]} differs); recompile it for this "
-                         f"one with: {recompile}")
+        raise ValueError(f"{path} was compiled for another model (other {differ[0]}); recompile it for this one "
+                         f"with: {recompile}")
     return program
 
 

@@ -8,10 +8,11 @@ import torch
 from conftest import FP32
 
 from nanolevels import data
+from nanolevels.files import write_json
 from nanolevels.checkpoint import load_model
 from nanolevels.model import GPT, GPTConfig
 from nanolevels.program import (PARAPHRASES, answer_logprobs, compile_program, load_program, mine_templates,
-                                parse_question, prompt_text, save_program, search)
+                                parse_question, prompt_text, run_program, search)
 from nanolevels.tokenizer import Tokenizer
 from nanolevels.world import ATTRIBUTES, QUESTIONS
 
@@ -51,7 +52,7 @@ def test_search_returns_the_best_dev_candidate():
                                  ("{name} was born in", "Q: Where was {name} born?\nA:", "{name} hails from",
                                   "{name} spent early childhood in")]}
     best, scores = search(candidates, dev, toy_model)
-    assert best["birth_city"]["template"] == "{name} hails from" and best["birth_city"]["dev"] == 1.0
+    assert best["birth_city"]["template"] == "{name} hails from"
     assert scores["birth_city"] == [0.75, 0.0, 1.0, 0.0]
     right["{name} hails from"] = 3  # a tie goes to the earlier candidate
     assert search(candidates, dev, toy_model)[0]["birth_city"]["template"] == "{name} was born in"
@@ -90,6 +91,14 @@ def test_answer_logprobs_sum_each_answer_tokens_exactly():
         torch.testing.assert_close(value.item(), total, **FP32)
     assert len(tokenizer.encode(" Bo Lee Vance")) > 1  # the sum runs over several tokens
 
+    # the ensemble: the value whose log-probabilities, summed over the prompts, are highest
+    prompts = [{"template": "{name} was born in", "stop": ".", "demos": []},
+               {"template": "The birthplace of {name} is", "stop": ".", "demos": [["Bo Lee Vance", "Porto"]]}]
+    program = {"attributes": {"birth_city": {"prompts": prompts, "values": answers}}}
+    total = sum(answer_logprobs(model, tokenizer, prompt_text(p, "Ada Jo Crane"), answers) for p in prompts)
+    question = {"person": "Ada Jo Crane", "attribute": "birth_city"}
+    assert run_program(model, tokenizer, program, [question]) == [answers[int(total.argmax())]]
+
 
 def test_compiled_program_round_trips_and_refuses_bad_files(tiny_run, tmp_path):
     model, tokenizer, _ = load_model(tiny_run["checkpoint"])
@@ -101,7 +110,7 @@ def test_compiled_program_round_trips_and_refuses_bad_files(tiny_run, tmp_path):
         assert 0 <= entry["dev"] <= 1 and entry["prompts"]
         assert entry["dev"] >= max(c["dev"] for c in entry["candidates"])  # the search never picks worse
     path = str(tmp_path / "program.json")
-    save_program(path, program)
+    write_json(path, program)
     assert load_program(path, model, tokenizer, "RECOMPILE") == program
 
     with pytest.raises(FileNotFoundError, match="RECOMPILE"):
