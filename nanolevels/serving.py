@@ -1,0 +1,337 @@
+"""The serving engine: many requests at once, continuous batching over one preallocated KV cache.
+
+A server that runs requests one after another leaves the machine mostly idle: decoding one token
+of one sequence is a handful of small matrix-vector products. Decoding a token for 16 sequences in
+one forward pass costs little more, so the engine keeps many sequences in flight. The ideas are
+vLLM's and nano-vllm's (a waiting queue, a running set, prefill then decode), without paged memory:
+the cache has a fixed number of slots, one per running sequence,
+
+    k, v of each layer: (slots, n_head, block_size, head_size)
+
+and every step of the loop (one background thread) does three things:
+  1. cancelled sequences leave their slots (finished ones left as they finished);
+  2. waiting requests are prefilled into free slots, one at a time: GPT.forward writes the prompt's
+     keys and values into the slot's rows, and the last position's logits give the first token;
+  3. ONE forward pass (decode_step) decodes one token for every running sequence, each at its own
+     position: row i feeds its last token at position pos[i] and attends to keys 0..pos[i] only.
+
+Nothing leaks between requests: a slot's rows past its sequence's length still hold an earlier
+request's keys, but the mask never lets them be read, and a position is always written (by the
+prefill, or by the decode step that feeds it) before any query may read it.
+
+Three policies, so that bench/bench_serve.py can compare them on the same engine:
+  "one"         one request at a time (a server without batching, like litgpt serve or nanochat's
+                web chat per worker);
+  "static"      a batch is admitted only when the last one has wholly finished, so a batch runs
+                until its longest sequence ends (free slots wait idle meanwhile);
+  "continuous"  every free slot is refilled at every step: a short request never waits for a long one.
+"""
+
+import codecs
+import copy
+import queue
+import threading
+import time
+import traceback
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from nanolevels.model import sample
+
+POLICIES = ("continuous", "static", "one")
+RATE_WINDOW_S = 10.0  # /stats reports tokens/s over this many recent seconds
+
+
+@dataclass
+class Request:
+    prompt: list[int]           # token ids, 1 to block_size of them (a server starts them with <|endoftext|>)
+    max_tokens: int = 16        # the most new tokens; fewer when the block fills up or a stop comes first
+    temperature: float = 1.0    # 0 is greedy (argmax); higher flattens the distribution
+    top_k: int | None = None    # sample only from the k most likely tokens
+    top_p: float | None = None  # sample from the smallest set of tokens whose probability reaches top_p
+    stop: tuple = ()            # stop strings: the text ends right before the first one to appear
+    ignore_eos: bool = False    # go on past <|endoftext|> (a benchmark's way to fix output lengths)
+    seed: int = 0               # the request's own sampler: its draws never depend on its batch mates
+
+
+def check_request(r: Request, block_size: int) -> None:
+    """A ValueError that says what is wrong with r, if anything (the HTTP layer makes it a 400)."""
+    if not r.prompt:
+        raise ValueError("the prompt has no tokens")
+    if len(r.prompt) > block_size:
+        raise ValueError(f"the prompt is {len(r.prompt)} tokens; the model reads at most {block_size}: shorten it")
+    if not 1 <= r.max_tokens <= block_size:
+        raise ValueError(f"max_tokens must be between 1 and {block_size}, got {r.max_tokens}")
+    if r.temperature < 0:
+        raise ValueError(f"temperature must be 0 (greedy) or more, got {r.temperature}")
+    if r.top_k is not None and r.top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {r.top_k}")
+    if r.top_p is not None and not 0 < r.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {r.top_p}")
+    if len(r.stop) > 4 or any(not s for s in r.stop):
+        raise ValueError(f"stop must be at most 4 non-empty strings, got {list(r.stop)}")
+
+
+def held_back(text: str, stops) -> int:
+    """How many characters at the end of text could be the start of a stop string: they wait for
+    the next token before anyone sees them, so a stop string is never half sent."""
+    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
+               default=0)
+
+
+class Sequence:
+    """One request in the engine: its slot and position, its sampler, and the queue its tokens leave by.
+
+    The client reads (token id, text) pairs from stream(); the text of each pair is what became
+    whole: UTF-8 characters split across tokens wait for their last byte, and text that may begin
+    a stop string waits to see whether it does.
+    """
+
+    def __init__(self, request: Request, device):
+        self.request = request
+        self.generator = torch.Generator(device).manual_seed(request.seed)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.tokens: list[int] = []  # the new tokens so far
+        self.text = ""               # their text, as far as it is decoded
+        self.sent = 0                # characters of text already handed to the client
+        self.slot = None             # the cache rows it owns while running
+        self.length = 0              # tokens in the cache: the position the next fed token goes to
+        self.finish_reason = None    # "stop", "length", "cancelled" or "error", once finished
+        self.cancelled = False       # set by the client (it disconnected); the engine acts at its next step
+        self.out = queue.Queue()     # (token, text) per new token, then None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def stream(self):
+        """Yield (token id, text piece) as the engine produces them, until the sequence finishes."""
+        while (item := self.out.get()) is not None:
+            yield item
+
+
+@torch.no_grad()
+def decode_step(model, cache, tokens, pos):
+    """Feed tokens (B,) at positions pos (B,), row i into cache slot i; return the next logits (B, V).
+
+    GPT.forward with a cache, except that every row has its own position, hence its own mask.
+    Rows are slots 0..B-1 of the cache, a view (no copy); a free slot among them computes a row
+    nobody reads (token 0 at position 0, which the next prefill of that slot overwrites).
+    """
+    cfg = model.config
+    B, C, nh = tokens.size(0), cfg.n_embd, cfg.n_head
+    hs = C // nh
+    L = int(pos.max()) + 1  # keys up to the furthest row's position; the rest of the block is not read
+    rows = torch.arange(B, device=tokens.device)
+    visible = torch.arange(L, device=tokens.device)[None, :] <= pos[:, None]  # (B, L): row i sees 0..pos[i]
+    visible = visible.view(B, 1, 1, L)  # broadcast over heads and the one query
+    tr = model.transformer
+    x = (tr.wte(tokens) + tr.wpe(pos)).view(B, 1, C)  # (B, 1, C)
+    for layer, block in enumerate(tr.h):
+        q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)  # each (B, 1, C)
+        q = q.view(B, 1, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
+        # write each row's key and value at its own position: cache[layer][rows[i], :, pos[i]] is (nh, hs)
+        cache.k[layer][rows, :, pos] = k.view(B, nh, hs)
+        cache.v[layer][rows, :, pos] = v.view(B, nh, hs)
+        keys, values = cache.k[layer][:B, :, :L], cache.v[layer][:B, :, :L]  # (B, nh, L, hs)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (B, nh, 1, hs)
+        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(tr.ln_f(x))[:, 0]  # (B, V)
+
+
+class Engine:
+    """Slots over one KV cache, a bounded waiting queue, and the step loop that serves them.
+
+    submit() may be called from any thread; everything else of the engine's state belongs to the
+    thread that runs step() (start() runs it in the background; tests may call step() by hand).
+    """
+
+    def __init__(self, model, tokenizer, slots: int = 16, policy: str = "continuous", max_queue: int = 64,
+                 log=print):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if slots < 1 or max_queue < 1:
+            raise ValueError(f"slots and max_queue must be at least 1, got {slots} and {max_queue}")
+        self.model = model.eval()  # no dropout while serving
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.slots = slots
+        self.device = model.lm_head.weight.device
+        self.cache = model.new_cache(slots)  # k, v per layer: (slots, nh, block_size, hs)
+        self.free = set(range(slots))
+        self.running: list[Sequence] = []
+        self.waiting = queue.Queue(max_queue)  # Sequences; full -> submit raises queue.Full
+        self.log = log
+        self.finished = Counter()   # finish reason -> requests
+        self.tokens_out = 0         # new tokens since the start
+        self.recent = deque()       # (time, tokens) per step over the last RATE_WINDOW_S, for tokens/s
+        self.lock = threading.Lock()  # guards recent: stats() reads it from other threads
+        self.started = time.perf_counter()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = None
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.cache.k + self.cache.v)
+
+    def submit(self, request: Request) -> Sequence:
+        """Queue a request; its Sequence streams the tokens. ValueError if the request is invalid,
+        queue.Full if max_queue requests are waiting already."""
+        check_request(request, self.model.config.block_size)
+        seq = Sequence(request, self.device)
+        self.waiting.put_nowait(seq)
+        self.wake.set()
+        return seq
+
+    def step(self) -> None:
+        """Cancelled sequences leave, waiting ones are prefilled into free slots, then one decode step."""
+        for seq in [s for s in self.running if s.cancelled]:
+            self.finish(seq, "cancelled")
+        if self.policy == "continuous":
+            room = len(self.free)
+        elif self.policy == "static":
+            room = 0 if self.running else len(self.free)  # a new batch only once the last one is done
+        else:
+            room = 0 if self.running else 1
+        before = self.tokens_out
+        while room > 0:
+            try:
+                seq = self.waiting.get_nowait()
+            except queue.Empty:
+                break
+            if seq.cancelled:
+                self.finish(seq, "cancelled")
+                continue
+            self.prefill(seq)
+            room -= 1
+        if self.running:
+            self.decode()
+        self.count(self.tokens_out - before)
+
+    @torch.no_grad()
+    def prefill(self, seq: Sequence) -> None:
+        """Take the lowest free slot (so that decode's rows 0..B-1 stay dense), write the prompt's keys
+        and values into it, and sample the first new token."""
+        seq.slot = min(self.free)
+        self.free.remove(seq.slot)
+        self.running.append(seq)
+        # a KVCache over this slot's rows only (views): GPT.forward writes the prompt straight into them
+        view = copy.copy(self.cache)
+        view.k = [k[seq.slot:seq.slot + 1] for k in self.cache.k]
+        view.v = [v[seq.slot:seq.slot + 1] for v in self.cache.v]
+        view.pos = 0
+        prompt = seq.request.prompt
+        logits, _ = self.model(torch.tensor([prompt], device=self.device), cache=view)  # (1, T, V)
+        seq.length = len(prompt)
+        r = seq.request
+        self.emit(seq, sample(logits[:, -1], r.temperature, r.top_k, r.top_p, seq.generator).item())
+
+    @torch.no_grad()
+    def decode(self) -> None:
+        """One token for every running sequence, in one forward pass."""
+        B = max(seq.slot for seq in self.running) + 1
+        tokens = torch.zeros(B, dtype=torch.long)
+        pos = torch.zeros(B, dtype=torch.long)
+        for seq in self.running:
+            tokens[seq.slot] = seq.tokens[-1]
+            pos[seq.slot] = seq.length
+        logits = decode_step(self.model, self.cache, tokens.to(self.device), pos.to(self.device))  # (B, V)
+        greedy = logits.argmax(dim=-1).tolist()  # every row's argmax at once; sampled rows draw below
+        batch = list(self.running)  # emit() may finish a sequence, which leaves self.running
+        for seq in batch:
+            seq.length += 1
+            r = seq.request
+            token = greedy[seq.slot] if r.temperature == 0 else sample(
+                logits[seq.slot:seq.slot + 1], r.temperature, r.top_k, r.top_p, seq.generator).item()
+            self.emit(seq, token)
+
+    def emit(self, seq: Sequence, token: int) -> None:
+        """Hand a new token and the text it completes to the client; finish the sequence if it is done."""
+        r = seq.request
+        seq.tokens.append(token)
+        self.tokens_out += 1
+        eos = token == self.tokenizer.eot_id and not r.ignore_eos
+        if not eos:
+            seq.text += seq.decoder.decode(self.tokenizer.decode_bytes([token]))
+        # the earliest stop string in the text; text before seq.sent was checked by earlier tokens
+        cut = min((i for s in r.stop if (i := seq.text.find(s, seq.sent)) >= 0), default=None)
+        if cut is not None:
+            reason, end = "stop", cut
+        elif eos:
+            reason, end = "stop", len(seq.text)
+        # the token just sampled cannot be fed once the cache holds block_size tokens
+        elif len(seq.tokens) == r.max_tokens or seq.length == self.model.config.block_size:
+            seq.text += seq.decoder.decode(b"", final=True)  # an unfinished character becomes U+FFFD
+            reason, end = "length", len(seq.text)
+        else:
+            reason, end = None, len(seq.text) - held_back(seq.text, r.stop)
+        seq.out.put((token, seq.text[seq.sent:end]))
+        seq.sent = end
+        if reason is not None:
+            seq.text = seq.text[:end]
+            self.finish(seq, reason)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """The sequence is done: free its slot and tell the client."""
+        seq.finish_reason = reason
+        if seq.slot is not None:
+            self.running.remove(seq)
+            self.free.add(seq.slot)
+            seq.slot = None
+        self.finished[reason] += 1
+        seq.out.put(None)
+
+    def count(self, new_tokens: int) -> None:
+        """Remember this step's new tokens for the tokens/s of stats()."""
+        now = time.perf_counter()
+        with self.lock:
+            if new_tokens:
+                self.recent.append((now, new_tokens))
+            while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
+                self.recent.popleft()
+
+    def stats(self) -> dict:
+        """What /stats shows: load, throughput over the last RATE_WINDOW_S seconds, finished requests."""
+        now = time.perf_counter()
+        with self.lock:
+            recent = sum(n for t, n in self.recent if t >= now - RATE_WINDOW_S)
+        return {"policy": self.policy, "slots": self.slots, "running": len(self.running),
+                "waiting": self.waiting.qsize(), "tokens_per_s": round(recent / min(RATE_WINDOW_S, now - self.started), 1),
+                "tokens": self.tokens_out, "finished": dict(self.finished),
+                "cache_mb": round(self.cache_bytes / 2**20, 1)}
+
+    def loop(self) -> None:
+        """Step while there is work; sleep until submit() wakes it when there is none."""
+        while not self.stopping.is_set():
+            if not self.running and self.waiting.empty():
+                self.wake.clear()  # clear, then look again: a submit() in between sets it and wait returns
+                if self.waiting.empty():
+                    self.wake.wait(0.5)
+                continue
+            try:
+                self.step()
+            except Exception:  # a bug, not a user's mistake: end every request with an error, keep serving
+                self.log(f"engine step failed, ending {len(self.running)} running request(s):\n"
+                         f"{traceback.format_exc()}")
+                for seq in list(self.running):
+                    self.finish(seq, "error")
+
+    def start(self) -> "Engine":
+        self.thread = threading.Thread(target=self.loop, name="engine", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop; every request still running or waiting ends as cancelled."""
+        self.stopping.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join()
+        for seq in list(self.running):
+            self.finish(seq, "cancelled")
+        while not self.waiting.empty():
+            self.finish(self.waiting.get_nowait(), "cancelled")
