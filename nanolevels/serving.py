@@ -71,6 +71,8 @@ def check_request(r: Request, block_size: int) -> None:
         raise ValueError(f"top_k must be at least 1, got {r.top_k}")
     if r.top_p is not None and not 0 < r.top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {r.top_p}")
+    if not 0 <= r.seed < 2**63:
+        raise ValueError(f"seed must be between 0 and 2**63 - 1, got {r.seed}")
     if len(r.stop) > 4 or any(not s for s in r.stop):
         raise ValueError(f"stop must be at most 4 non-empty strings, got {list(r.stop)}")
 
@@ -224,11 +226,11 @@ class Engine:
         view.k = [k[seq.slot:seq.slot + 1] for k in self.cache.k]
         view.v = [v[seq.slot:seq.slot + 1] for v in self.cache.v]
         view.pos = 0
-        prompt = seq.request.prompt
-        logits, _ = self.model(torch.tensor([prompt], device=self.device), cache=view)  # (1, T, V)
-        seq.length = len(prompt)
         r = seq.request
-        self.emit(seq, sample(logits[:, -1], r.temperature, r.top_k, r.top_p, seq.generator).item())
+        x = self.model.hidden_states(torch.tensor([r.prompt], device=self.device), cache=view)  # (1, T, C)
+        logits = self.model.lm_head(x[:, -1])  # (1, V): only the last position's next token is needed
+        seq.length = len(r.prompt)
+        self.emit(seq, sample(logits, r.temperature, r.top_k, r.top_p, seq.generator).item())
 
     @torch.no_grad()
     def decode(self) -> None:

@@ -1,14 +1,30 @@
 """Serving: the batched engine gives what generate() gives alone; the HTTP layer, its errors, disconnects."""
 
+import http.client
+import json
+import os
 import queue
 import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
 
+import serve
+from nanolevels import serving
+from nanolevels.checkpoint import load_model
+from nanolevels.lora import add_lora, save_adapter
+from nanolevels.server import MAX_BODY, Server
 from nanolevels.serving import Engine, Request
 from nanolevels.tokenizer import Tokenizer
 from test_model import tiny_gpt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BLOCK = 64
 
@@ -187,3 +203,217 @@ def test_background_thread_serves_and_stops(tok):
     finally:
         engine.stop()
     assert not engine.thread.is_alive()
+
+
+# ---- over HTTP, on 127.0.0.1 with an ephemeral port ----
+
+@pytest.fixture(scope="module")
+def adapter(tiny_run, tmp_path_factory):
+    """A rag-qa adapter file for the tiny model (untrained: it reads as the base model does)."""
+    model, _, _ = load_model(tiny_run["checkpoint"])
+    add_lora(model, r=2)
+    path = str(tmp_path_factory.mktemp("adapter") / "adapter.safetensors")
+    save_adapter(path, model)
+    return path
+
+
+def serve_args(tiny_run, adapter, index_dir, *extra):
+    return ["--checkpoint", tiny_run["checkpoint"], "--adapter", adapter, "--world", tiny_run["world"],
+            "--index-dir", str(index_dir), "--port", "0", "--slots", "4", "--device", "cpu", "--quiet", *extra]
+
+
+class Running:
+    """A Server answering on a background thread, for a `with` block; shut down at its end."""
+
+    def __init__(self, server):
+        self.server = server
+        self.host, self.port = server.server_address[:2]
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.close()
+        self.thread.join(timeout=10)
+
+    def request(self, method, path, body=None, raw=None):
+        """(status, parsed JSON body) of one request; raw sends bytes as they are."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    def stream(self, body):
+        """The data: lines of a streamed completion, in order."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}).encode())
+            response = conn.getresponse()
+            assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
+            return [line[len(b"data: "):].decode() for line in response.read().split(b"\n\n") if line]
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, adapter, tmp_path_factory):
+    with Running(serve.build(serve.parse_args(serve_args(tiny_run, adapter, tmp_path_factory.mktemp("rag"))))) as s:
+        yield s
+
+
+def test_streamed_completion_is_one_event_per_token_then_done(server):
+    body = {"prompt": "Ada Jo", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    events = server.stream(body)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert len(chunks) == 12 + 1 and all(c["finish_reason"] is None for c in chunks[:-1])
+    assert chunks[-1] == {"index": 0, "text": "", "finish_reason": "length"}
+    status, whole = server.request("POST", "/v1/completions", body)
+    assert status == 200 and whole["choices"][0]["text"] == "".join(c["text"] for c in chunks)
+    assert whole["usage"]["completion_tokens"] == 12 and whole["choices"][0]["finish_reason"] == "length"
+
+
+def test_completion_with_sampling_and_stop(server):
+    body = {"prompt": "Ada Jo", "max_tokens": 20, "temperature": 0.9, "top_p": 0.9, "top_k": 50, "seed": 3,
+            "stop": ["\n", "."], "model": "anything"}
+    (s1, a), (s2, b) = server.request("POST", "/v1/completions", body), server.request("POST", "/v1/completions", body)
+    assert s1 == s2 == 200 and a["choices"] == b["choices"]  # the same seed, the same text
+    assert "\n" not in a["choices"][0]["text"] and "." not in a["choices"][0]["text"]
+
+
+def test_answer_retrieves_and_reads(server, tiny_run):
+    person = json.loads(open(os.path.join(tiny_run["world"], "qa_new.jsonl")).readline())
+    status, out = server.request("POST", "/v1/answer", {"question": person["question"]})
+    assert status == 200 and isinstance(out["answer"], str) and "\n" not in out["answer"]
+    assert 1 <= len(out["sources"]) <= 2 and out["sources"][0].startswith(person["person"] + "#")
+
+
+def test_health_and_stats(server):
+    assert server.request("GET", "/health") == (200, {"status": "ok"})
+    status, stats = server.request("GET", "/stats")
+    assert status == 200 and stats["slots"] == 4 and stats["running"] == 0 and stats["waiting"] == 0
+    assert stats["tokens_per_s"] >= 0 and stats["answer"]["slots"] == 4
+
+
+LONG = "Ada Jo Crane was born in Lyon. " * 40
+
+
+@pytest.mark.parametrize("method, path, body, status, message", [
+    ("POST", "/v1/completions", b"{not json", 400, "not valid JSON"),
+    ("POST", "/v1/completions", b"[1, 2]", 400, "JSON object"),
+    ("POST", "/v1/completions", {}, 400, "missing field: prompt"),
+    ("POST", "/v1/completions", {"prompt": 5}, 400, "prompt must be a string"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "max_tokens must be between 1 and 64"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 65}, 400, "max_tokens must be between 1 and 64"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": "5"}, 400, "max_tokens must be an integer"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": True}, 400, "max_tokens must be an integer"),
+    ("POST", "/v1/completions", {"prompt": LONG}, 400, "reads at most 64"),
+    ("POST", "/v1/completions", {"prompt": "a", "temperature": -1}, 400, "temperature"),
+    ("POST", "/v1/completions", {"prompt": "a", "top_p": 0}, 400, "top_p must be in (0, 1]"),
+    ("POST", "/v1/completions", {"prompt": "a", "top_p": 1.5}, 400, "top_p must be in (0, 1]"),
+    ("POST", "/v1/completions", {"prompt": "a", "top_k": 0}, 400, "top_k"),
+    ("POST", "/v1/completions", {"prompt": "a", "stop": [1]}, 400, "stop must be"),
+    ("POST", "/v1/completions", {"prompt": "a", "stream": "yes"}, 400, "stream must be true or false"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_token": 5}, 400, "unknown field(s) ['max_token']"),
+    ("POST", "/v1/completions", b"x" * (MAX_BODY + 1), 413, "over the limit"),
+    ("POST", "/v1/answer", {"question": " "}, 400, "question is empty"),
+    ("POST", "/v1/answer", {"question": 1}, 400, "question must be a string"),
+    ("GET", "/nope", None, 404, "no such path /nope"),
+    ("POST", "/v1/nope", {}, 404, "POST /v1/completions"),
+    ("GET", "/v1/completions", None, 405, "takes POST"),
+])
+def test_bad_input_is_a_4xx_that_says_what_and_the_server_goes_on(server, method, path, body, status, message):
+    got, out = server.request(method, path, **({"raw": body} if isinstance(body, bytes) else {"body": body}))
+    assert got == status and message in out["error"], out
+    assert server.request("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200
+
+
+def slow_decode(monkeypatch, seconds):
+    """Make every decode step take at least `seconds`, so that a test can act while requests run."""
+    decode_step = serving.decode_step
+
+    def slow_decode_step(*args):
+        time.sleep(seconds)
+        return decode_step(*args)
+
+    monkeypatch.setattr(serving, "decode_step", slow_decode_step)
+
+
+def wait_for(condition, seconds=10):
+    t0 = time.time()
+    while not condition():
+        assert time.time() - t0 < seconds, "timed out"
+        time.sleep(0.01)
+
+
+def test_full_queue_is_a_503_and_no_adapter_is_said(tiny_run, monkeypatch):
+    slow_decode(monkeypatch, 0.05)
+    model, tok, _ = load_model(tiny_run["checkpoint"])
+    engine = Engine(model, tok, slots=1, max_queue=1)
+    with Running(Server(engine, tok, no_reader="no adapter: python train_lora.py --task rag-qa",
+                        log=lambda line: None)) as s:
+        engine.submit(Request([1], 60, ignore_eos=True))  # runs for seconds in the one slot
+        wait_for(lambda: engine.stats()["running"] == 1)
+        engine.submit(Request([1], 5))  # waits: the queue is full
+        status, out = s.request("POST", "/v1/completions", {"prompt": "a"})
+        assert status == 503 and "busy" in out["error"]
+        status, out = s.request("POST", "/v1/answer", {"question": "Who?"})
+        assert status == 503 and "train_lora.py --task rag-qa" in out["error"]
+
+
+def test_a_client_that_disconnects_frees_its_slot(server, monkeypatch):
+    slow_decode(monkeypatch, 0.02)  # 60 tokens take over a second: the disconnect must end it long before
+    engine = server.server.engine
+    cancelled = engine.stats()["finished"].get("cancelled", 0)
+    body = json.dumps({"prompt": "Ada", "max_tokens": 60, "stream": True, "ignore_eos": True}).encode()
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(4096)
+    t0 = time.time()
+    wait_for(lambda: engine.stats()["finished"].get("cancelled", 0) == cancelled + 1)
+    assert time.time() - t0 < 1.0 and engine.stats()["running"] == 0
+
+
+def test_serve_py_starts_answers_and_stops_on_ctrl_c(tiny_run, adapter, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "serve.py", *serve_args(tiny_run, adapter, tmp_path)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = threading.Timer(60, proc.kill)  # whatever goes wrong, the test ends
+    deadline.start()
+    try:
+        line = proc.stdout.readline()
+        while line and not line.startswith("serving on"):  # the index is built first, and says so
+            line = proc.stdout.readline()
+        assert line.startswith("serving on http://127.0.0.1:") and "/v1/answer: ready" in line, line
+        port = int(line.split()[2].rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/completions", body=b'{"prompt": "Ada", "max_tokens": 3}')
+        assert conn.getresponse().status == 200
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130 and "interrupted" in proc.stderr.read()
+    finally:
+        deadline.cancel()
+        proc.kill()
+
+
+def test_serve_py_user_errors(tiny_run, adapter, tmp_path):
+    args = serve_args(tiny_run, adapter, tmp_path)
+    with pytest.raises(FileNotFoundError, match="train_pretrain.py"):
+        serve.build(serve.parse_args([*args, "--checkpoint", str(tmp_path / "none.safetensors")]))
+    with pytest.raises(FileNotFoundError, match="train_lora.py"):
+        serve.build(serve.parse_args([*args, "--adapter", str(tmp_path / "none.safetensors")]))
+    with pytest.raises(ValueError, match="--slots"):
+        serve.parse_args(["--slots", "0"])
+    with Running(serve.build(serve.parse_args(args))) as running:  # the port is taken
+        with pytest.raises(OSError, match="choose another --port"):
+            serve.build(serve.parse_args([*args, "--port", str(running.port)]))
