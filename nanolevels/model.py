@@ -116,6 +116,12 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, V) -> (B, 1): greedy if temperature <= 0, else sampled."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
+
+
+def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution sample() draws from, (B, V) -> (B, V): softmax(logits / temperature), cut to
+    the top_k most likely tokens and/or the smallest set whose probability reaches top_p."""
     logits = logits / temperature
     if top_k is not None:
         # keep the k most likely tokens
@@ -127,7 +133,7 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return probs
 
 
 class GPT(nn.Module):

@@ -204,6 +204,7 @@ class Server(ThreadingHTTPServer):
     """The engine behind HTTP; reader (for /v1/answer) may be None, and no_reader then says why."""
 
     daemon_threads = True  # a client still connected never keeps the process alive at exit
+    request_queue_size = 128  # connections the kernel holds before accept(); the default 5 resets a crowd
 
     def __init__(self, engine, tokenizer, host: str = "127.0.0.1", port: int = 0, reader: Reader | None = None,
                  no_reader: str = "no reader for /v1/answer", log=print):

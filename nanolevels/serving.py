@@ -10,8 +10,8 @@ the cache has a fixed number of slots, one per running sequence,
 
 and every step of the loop (one background thread) does three things:
   1. cancelled sequences leave their slots (finished ones left as they finished);
-  2. waiting requests are prefilled into free slots, one at a time: GPT.forward writes the prompt's
-     keys and values into the slot's rows, and the last position's logits give the first token;
+  2. waiting requests are prefilled into free slots, one at a time: the model's forward writes the
+     prompt's keys and values into the slot's rows, and the last position's logits give the first token;
   3. ONE forward pass (decode_step) decodes one token for every running sequence, each at its own
      position: row i feeds its last token at position pos[i] and attends to keys 0..pos[i] only.
 
@@ -30,16 +30,17 @@ Three policies, so that bench/bench_serve.py can compare them on the same engine
 import codecs
 import copy
 import queue
+import random
 import threading
 import time
 import traceback
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from nanolevels.model import sample
+from nanolevels.model import sampling_probs
 
 POLICIES = ("continuous", "static", "one")
 RATE_WINDOW_S = 10.0  # /stats reports tokens/s over this many recent seconds
@@ -54,7 +55,7 @@ class Request:
     top_p: float | None = None  # sample from the smallest set of tokens whose probability reaches top_p
     stop: tuple = ()            # stop strings: the text ends right before the first one to appear
     ignore_eos: bool = False    # go on past <|endoftext|> (a benchmark's way to fix output lengths)
-    seed: int = 0               # the request's own sampler: its draws never depend on its batch mates
+    seed: int = 0               # seeds the request's own random numbers: batch mates never change its draws
 
 
 def check_request(r: Request, block_size: int) -> None:
@@ -71,8 +72,6 @@ def check_request(r: Request, block_size: int) -> None:
         raise ValueError(f"top_k must be at least 1, got {r.top_k}")
     if r.top_p is not None and not 0 < r.top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {r.top_p}")
-    if not 0 <= r.seed < 2**63:
-        raise ValueError(f"seed must be between 0 and 2**63 - 1, got {r.seed}")
     if len(r.stop) > 4 or any(not s for s in r.stop):
         raise ValueError(f"stop must be at most 4 non-empty strings, got {list(r.stop)}")
 
@@ -85,16 +84,16 @@ def held_back(text: str, stops) -> int:
 
 
 class Sequence:
-    """One request in the engine: its slot and position, its sampler, and the queue its tokens leave by.
+    """One request in the engine: its slot and position, its random numbers, and the queue its tokens leave by.
 
     The client reads (token id, text) pairs from stream(); the text of each pair is what became
     whole: UTF-8 characters split across tokens wait for their last byte, and text that may begin
     a stop string waits to see whether it does.
     """
 
-    def __init__(self, request: Request, device):
+    def __init__(self, request: Request):
         self.request = request
-        self.generator = torch.Generator(device).manual_seed(request.seed)
+        self.rng = random.Random(request.seed)  # this request's own random numbers for sampling
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.tokens: list[int] = []  # the new tokens so far
         self.text = ""               # their text, as far as it is decoded
@@ -112,6 +111,30 @@ class Sequence:
         """Yield (token id, text piece) as the engine produces them, until the sequence finishes."""
         while (item := self.out.get()) is not None:
             yield item
+
+
+def next_tokens(seqs: list, logits) -> list[int]:
+    """The next token of each sequence from its row of logits (len(seqs), V).
+
+    Greedy rows take the argmax. Sampled rows with the same settings share one sampling_probs()
+    call (temperature, top-k, top-p, as generate() samples), then each row draws with a uniform
+    number from its own request's random generator (inverse transform sampling: the first token whose
+    cumulative probability passes it), so that its draws never depend on its batch mates.
+    """
+    tokens = logits.argmax(dim=-1).tolist()
+    groups = defaultdict(list)  # (temperature, top_k, top_p) -> row indices
+    for i, seq in enumerate(seqs):
+        r = seq.request
+        if r.temperature > 0:
+            groups[r.temperature, r.top_k, r.top_p].append(i)
+    for (temperature, top_k, top_p), rows in groups.items():
+        cdf = sampling_probs(logits[rows], temperature, top_k, top_p).cumsum(dim=-1)  # (n, V)
+        u = torch.tensor([[seqs[i].rng.random()] for i in rows], dtype=cdf.dtype, device=cdf.device)  # (n, 1)
+        picks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (n, 1)
+        # u < 1, but u * total may round up to the total: then the last token
+        for i, token in zip(rows, picks.clamp(max=cdf.size(1) - 1)[:, 0].tolist()):
+            tokens[i] = token
+    return tokens
 
 
 @torch.no_grad()
@@ -184,7 +207,7 @@ class Engine:
         """Queue a request; its Sequence streams the tokens. ValueError if the request is invalid,
         queue.Full if max_queue requests are waiting already."""
         check_request(request, self.model.config.block_size)
-        seq = Sequence(request, self.device)
+        seq = Sequence(request)
         self.waiting.put_nowait(seq)
         self.wake.set()
         return seq
@@ -221,7 +244,7 @@ class Engine:
         seq.slot = min(self.free)
         self.free.remove(seq.slot)
         self.running.append(seq)
-        # a KVCache over this slot's rows only (views): GPT.forward writes the prompt straight into them
+        # a KVCache over this slot's rows only (views): the model writes the prompt straight into them
         view = copy.copy(self.cache)
         view.k = [k[seq.slot:seq.slot + 1] for k in self.cache.k]
         view.v = [v[seq.slot:seq.slot + 1] for v in self.cache.v]
@@ -230,25 +253,20 @@ class Engine:
         x = self.model.hidden_states(torch.tensor([r.prompt], device=self.device), cache=view)  # (1, T, C)
         logits = self.model.lm_head(x[:, -1])  # (1, V): only the last position's next token is needed
         seq.length = len(r.prompt)
-        self.emit(seq, sample(logits, r.temperature, r.top_k, r.top_p, seq.generator).item())
+        self.emit(seq, next_tokens([seq], logits)[0])
 
     @torch.no_grad()
     def decode(self) -> None:
         """One token for every running sequence, in one forward pass."""
         B = max(seq.slot for seq in self.running) + 1
-        tokens = torch.zeros(B, dtype=torch.long)
-        pos = torch.zeros(B, dtype=torch.long)
+        tokens, pos = [0] * B, [0] * B
         for seq in self.running:
-            tokens[seq.slot] = seq.tokens[-1]
-            pos[seq.slot] = seq.length
-        logits = decode_step(self.model, self.cache, tokens.to(self.device), pos.to(self.device))  # (B, V)
-        greedy = logits.argmax(dim=-1).tolist()  # every row's argmax at once; sampled rows draw below
-        batch = list(self.running)  # emit() may finish a sequence, which leaves self.running
-        for seq in batch:
+            tokens[seq.slot], pos[seq.slot] = seq.tokens[-1], seq.length
+        logits = decode_step(self.model, self.cache, torch.tensor(tokens, device=self.device),
+                             torch.tensor(pos, device=self.device))  # (B, V)
+        batch = sorted(self.running, key=lambda seq: seq.slot)  # emit() may finish some: they leave self.running
+        for seq, token in zip(batch, next_tokens(batch, logits[[seq.slot for seq in batch]])):
             seq.length += 1
-            r = seq.request
-            token = greedy[seq.slot] if r.temperature == 0 else sample(
-                logits[seq.slot:seq.slot + 1], r.temperature, r.top_k, r.top_p, seq.generator).item()
             self.emit(seq, token)
 
     def emit(self, seq: Sequence, token: int) -> None:

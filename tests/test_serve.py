@@ -50,11 +50,9 @@ def min_margin(model, prompt, new_tokens):
 
 
 def alone(model, tok, request):
-    """What model.generate() gives for the request by itself (batch of one, its own cache)."""
-    g = torch.Generator().manual_seed(request.seed)
+    """What greedy model.generate() gives for the request by itself (batch of one, its own cache)."""
     new = min(request.max_tokens, BLOCK - len(request.prompt) + 1)  # the block ends the sequence
-    out = model.generate(torch.tensor([request.prompt]), new, request.temperature, request.top_k, request.top_p,
-                         stop_tokens=(tok.eot_id,), generator=g)
+    out = model.generate(torch.tensor([request.prompt]), new, temperature=0, stop_tokens=(tok.eot_id,))
     return out[0, len(request.prompt):].tolist()
 
 
@@ -103,13 +101,19 @@ def test_sampling_does_not_depend_on_batch_mates_or_earlier_requests(tok):
     r = Request(random_prompt(rng, tok, 9), 25, temperature=1.0, top_k=40, top_p=0.9, seed=7)
     first = engine.submit(r)
     run(engine, [first])
-    # again, now among others that arrived earlier and later and used the slots before it
-    others = [engine.submit(Request(random_prompt(rng, tok, n), 40, temperature=0.8, seed=n)) for n in (30, 5)]
+    # again, now among others (same settings or not) that arrived earlier and later and used the slots before
+    others = [engine.submit(Request(random_prompt(rng, tok, n), 40, temperature=t, top_k=40, top_p=0.9, seed=n))
+              for n, t in ((30, 1.0), (5, 0.8))]
     engine.step()
     again = engine.submit(r)
     others.append(engine.submit(Request(random_prompt(rng, tok, 3), 10, temperature=1.0, seed=3)))
     run(engine, [again, *others])
-    assert again.tokens == first.tokens == alone(model, tok, r)
+    assert again.tokens == first.tokens and len(set(first.tokens)) > 3
+    # another seed draws otherwise; top_k=1 leaves nothing to draw from but the greedy choice
+    other_seed = engine.submit(Request(r.prompt, 25, temperature=1.0, top_k=40, top_p=0.9, seed=8))
+    top1 = engine.submit(Request(r.prompt, 25, temperature=1.0, top_k=1, seed=8))
+    run(engine, [other_seed, top1])
+    assert other_seed.tokens != first.tokens and top1.tokens == alone(model, tok, r)
 
 
 def test_stop_string_ends_the_text_before_it_and_is_never_streamed(tok):
