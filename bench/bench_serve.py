@@ -106,15 +106,26 @@ def load_test(port: int, requests: list[dict], clients: int) -> dict:
             "p50_ttft_s": float(np.percentile(ttft, 50)), "p95_ttft_s": float(np.percentile(ttft, 95))}
 
 
-def run(quick: bool = False, checkpoint_path: str | None = None) -> dict:
+def run(quick: bool = False, checkpoint_path: str | None = None, threads: int = 1) -> dict:
+    """Every policy at every client count; torch runs on `threads` threads meanwhile."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return measure(quick, checkpoint_path)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure(quick: bool, checkpoint_path: str | None) -> dict:
     texts = biographies()
     if checkpoint_path:
         model, tokenizer, _ = checkpoint.load_model(checkpoint_path)
     else:
         model, tokenizer = default_model(texts)
     cfg = model.config
+    weights = f"weights of {checkpoint_path}" if checkpoint_path else "random weights"
     r = {"model": f"{cfg.n_layer} layers x {cfg.n_embd} wide, block {cfg.block_size}, vocab {cfg.vocab_size}, "
-                  f"{model.num_params():,} params, {'weights of ' + checkpoint_path if checkpoint_path else 'random weights'}",
+                  f"{model.num_params():,} params, {weights}",
          "threads": torch.get_num_threads(), "slots": SLOTS, "runs": {}}
     servers = {}
     for policy in POLICIES[::-1]:  # one, static, continuous: all at once, over the same model
@@ -149,19 +160,19 @@ def report(r: dict) -> None:
               f"{x['p50_latency_s']:>10.2f}s {x['p95_latency_s']:>10.2f}s {x['p50_ttft_s']:>8.3f}s "
               f"{x['p95_ttft_s']:>8.3f}s")
     c = max(CLIENTS)
-    runs = r["runs"]
-    print(f"at {c} clients: continuous batching {runs['continuous', c]['tokens_per_s'] / runs['one', c]['tokens_per_s']:.1f}x "
-          f"the tokens/s of one at a time; p95 latency {runs['continuous', c]['p95_latency_s']:.2f}s vs static "
-          f"{runs['static', c]['p95_latency_s']:.2f}s")
+    one, static, continuous = (r["runs"][policy, c] for policy in ("one", "static", "continuous"))
+    print(f"at {c} clients: continuous batching gives {continuous['tokens_per_s'] / one['tokens_per_s']:.1f}x the "
+          f"tokens/s of one at a time ({continuous['tokens_per_s'] / static['tokens_per_s']:.1f}x static's); "
+          f"p95 latency {continuous['p95_latency_s']:.2f}s vs static {static['p95_latency_s']:.2f}s")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="half the requests")
-    p.add_argument("--checkpoint", default=None, help="a trained model instead of random weights of the default shape")
+    p.add_argument("--checkpoint", default=None,
+                   help="a trained model instead of random weights of the default shape")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the engine (default: 1; on 2 cores the other one serves HTTP and "
                         "runs the clients)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    report(run(args.quick, args.checkpoint))
+    report(run(args.quick, args.checkpoint, args.threads))

@@ -1,4 +1,4 @@
-"""Every benchmark of levels 4-1 in one run, then one summary table.
+"""Every benchmark of levels 4-1 and of serving in one run, then one summary table.
 
     python bench/run.py            # a few minutes on 2 CPU cores
     python bench/run.py --quick    # under 2 minutes
@@ -15,9 +15,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_lora  # noqa: E402
 import bench_model  # noqa: E402
 import bench_retrieval  # noqa: E402
+import bench_serve  # noqa: E402
 import bench_tokenizer  # noqa: E402
 
-BENCHES = [("tokenizer", bench_tokenizer), ("model", bench_model), ("lora", bench_lora), ("retrieval", bench_retrieval)]
+BENCHES = [("tokenizer", bench_tokenizer), ("model", bench_model), ("lora", bench_lora), ("retrieval", bench_retrieval),
+           ("serve", bench_serve)]
 
 
 def main():
@@ -30,6 +32,7 @@ def main():
         r[name] = bench.run(quick)
         bench.report(r[name])
     t, m, lo, s = r["tokenizer"], r["model"], r["lora"], r["retrieval"]["search"]
+    serve = {policy: r["serve"]["runs"][policy, max(bench_serve.CLIENTS)] for policy in ("one", "static", "continuous")}
     default = m["train"][bench_model.SHAPES[1][0]]
     baby = m["train"][bench_model.SHAPES[0][0]]
     rows = [
@@ -45,6 +48,10 @@ def main():
         ("merged adapter vs base inference", f"{lo['merged_over_base']:.2f}x"),
         ("retrieval top-5, 1 query vs bare product", f"{s['single']['ratio']:.2f}x ({s['single']['search_ms']:.1f} ms)"),
         ("retrieval top-5, 64 queries vs bare product", f"{s['batch64']['ratio']:.2f}x ({s['batch64']['search_ms']:.1f} ms)"),
+        (f"serving, {max(bench_serve.CLIENTS)} clients: continuous batching vs one at a time",
+         f"{serve['continuous']['tokens_per_s'] / serve['one']['tokens_per_s']:.1f}x tokens/s "
+         f"({serve['continuous']['tokens_per_s']:.0f} tok/s), p95 latency {serve['continuous']['p95_latency_s']:.2f}s "
+         f"(static {serve['static']['p95_latency_s']:.2f}s)"),
         ("peak memory (this process)", f"{bench_model.peak_rss_mb():.0f} MB"),
     ]
     width = max(len(a) for a, _ in rows)

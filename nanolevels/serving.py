@@ -84,7 +84,7 @@ def held_back(text: str, stops) -> int:
 
 
 class Sequence:
-    """One request in the engine: its slot and position, its random numbers, and the queue its tokens leave by.
+    """One request in the engine: its slot and position, its random numbers, the queue its tokens leave by.
 
     The client reads (token id, text) pairs from stream(); the text of each pair is what became
     whole: UTF-8 characters split across tokens wait for their last byte, and text that may begin
@@ -118,8 +118,8 @@ def next_tokens(seqs: list, logits) -> list[int]:
 
     Greedy rows take the argmax. Sampled rows with the same settings share one sampling_probs()
     call (temperature, top-k, top-p, as generate() samples), then each row draws with a uniform
-    number from its own request's random generator (inverse transform sampling: the first token whose
-    cumulative probability passes it), so that its draws never depend on its batch mates.
+    number from its own request's random generator (inverse transform sampling: the first token
+    whose cumulative probability passes it), so that its draws never depend on its batch mates.
     """
     tokens = logits.argmax(dim=-1).tolist()
     groups = defaultdict(list)  # (temperature, top_k, top_p) -> row indices
@@ -320,7 +320,8 @@ class Engine:
         with self.lock:
             recent = sum(n for t, n in self.recent if t >= now - RATE_WINDOW_S)
         return {"policy": self.policy, "slots": self.slots, "running": len(self.running),
-                "waiting": self.waiting.qsize(), "tokens_per_s": round(recent / min(RATE_WINDOW_S, now - self.started), 1),
+                "waiting": self.waiting.qsize(),
+                "tokens_per_s": round(recent / min(RATE_WINDOW_S, now - self.started), 1),
                 "tokens": self.tokens_out, "finished": dict(self.finished),
                 "cache_mb": round(self.cache_bytes / 2**20, 1)}
 
