@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from nanolevels import cli
+from nanolevels import cli, data
 from nanolevels.device import pick_device
 from nanolevels.files import read_jsonl
 from nanolevels.lora import merge_lora
@@ -23,7 +23,6 @@ from nanolevels.retrieval import load_or_build_index
 from nanolevels.server import Reader, Server
 from nanolevels.serving import POLICIES, Engine
 
-WORLD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "world")
 ADAPTER = os.path.join("out", "lora", "rag-qa", "adapter.safetensors")
 
 
@@ -33,7 +32,7 @@ def parse_args(argv):
                    help="the model (default: out/pretrain/model.safetensors)")
     p.add_argument("--adapter", default=None,
                    help=f"the rag-qa LoRA adapter that reads for /v1/answer (default: {ADAPTER}, if it exists)")
-    p.add_argument("--world", default=WORLD_DIR, help="the prepared world whose documents /v1/answer searches "
+    p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world whose documents /v1/answer searches "
                                                       "(default: data/world)")
     p.add_argument("--index-dir", default="out/rag", help="where the retrieval index is cached (default: out/rag)")
     p.add_argument("--host", default="127.0.0.1",
