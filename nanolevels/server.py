@@ -38,10 +38,11 @@ def field(body: dict, name: str, kind: type, default=None):
     value = body.get(name)
     if value is None:
         return default
-    # bool is an int in Python, but true is not a number in JSON
-    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    # an integer is a number too; but true is no number in JSON, though bool is an int in Python
+    if isinstance(value, bool):
+        ok = kind is bool
+    else:
+        ok = isinstance(value, (int, float) if kind is float else kind)
     if not ok:
         names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
         raise HTTPError(400, f"{name} must be {names[kind]}, got {json.dumps(value)}")
