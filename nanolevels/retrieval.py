@@ -43,15 +43,19 @@ well (Sentence-BERT, DPR, E5) are trained for it, contrastively, on pairs of tex
 
 import hashlib
 import io
+import json
 import os
 import re
 import time
+import zipfile
 import zlib
 
 import numpy as np
 import torch
 
-from .files import atomic_write, read_jsonl, write_jsonl
+from .files import atomic_write
+
+INDEX_FORMAT = "nanolevels-index-2"  # in every index file and fingerprint: change it when the embedders change
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -132,26 +136,34 @@ class VectorIndex:
         return [[(float(s), self.docs[i]) for s, i in zip(row_scores, row)]
                 for row_scores, row in zip(top_scores, top)]
 
-    def save(self, path_prefix: str) -> None:
-        """Write path_prefix.npz (vectors, dim, embedder name, fingerprint) and path_prefix.jsonl (docs)."""
+    def save(self, path: str) -> None:
+        """Write ONE .npz file, atomically: the vectors, the documents (as JSON), the dimension, the
+        embedder's name and the fingerprint. One file, so a crash never pairs vectors with other documents."""
         buffer = io.BytesIO()
-        np.savez(buffer, embeddings=self.embeddings, dim=np.int64(self.dim),
+        docs = np.frombuffer(json.dumps(self.docs, ensure_ascii=False).encode(), dtype=np.uint8)
+        np.savez(buffer, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs, dim=np.int64(self.dim),
                  embedder_name=np.str_(self.embedder_name), fingerprint=np.str_(self.fingerprint))
-        atomic_write(path_prefix + ".npz", buffer.getvalue())
-        write_jsonl(path_prefix + ".jsonl", self.docs)
+        atomic_write(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path_prefix: str) -> "VectorIndex":
-        for path in (path_prefix + ".npz", path_prefix + ".jsonl"):
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"no index at {path_prefix} ({path} is missing): build the index first")
-        with np.load(path_prefix + ".npz", allow_pickle=False) as f:
-            index = cls(int(f["dim"]), str(f["embedder_name"]), str(f["fingerprint"]))
-            index.embeddings = f["embeddings"]
-        index.docs = read_jsonl(path_prefix + ".jsonl")
-        if len(index.docs) != len(index.embeddings):
-            raise ValueError(f"index {path_prefix} is inconsistent: {len(index.embeddings)} vectors, "
-                             f"{len(index.docs)} documents; build it again")
+    def load(cls, path: str) -> "VectorIndex":
+        """The index saved in path; anything unreadable or inconsistent is a one-line ValueError."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no index at {path}: build the index first")
+        if not zipfile.is_zipfile(path):  # what np.load would misreport as "pickled data"
+            raise ValueError(f"{path} is not an index file (empty, truncated or something else)")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if f["format"] != INDEX_FORMAT:
+                    raise ValueError(f"format {f['format']}, not {INDEX_FORMAT}")
+                index = cls(int(f["dim"]), str(f["embedder_name"]), str(f["fingerprint"]))
+                embeddings, docs = f["embeddings"], json.loads(f["docs"].tobytes().decode())
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} is not a readable index ({e})") from None
+        if (embeddings.dtype != np.float32 or embeddings.shape != (len(docs), index.dim)
+                or not all(isinstance(d, dict) and "id" in d and "text" in d for d in docs)):
+            raise ValueError(f"{path} is inconsistent: {embeddings.shape} vectors for {len(docs)} documents")
+        index.embeddings, index.docs = embeddings, docs
         return index
 
 
@@ -254,34 +266,60 @@ def retrieval_recall(index: VectorIndex, embedder, questions: list[dict], k: int
     return hits, {"recall@1": recall_at_k(hits, gold, 1), "recall@5": recall_at_k(hits, gold, 5)}
 
 
-def fingerprint(docs: list[dict], embedder_name: str, model=None) -> str:
-    """What an index's vectors depend on: the documents, the embedder, and (for "gpt") the weights."""
-    h = hashlib.sha256(embedder_name.encode())
+def best_scores(index: VectorIndex, embedder, texts: list[str]) -> np.ndarray:
+    """Each text's best match: the cosine similarity of the one document that fits it best."""
+    return np.array([hits[0][0] for hits in index.search(embedder.embed(texts), 1)])
+
+
+def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
+    """The best-match score below which retrieval found nothing relevant, chosen from the best scores of
+    dev questions about people in the collection (known) and about made-up people (unknown).
+
+    Rule: of the cuts midway between neighbouring scores, the one that misclassifies the smallest share
+    of each set (the two shares summed); among equally good cuts, the middle one (of two, the higher)."""
+    scores = np.unique(np.concatenate([known, unknown]))  # sorted
+    cuts = (scores[:-1] + scores[1:]) / 2 if len(scores) > 1 else scores
+    errors = (known[None] < cuts[:, None]).mean(1) + (unknown[None] >= cuts[:, None]).mean(1)  # (cuts,)
+    best = np.flatnonzero(errors == errors.min())
+    return float(cuts[best[len(best) // 2]])
+
+
+def fingerprint(docs: list[dict], embedder) -> str:
+    """What an index's vectors depend on: the documents in order, the embedder and its settings (the
+    hashing dimension; the GPT's config and weights), and the file format."""
+    h = hashlib.sha256(f"{INDEX_FORMAT}\0{embedder.name}\0".encode())
     for doc in docs:
         h.update(f"{doc['id']}\0{doc['text']}\0".encode())
-    if embedder_name == "gpt":
-        for name, tensor in sorted(model.state_dict().items()):
+    if isinstance(embedder, TfidfEmbedder):
+        h.update(f"dim {embedder.dim}".encode())
+    else:
+        h.update(json.dumps(vars(embedder.model.config), sort_keys=True).encode())
+        for name, tensor in sorted(embedder.model.state_dict().items()):
             h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, model=None, tokenizer=None,
                         log=print):
-    """(index, embedder) for docs, reusing out_dir/index_<embedder>.{npz,jsonl} when it was built from
-    the same documents with the same embedder (and model); otherwise build it and save it there."""
+    """(index, embedder) for docs, reusing out_dir/index_<embedder>.npz only when it holds exactly these
+    documents, embedded by this embedder with these settings; anything else (a missing, damaged,
+    foreign or stale file) is built again, with a line saying why, and saved there."""
     texts = [d["text"] for d in docs]
     embedder = make_embedder(embedder_name, texts, model, tokenizer)
-    prefix = os.path.join(out_dir, f"index_{embedder_name}")
-    wanted = fingerprint(docs, embedder_name, model)
-    if os.path.exists(prefix + ".npz"):
-        index = VectorIndex.load(prefix)
-        if index.fingerprint == wanted:
-            return index, embedder
-        log(f"{prefix} was built from other documents or another model: building it again")
+    path = os.path.join(out_dir, f"index_{embedder_name}.npz")
+    wanted = fingerprint(docs, embedder)
+    if os.path.exists(path):
+        try:
+            index = VectorIndex.load(path)
+            if index.fingerprint == wanted and index.docs == docs:
+                return index, embedder
+            log(f"{path} was built from other documents or another embedder: building it again")
+        except ValueError as e:
+            log(f"{e}: building it again")
     t0 = time.time()
     vectors = embedder.embed(texts)
     index = VectorIndex(vectors.shape[1], embedder_name, wanted)
     index.add(vectors, docs)
-    index.save(prefix)
-    log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in {time.time() - t0:.1f}s -> {prefix}.npz")
+    index.save(path)
+    log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in {time.time() - t0:.1f}s -> {path}")
     return index, embedder

@@ -1,5 +1,6 @@
 """Tests for nanolevels/retrieval.py: exact cosine search, save/load, stable TF-IDF, GPT mean pooling."""
 
+import os
 import zlib
 
 import numpy as np
@@ -8,8 +9,8 @@ import torch
 
 from conftest import FP32
 from nanolevels.model import GPT, GPTConfig
-from nanolevels.retrieval import (BLOCK, GPTEmbedder, TfidfEmbedder, VectorIndex, load_or_build_index,
-                                  make_embedder, normalize_rows, recall_at_k, top_k_unordered)
+from nanolevels.retrieval import (BLOCK, GPTEmbedder, TfidfEmbedder, VectorIndex, choose_threshold,
+                                  load_or_build_index, make_embedder, normalize_rows, recall_at_k, top_k_unordered)
 from nanolevels.tokenizer import Tokenizer
 from nanolevels.world import QUESTIONS, make_corpus, make_world
 
@@ -115,9 +116,10 @@ def test_add_in_two_calls_equals_one_call():
 def test_save_load_round_trip(tmp_path):
     index = random_index(50)
     index.docs[3]["person"] = "Ada Jo Crane"  # extra fields travel with the documents
-    prefix = str(tmp_path / "sub" / "index")
-    index.save(prefix)
-    loaded = VectorIndex.load(prefix)
+    path = str(tmp_path / "sub" / "index.npz")
+    index.save(path)
+    assert os.listdir(tmp_path / "sub") == ["index.npz"]  # one file: vectors and documents can never part
+    loaded = VectorIndex.load(path)
     assert np.array_equal(loaded.embeddings, index.embeddings) and loaded.embeddings.dtype == np.float32
     assert loaded.docs == index.docs
     assert (loaded.dim, loaded.embedder_name, loaded.fingerprint) == (DIM, "random", "seed0")
@@ -158,8 +160,12 @@ def test_tfidf_weights():
     assert np.allclose(v[0], raw / np.linalg.norm(raw), atol=1e-6)
 
 
+def people_docs(n=5):
+    return [{"id": str(i), "person": str(i), "text": f"person {i} lives in town {i}"} for i in range(n)]
+
+
 def test_index_is_cached_and_rebuilt_when_the_documents_change(tmp_path):
-    docs = [{"id": str(i), "person": str(i), "text": f"person {i} lives in town {i}"} for i in range(5)]
+    docs = people_docs()
     messages = []
     index, embedder = load_or_build_index(str(tmp_path), docs, "tfidf", log=messages.append)
     assert len(index) == 5 and len(messages) == 1 and "indexed 5" in messages[0]
@@ -168,6 +174,66 @@ def test_index_is_cached_and_rebuilt_when_the_documents_change(tmp_path):
     docs[0]["text"] = "someone else entirely"
     load_or_build_index(str(tmp_path), docs, "tfidf", log=messages.append)
     assert "building it again" in messages[1]
+
+
+def reordered(path):
+    """The same file with its documents reversed: fingerprint, vectors and count all as before."""
+    index = VectorIndex.load(path)
+    index.docs = index.docs[::-1]
+    index.save(path)
+
+
+def foreign(path):
+    np.savez(path, weights=np.ones(3))  # path ends in .npz, so savez keeps the name
+
+
+def other_format(path):
+    with np.load(path) as f:
+        arrays = dict(f)
+    np.savez(path, **(arrays | {"format": np.str_("nanolevels-index-1")}))
+
+
+def wrong_shape(path):
+    index = VectorIndex.load(path)
+    index.embeddings = index.embeddings[:-1]
+    VectorIndex.save(index, path)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda path: os.remove(path), None),
+    (lambda path: open(path, "r+b").truncate(os.path.getsize(path) // 2), "is not an index file"),
+    (lambda path: open(path, "wb").close(), "is not an index file"),
+    (lambda path: open(path, "wb").write(os.urandom(4096)), "is not an index file"),
+    (reordered, "was built from other documents"),
+    (foreign, "is not a readable index"),
+    (other_format, "is not a readable index (format nanolevels-index-1"),
+    (wrong_shape, "is inconsistent"),
+])
+def test_a_damaged_index_cache_is_rebuilt_never_trusted(tmp_path, damage, reason):
+    docs = people_docs(40)
+    good, embedder = load_or_build_index(str(tmp_path), docs, "tfidf", log=lambda *a: None)
+    path = str(tmp_path / "index_tfidf.npz")
+    damage(path)
+    messages = []
+    index, embedder = load_or_build_index(str(tmp_path), docs, "tfidf", log=messages.append)
+    assert index.docs == docs and np.array_equal(index.embeddings, good.embeddings)
+    assert index.search(embedder.embed(["where does person 17 live?"]), 1)[0][0][1]["person"] == "17"
+    if reason is None:
+        assert len(messages) == 1 and messages[0].startswith("indexed 40")
+    else:
+        assert reason in messages[0] and messages[0].endswith("building it again"), messages
+        assert path in messages[0] and "\n" not in messages[0] and "pickled" not in messages[0]
+    assert load_or_build_index(str(tmp_path), docs, "tfidf", log=messages.append)[0].docs == docs
+    assert len(messages) == (1 if reason is None else 2)  # and the rebuilt file is trusted next time
+
+
+def test_choose_threshold():
+    known, unknown = np.array([0.5, 0.6, 0.7]), np.array([0.1, 0.2, 0.3])
+    assert choose_threshold(known, unknown) == pytest.approx(0.4)  # the middle of the gap
+    # overlapping: 0.35 misclassifies one unknown (1/4) and no known; no cut does better
+    assert choose_threshold(np.array([0.4, 0.5, 0.6]), np.array([0.1, 0.2, 0.3, 0.45])) == pytest.approx(0.35)
+    # a tie: 0.15 lets one unknown of 2 through, 0.4 loses one known of 2 (0.25 does both): the higher of the two
+    assert choose_threshold(np.array([0.2, 0.5]), np.array([0.1, 0.3])) == pytest.approx(0.4)
 
 
 def test_tfidf_embed_before_fit_is_refused():
