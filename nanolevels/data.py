@@ -18,7 +18,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from nanolevels.files import atomic_write, read_json, read_jsonl, write_json, write_jsonl
+from nanolevels.files import atomic_write, read_json, read_jsonl, read_text, write_json, write_jsonl
 from nanolevels.tokenizer import EOT, Tokenizer
 from nanolevels.world import ATTRIBUTES, SPLITS, make_corpus, make_world, qa_pair
 
@@ -150,6 +150,23 @@ def load_questions(world_dir: str, *splits: str) -> dict[str, list[dict]]:
     return out
 
 
+def load_documents(world_dir: str) -> list[dict]:
+    """The retrieval collection, docs.jsonl: one {"id", "text", ...} object per line, checked here so
+    that a damaged file is an error naming it, not a failure deep inside retrieval."""
+    path = os.path.join(world_dir, "docs.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no documents at {path}; prepare the world with: python data/world/prepare.py "
+                                f"--out {world_dir}")
+    docs = read_jsonl(path)
+    for n, doc in enumerate(docs, 1):
+        if not (isinstance(doc, dict) and isinstance(doc.get("id"), str) and isinstance(doc.get("text"), str)):
+            raise ValueError(f'document {n} of {path} is not {{"id": "...", "text": "..."}}; regenerate the world '
+                             f'with: python data/world/prepare.py')
+    if not docs:
+        raise ValueError(f"{path} holds no documents; regenerate the world with: python data/world/prepare.py")
+    return docs
+
+
 def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_size: int, log):
     """Train the tokenizer on the pretraining text, then write tokenizer.json, train.bin, val.bin."""
     t0 = time.time()
@@ -214,9 +231,8 @@ def prepare_text(path: str, out_dir: str, vocab_size: int = 2048, val_fraction: 
     line break), train a tokenizer on the rest, and write the same files as prepare_world (less the
     world's): pretrain.txt, val.txt, tokenizer.json, train.bin, val.bin, meta.json."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_text(path)  # not UTF-8: an error naming the line
+    except OSError as e:
         raise ValueError(f"cannot read {path}: {e}; give a UTF-8 text file") from None
     if not text.strip():
         raise ValueError(f"{path} is empty; give a text file with something to learn from")
@@ -254,18 +270,18 @@ def read_pairs(path: str) -> list[dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no fine-tuning data at {path}")
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str)
-                    and row["prompt"] and row["answer"]):
-                raise ValueError(f'line {n} of {path} is not {{"prompt": "...", "answer": "..."}} with non-empty strings')
-            pairs.append(row)
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str)
+                and row["prompt"] and row["answer"]):
+            raise ValueError(f'line {n} of {path} is not {{"prompt": "...", "answer": "..."}} with non-empty strings')
+        pairs.append(row)
     if not pairs:
         raise ValueError(f"{path} holds no examples; give one JSON object per line")
     return pairs
+

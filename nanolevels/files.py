@@ -1,5 +1,7 @@
-"""File helpers every level uses: atomic writes (temp file + rename) and JSON / JSONL."""
+"""File helpers every level uses: atomic writes (temp file + rename), JSON / JSONL and UTF-8 text
+read with errors that name the file and line, and fingerprints of files and folders."""
 
+import hashlib
 import json
 import os
 
@@ -7,7 +9,7 @@ import os
 def atomic_write(path: str, data: str | bytes) -> None:
     """Write path so that a crash or Ctrl-C leaves either the old file or the new one, never half."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.{os.getpid()}.tmp"  # a kill -9 can leave it behind; *.tmp is git-ignored and never read
     with open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
@@ -35,6 +37,40 @@ def read_json(path: str):
         return json.load(f)
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 file's text; any other encoding is a one-line error that names the file and line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"line {line} of {path} is not UTF-8 (byte {raw[e.start]:#04x}); save the file as "
+                         f"UTF-8") from None
+
+
 def read_jsonl(path: str) -> list:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """One JSON value per non-blank line; a line that is not JSON is a one-line error naming it."""
+    rows = []
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"line {n} of {path} is not JSON ({e.msg}); fix or regenerate the file") from None
+    return rows
+
+
+def fingerprint_files(path: str) -> str:
+    """16 hex digits of a sha256 over a file's bytes, or over the files directly in a folder (names and
+    bytes, in name order; temp files left by a kill are not part of it)."""
+    h = hashlib.sha256()
+    names = sorted(n for n in os.listdir(path) if not n.endswith(".tmp")) if os.path.isdir(path) else [""]
+    for name in names:
+        file = os.path.join(path, name) if name else path
+        if os.path.isfile(file):
+            with open(file, "rb") as f:
+                h.update(f"{name}\0{os.path.getsize(file)}\0".encode())
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]

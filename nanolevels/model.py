@@ -31,7 +31,12 @@ class GPTConfig:
     bias: bool = True  # biases in the Linear and LayerNorm layers, as in GPT-2
 
     def __post_init__(self):
-        if self.n_head < 1 or self.n_embd % self.n_head:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} does not split evenly into n_head={self.n_head} heads")
 
 

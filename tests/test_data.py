@@ -99,8 +99,8 @@ def test_prepare_text(tmp_path):
         data.prepare_text(str(empty), str(out))
     with pytest.raises(ValueError, match="cannot read"):
         data.prepare_text(str(tmp_path / "missing.txt"), str(out))
-    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ValueError, match="cannot read"):
+    (tmp_path / "bin.txt").write_bytes(b"line one\nline two\n\xff\xfe\x00")
+    with pytest.raises(ValueError, match="line 3 of .*bin.txt is not UTF-8"):
         data.prepare_text(str(tmp_path / "bin.txt"), str(out))
     with pytest.raises(FileNotFoundError):
         data.load_pretraining_data(str(tmp_path / "nothing"))
