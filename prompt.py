@@ -11,6 +11,7 @@ and out/prompt/metrics.json; --ask runs that program. The QA layout is in nanole
 
 import argparse
 import codecs
+import math
 import os
 import sys
 
@@ -25,7 +26,7 @@ from nanolevels.prompting import qa_prompt
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text to continue")
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal, stream the answers")
     p.add_argument("--eval", action="store_true",
@@ -51,6 +52,10 @@ def parse_args(argv):
                         "(default: out/prompt)")
     cli.add_device_flags(p, dtype=False)
     args = p.parse_args(argv)
+    if not math.isfinite(args.temperature):
+        raise ValueError(f"--temperature must be a number (0 or less: greedy), got {args.temperature}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.top_k is not None and args.top_k < 1:

@@ -38,7 +38,7 @@ TASK_DEFAULTS = {"qa": (0.97, 750), "rag-qa": (0.98, 2500)}
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="qa", choices=("qa", "rag-qa"),
                    help="qa: closed-book QA pairs of train people; rag-qa: a fresh person's biography "
                         "(after a distractor's, or alone), then all six questions about them (default: qa)")

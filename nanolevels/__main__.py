@@ -44,7 +44,7 @@ TINY_FINETUNE = ["--max-steps", "6", "--batch-size", "4", "--eval-interval", "3"
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out", help="where every step writes (default: out)")
     p.add_argument("--world", default=None,
                    help="the world's folder (default: data/world; <out>/world with --tiny or --world-args)")

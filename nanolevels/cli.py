@@ -2,22 +2,47 @@
 
 A user's mistake (bad flag value, corrupt checkpoint) is raised as ValueError, and a missing file
 or a problem of the machine (no network, disk full) as an OSError, with a message that says what
-to do; `run` prints it as one line and exits 2, with no stack trace. Ctrl-C exits 130 after
-whatever cleanup the script's own code did.
+to do; `run` prints it as one line and exits 2, with no stack trace. A flag argparse cannot read
+is one line and exit 2 too (ArgumentParser). Ctrl-C exits 130 after whatever cleanup the script's
+own code did.
 """
 
+import argparse
 import dataclasses
 import os
 import sys
+
+import torch
 
 from nanolevels import checkpoint
 from nanolevels.device import DEVICES, DTYPES
 from nanolevels.lora import load_adapter
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error in one line (not the whole usage), like every user error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class _SetThreads(argparse.Action):
+    """--threads N calls torch.set_num_threads(N) as the flag is read: every script obeys it, and the
+    orchestrator's setting holds for the steps it runs in its own process."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value < 1:
+            parser.error(f"--threads must be at least 1, got {value}")
+        torch.set_num_threads(value)
+        setattr(namespace, self.dest, value)
+
+
 def add_device_flags(parser, dtype: bool = True) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where to run: auto picks cuda, then mps, then cpu (default: auto)")
+    parser.add_argument("--threads", type=int, default=None, action=_SetThreads,
+                        help="CPU threads for torch (default: torch's own, one per core); on a machine where other "
+                             "programs are busy, fewer (even 1) can be many times faster")
     if dtype:
         parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                             help="compute dtype; bfloat16/float16 run under autocast (default: float32)")

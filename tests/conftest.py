@@ -24,6 +24,22 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def run_main(capsys):
+    """Run a script's main(argv) in this process the way its command line does (cli.run: exit code 2
+    and one line for a user error): run_main(main, *argv) -> (exit code, stdout, stderr)."""
+    from nanolevels import cli
+
+    def run(main, *argv):
+        try:
+            code = cli.run(main, list(argv))
+        except SystemExit as e:  # argparse's errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A tiny prepared world and a tiny model pretrained on it for a few steps, shared by the

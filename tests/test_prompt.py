@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import prompt as prompt_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -80,3 +82,14 @@ def test_user_errors(tiny_run, args, message):
         args = [*args, "--checkpoint", tiny_run["checkpoint"]]
     r = prompt(*args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "nan"], "--temperature must be a number"),
+    (["--temperature", "inf"], "--temperature must be a number"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens must be at least 1, got -5"),
+    (["--threads", "-1"], "--threads must be at least 1"),
+])
+def test_bad_numbers_are_one_line(tiny_run, run_main, args, message):
+    code, out, err = run_main(prompt_script.main, "Ada", "--checkpoint", tiny_run["checkpoint"], *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out, err
