@@ -88,6 +88,7 @@ def stream(model, tokenizer, text: str, args, warned: list) -> None:
 
 def evaluate(model, tokenizer, args) -> None:
     """The table: question prompts and the compiled program, each with its dev score, on test and new."""
+    scored = cli.fingerprints(args)  # the model (and adapter) these numbers are of
     qa = data.load_questions(args.world, "train", "dev", "test", "new")
     heldout = {"test": qa["test"], "new": qa["new"]}
     result = eval_prompting(model, tokenizer, qa["train"], qa["dev"], heldout, seed=args.seed)
@@ -99,7 +100,7 @@ def evaluate(model, tokenizer, args) -> None:
                              "templates": len(e["prompts"]), "ranked": bool(e["values"]), "dev": e["dev"]}
                          for a, e in program["attributes"].items()}
     write_json(os.path.join(args.out, "program.json"), program)
-    write_json(os.path.join(args.out, "metrics.json"), result)
+    write_json(os.path.join(args.out, "metrics.json"), {**result, "fingerprints": scored})
     print(f"wrote {os.path.join(args.out, 'metrics.json')} and {os.path.join(args.out, 'program.json')}")
 
 

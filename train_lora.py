@@ -18,14 +18,14 @@ import random
 import sys
 
 from nanolevels import cli, data
-from nanolevels.checkpoint import read_metadata, save_model
+from nanolevels.checkpoint import fingerprint, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_rag, qa_accuracy
-from nanolevels.files import read_jsonl, write_json
+from nanolevels.files import write_json
 from nanolevels.lora import DEFAULT_TARGETS, add_lora, load_adapter, merge_lora, remove_lora, save_adapter
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.retrieval import load_or_build_index
-from nanolevels.train import TrainConfig, setup, train
+from nanolevels.train import TrainConfig, check_out_dir, setup, train
 from nanolevels.world import SPLITS, reading_examples
 
 # Full fine-tuning's (lr, min_lr): LoRA's rate erases what the weights know. Chosen on the dev people
@@ -52,7 +52,11 @@ def parse_args(argv):
                    help=f"train every weight instead of a LoRA adapter (then --lr defaults to {FULL_LR[0]:g} and "
                         f"--min-lr to {FULL_LR[1]:g}: LoRA's rate destroys what the weights know)")
     p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
-    p.add_argument("--resume", action="store_true", help="continue from the adapter/model in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the adapter/model in --out (with the same flags: r, alpha, targets...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run, deleting it (without --resume or this, such an "
+                        "--out is refused)")
     p.add_argument("--examples", type=int, default=20000,
                    help="rag-qa: examples to make, each about a different fresh person (default: 20000)")
     p.add_argument("--rag-out", default="out/rag", help="rag-qa: where the retrieval index is cached (default: out/rag)")
@@ -93,6 +97,22 @@ def add_adapter(model, args) -> None:
     add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora)
 
 
+def check_resumed_adapter(meta: dict, path: str, args) -> None:
+    """--resume trains the saved adapter: refuse flags that describe another one, rather than ignore them."""
+    saved = {"--r": meta["r"], "--alpha": meta["alpha"], "--rslora": meta["rslora"], "--lora-dropout": meta["dropout"]}
+    given = {"--r": args.r, "--alpha": args.alpha, "--rslora": args.rslora, "--lora-dropout": args.lora_dropout}
+    wrong = [flag for flag in saved if given[flag] != saved[flag]]
+    targets, names = args.targets.split(","), meta["targets"]
+    covers = lambda name, target: name == target or name.endswith("." + target)  # noqa: E731 (add_lora's rule)
+    if not wrong and not (all(any(covers(n, t) for t in targets) for n in names)
+                          and all(any(covers(n, t) for n in names) for t in targets)):
+        raise ValueError(f"{path} adapts other layers ({', '.join(names[:2])}, ...) than --targets {args.targets}: "
+                         f"resume with the flags it was trained with, or start again with --overwrite")
+    if wrong:
+        raise ValueError(f"{path} is an adapter with {wrong[0]} {saved[wrong[0]]}, not {given[wrong[0]]}: resume "
+                         f"with the flags it was trained with, or start again with --overwrite")
+
+
 def make_examples(args, world) -> tuple[list[list[tuple[str, str]]], dict]:
     """(training examples, each a list of (prompt, answer text) turns; held-out question sets to score)."""
     if args.data is not None:
@@ -112,7 +132,10 @@ def main(argv=None):
     dtype = pick_dtype(args.dtype, device)
     cfg = cli.config_from_args(TrainConfig, args)
     log = print if ddp.is_main else (lambda *a, **k: None)
+    weights_name = "model.safetensors" if args.full else "adapter.safetensors"
+    check_out_dir(args.out, weights_name, args.resume, args.overwrite, extra=("merged.safetensors",), ddp=ddp)
     model, tokenizer = cli.load_model(args.checkpoint, device)
+    base_checkpoint = fingerprint(args.checkpoint)
     model.train()
     base_params = model.num_params()
     world = data.load_world(args.world) if args.data is None else None
@@ -122,15 +145,13 @@ def main(argv=None):
     val, train_examples = examples[:n_val], examples[n_val:]
 
     os.makedirs(args.out, exist_ok=True)
-    weights_path = os.path.join(args.out, "model.safetensors" if args.full else "adapter.safetensors")
-    resume_step = None
+    weights_path = os.path.join(args.out, weights_name)
     seed_everything(cfg.seed)
-    if args.full and args.resume:
+    if args.full and args.resume:  # train() restores the trained weights from the training state
         model, _ = cli.load_model(weights_path, device)
         model.train()
-        resume_step = read_metadata(weights_path)["step"]
     elif args.resume:
-        resume_step = load_adapter(weights_path, model)["step"]
+        check_resumed_adapter(load_adapter(weights_path, model), weights_path, args)
     elif not args.full:
         add_adapter(model, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -150,7 +171,7 @@ def main(argv=None):
             save_adapter(weights_path, model, step=step, task=args.task)
 
     if args.data is None and args.task == "rag-qa" and ddp.is_main:
-        docs = read_jsonl(os.path.join(args.world, "docs.jsonl"))
+        docs = data.load_documents(args.world)
         index, embedder = load_or_build_index(args.rag_out, docs, "tfidf", log=log)
 
     def rag_accuracy(split):
@@ -173,7 +194,7 @@ def main(argv=None):
         return f"dev exact match {acc:.3f} >= {args.stop_acc}" if acc >= args.stop_acc else None
 
     metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval=dev_check,
-                    resume_step=resume_step, ddp=ddp, log=log)
+                    resume=args.resume, ddp=ddp, log=log)
     if not ddp.is_main:
         return
     model.eval()
@@ -190,7 +211,10 @@ def main(argv=None):
     metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,
                     "trainable_pct": 100 * trainable / base_params, "acc": acc,
                     "n": {split: len(questions) for split, questions in heldout.items()},
-                    "adapter_bytes": os.path.getsize(weights_path), "base_bytes": os.path.getsize(args.checkpoint)})
+                    "adapter_bytes": os.path.getsize(weights_path), "base_bytes": os.path.getsize(args.checkpoint),
+                    # the base it started from and what it trained, so its numbers are never read for other weights
+                    "fingerprints": {"model": base_checkpoint,
+                                     "finetuned" if args.full else "adapter": fingerprint(weights_path)}})
     if args.merge and not args.full:
         merge_lora(model)
         remove_lora(model)  # the merged weights stay; the model is a plain GPT again

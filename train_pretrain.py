@@ -7,6 +7,7 @@
 
 Writes model.safetensors (weights + config + tokenizer), train_state.safetensors (for --resume),
 log.jsonl and metrics.json, whose cloze_acc says how many of the world's facts the model stored.
+An --out that already holds a run is refused unless you say --resume or --overwrite.
 """
 
 import argparse
@@ -17,19 +18,19 @@ import torch
 import torch.distributed as dist
 
 from nanolevels import cli, data
-from nanolevels.checkpoint import load_model, save_model
+from nanolevels.checkpoint import fingerprint, load_model, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import cloze_accuracy
-from nanolevels.files import write_json
+from nanolevels.files import fingerprint_files, write_json
 from nanolevels.model import GPT, GPTConfig, download_gpt2
 from nanolevels.tokenizer import Tokenizer
-from nanolevels.train import TrainConfig, setup, train
+from nanolevels.train import TrainConfig, check_out_dir, setup, train
 from nanolevels.world import SPLITS
 
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None,
                    help="a UTF-8 text file to pretrain on instead of the tiny world")
     p.add_argument("--world", default=data.WORLD_DIR,
@@ -37,6 +38,9 @@ def parse_args(argv):
     p.add_argument("--out", default="out/pretrain", help="output folder (default: out/pretrain)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (with --data: on the text prepared then)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run, deleting it (without --resume or this, such an "
+                        "--out is refused)")
     p.add_argument("--init", default="scratch",
                    help="scratch: random weights; gpt2: download GPT-2 (124M) weights (needs the internet; far too "
                         "big for a CPU); or the path of a GPT-2 model.safetensors you have (Hugging Face layout). "
@@ -68,6 +72,7 @@ def main(argv=None):
     device, ddp = setup(args.device)
     dtype = pick_dtype(args.dtype, device)
     cfg = cli.config_from_args(TrainConfig, args)
+    check_out_dir(args.out, "model.safetensors", args.resume, args.overwrite, ddp=ddp)
     os.makedirs(args.out, exist_ok=True)
     log = print if ddp.is_main else (lambda *a, **k: None)
 
@@ -91,17 +96,15 @@ def main(argv=None):
         dist.barrier()  # the other ranks wait until rank 0 has written the data and the weights
 
     model_path = os.path.join(args.out, "model.safetensors")
-    resume_step = None
     if args.resume:
-        model, tokenizer, meta = load_model(model_path)
-        resume_step = meta["step"]
-        log(f"resuming from step {resume_step} of {model_path}")
+        model, tokenizer, _ = load_model(model_path)  # the architecture and tokenizer; train() restores the weights
     elif args.init != "scratch":
         tokenizer = Tokenizer.gpt2()
         model = GPT.from_hf_gpt2(download_gpt2(gpt2_dir) if args.init == "gpt2" else args.init)
     else:
         tokenizer = None
     tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)
+    data_fingerprint = fingerprint_files(data_dir)
     if not args.resume and args.init == "scratch":
         seed_everything(cfg.seed)  # the same initial weights for the same seed
         model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size,
@@ -137,11 +140,12 @@ def main(argv=None):
         log(f"  dev check: cloze accuracy of the dev people {dev:.3f} (stop at {args.stop_cloze})")
         return f"dev cloze {dev:.3f} >= {args.stop_cloze}" if dev >= args.stop_cloze else None
 
-    metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval,
-                    resume_step, ddp, log)
+    metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval, args.resume, ddp, log)
     if not ddp.is_main:
         return
-    metrics = {"params": model.num_params(), **metrics}
+    # what this run trained on and produced, so that its numbers are never read for another model's
+    metrics = {"params": model.num_params(), **metrics,
+               "fingerprints": {"data": data_fingerprint, "model": fingerprint(model_path)}}
     if world is not None:
         model.eval()
         metrics["cloze_acc"] = {s: cloze_accuracy(model, tokenizer, world.split(s)) for s in SPLITS}

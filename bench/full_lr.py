@@ -36,7 +36,7 @@ def main(argv=None):
         out = os.path.join(args.out, f"lr-{rate:g}")
         print(f"== full fine-tuning at lr {rate:g}", flush=True)
         train_lora.main(["--full", "--lr", str(rate), "--min-lr", str(rate / 10), "--checkpoint", args.checkpoint,
-                         "--world", args.world, "--out", out])
+                         "--world", args.world, "--out", out, "--overwrite"])
         results[rate] = read_json(os.path.join(out, "metrics.json"))
     print("\n| lr | dev people (chooses) | train people | steps |\n|---|---|---|---|")
     for rate, m in results.items():

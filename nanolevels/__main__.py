@@ -6,8 +6,10 @@
     python -m nanolevels --seed 7   # another world and other training seeds (bench/seeds.py runs several)
     python -m nanolevels --device cuda --out out/big --world-args "--people 2000" --pretrain-args "--n-layer 8"
 
-Each step is one of the level scripts, run in this process with its defaults (plus --*-args). A step whose
-metrics.json is newer than everything it depends on is reused. The report card, out/report.md
+Each step is one of the level scripts, run in this process with its defaults (plus --*-args). A step is
+reused when it ran before with the same arguments and nothing it read or wrote has changed since: out/steps.json
+records each step's fingerprints (of the world's files, the model, the adapter, its metrics.json), and a
+copied or moved out/ folder is still current. The report card, out/report.md
 (and out/report.json), is one table: rows = methods, columns = accuracy on test and new people with
 its 95% interval, trainable parameters, wall time.
 """
@@ -28,11 +30,11 @@ import rag  # noqa: E402
 import train_lora  # noqa: E402
 import train_pretrain  # noqa: E402
 from data.world import prepare  # noqa: E402
-from nanolevels import cli  # noqa: E402
+from nanolevels import checkpoint, cli  # noqa: E402
 from nanolevels.data import load_questions  # noqa: E402
 from nanolevels.device import peak_rss_mb, pick_device  # noqa: E402
 from nanolevels.evaluate import wilson  # noqa: E402
-from nanolevels.files import atomic_write, read_json, read_jsonl, shown, write_json  # noqa: E402
+from nanolevels.files import atomic_write, fingerprint_files, read_json, read_jsonl, shown, write_json  # noqa: E402
 from nanolevels.train import format_eta  # noqa: E402
 
 # what --tiny changes: a world and model small enough for a test to run every level in seconds
@@ -68,61 +70,96 @@ def parse_args(argv):
 
 
 def plan(args) -> list[tuple]:
-    """(name, level, script main, argv, output metrics.json, inputs it depends on) for each step."""
+    """(name, level, script main, argv, output metrics.json, {name: path} of what it reads and makes) per step."""
     out, world, dev = args.out, args.world, ["--device", args.device]
     ckpt = os.path.join(out, "pretrain", "model.safetensors")
     common = ["--checkpoint", ckpt, "--world", world, *dev]
     tiny = args.tiny
-    world_meta = os.path.join(world, "meta.json")
     lora_qa, lora_rag = os.path.join(out, "lora", "qa"), os.path.join(out, "lora", "rag-qa")
     full_qa = os.path.join(out, "full", "qa")
     seed = [] if args.seed is None else ["--seed", str(args.seed)]
     world_args, pretrain_args = shlex.split(args.world_args), shlex.split(args.pretrain_args)
-    finetune = [*seed, *(TINY_FINETUNE if tiny else []), *shlex.split(args.finetune_args)]
+    # --overwrite: a training step runs only when it is meant to start again
+    finetune = ["--overwrite", *seed, *(TINY_FINETUNE if tiny else []), *shlex.split(args.finetune_args)]
     return [
-        ("world", 4, prepare.main, ["--out", world, *seed, *(TINY_WORLD if tiny else []), *world_args], world_meta, []),
+        ("world", 4, prepare.main, ["--out", world, *seed, *(TINY_WORLD if tiny else []), *world_args],
+         os.path.join(world, "meta.json"), {"data": world}),
         ("pretrain", 4, train_pretrain.main,
-         ["--world", world, "--out", os.path.join(out, "pretrain"), *dev, *seed, *(TINY_PRETRAIN if tiny else []),
-          *pretrain_args],
-         os.path.join(out, "pretrain", "metrics.json"), [world_meta]),
+         ["--world", world, "--out", os.path.join(out, "pretrain"), "--overwrite", *dev, *seed,
+          *(TINY_PRETRAIN if tiny else []), *pretrain_args],
+         os.path.join(out, "pretrain", "metrics.json"), {"data": world, "model": ckpt}),
         ("prompting", 1, prompt.main, ["--eval", "--out", os.path.join(out, "prompt"), *common, *seed],
-         os.path.join(out, "prompt", "metrics.json"), [ckpt]),
+         os.path.join(out, "prompt", "metrics.json"), {"model": ckpt}),
         ("rag", 2, rag.main, ["--eval", "--out", os.path.join(out, "rag"), *common, *seed],
-         os.path.join(out, "rag", "metrics.json"), [ckpt]),
+         os.path.join(out, "rag", "metrics.json"), {"model": ckpt}),
         ("lora-qa", 3, train_lora.main, ["--out", lora_qa, *common, *finetune],
-         os.path.join(lora_qa, "metrics.json"), [ckpt]),
+         os.path.join(lora_qa, "metrics.json"), {"model": ckpt, "adapter": os.path.join(lora_qa, "adapter.safetensors")}),
         ("full-ft-qa", 3, train_lora.main, ["--full", "--out", full_qa, *common, *finetune],
-         os.path.join(full_qa, "metrics.json"), [ckpt]),
+         os.path.join(full_qa, "metrics.json"), {"model": ckpt, "finetuned": os.path.join(full_qa, "model.safetensors")}),
         ("lora-rag-qa", 3, train_lora.main,
          ["--task", "rag-qa", "--out", lora_rag, "--rag-out", os.path.join(out, "rag"), *common,
           *(["--examples", "40"] if tiny else []), *finetune],
-         os.path.join(lora_rag, "metrics.json"), [ckpt]),
+         os.path.join(lora_rag, "metrics.json"), {"model": ckpt, "adapter": os.path.join(lora_rag, "adapter.safetensors")}),
     ]
 
 
-def current(output: str, inputs: list[str]) -> bool:
-    """make's rule: the output exists and is newer than every input."""
-    return os.path.exists(output) and all(os.path.getmtime(output) >= os.path.getmtime(i) for i in inputs
-                                          if os.path.exists(i))
+def portable(argv: list[str], args) -> list[str]:
+    """argv with the --out and --world folders written as <out> and <world>: what is in them is compared by
+    fingerprint, so a copied or moved out/ folder is still current."""
+    places = {args.world: "<world>", args.out: "<out>"}  # the world first: with --tiny it lies inside out/
+
+    def place(arg):
+        for path, name in places.items():
+            if arg == path or arg.startswith(path + os.sep):
+                return name + arg[len(path):]
+        return arg
+    return [place(arg) for arg in argv]
+
+
+def fingerprints(output: str, paths: dict) -> dict:
+    """What a step read and made, as it is now: {name: fingerprint or None if missing}, its output included.
+    A checkpoint by its content (checkpoint.fingerprint), anything else by its bytes."""
+    def fingerprint(path):
+        if not os.path.exists(path):
+            return None
+        try:
+            return checkpoint.fingerprint(path) if path.endswith(".safetensors") else fingerprint_files(path)
+        except ValueError:  # an unreadable checkpoint: the step that makes it runs again
+            return None
+    return {name: fingerprint(path) for name, path in {**paths, "output": output}.items()}
+
+
+def why_run(record: dict | None, argv: list[str], now: dict) -> str | None:
+    """Why a step must run, or None when it ran before with these arguments and nothing it read or made has
+    changed since (its record in steps.json)."""
+    if now["output"] is None:
+        return "its output is missing"
+    if record is None:
+        return "no record of its run in steps.json"
+    if record["argv"] != argv:
+        return "its arguments changed"
+    changed = [name for name, fp in now.items() if record.get("fingerprints", {}).get(name) != fp]
+    return f"its {' and '.join(changed)} changed since it ran" if changed else None
 
 
 def run_steps(args) -> dict:
-    """Run (or reuse) every step; return {name: wall seconds} (reused steps keep their first timing).
+    """Run (or reuse, see why_run) every step; return {name: wall seconds} (reused steps keep their first timing).
 
-    A step is reused when it ran before with the same arguments and its output is newer than its
-    inputs; out/steps.json remembers each step's arguments and wall time."""
+    out/steps.json remembers each step's arguments (paths relative to <out> and <world>), fingerprints and wall time."""
     record_path = os.path.join(args.out, "steps.json")
     record = read_json(record_path) if os.path.exists(record_path) and not args.fresh else {}
     steps = plan(args)
     t_start = time.time()
-    for i, (name, level, main, argv, output, inputs) in enumerate(steps, 1):
-        if record.get(name, {}).get("argv") == argv and current(output, inputs):
+    for i, (name, level, main, argv, output, paths) in enumerate(steps, 1):
+        reason = "--fresh" if args.fresh else why_run(record.get(name), portable(argv, args), fingerprints(output, paths))
+        if reason is None:
             print(f"[{i}/{len(steps)}] {name}: reusing {shown(output)}")
             continue
-        print(f"\n[{i}/{len(steps)}] {name} (level {level}): {' '.join(map(shown, argv))}")
+        print(f"\n[{i}/{len(steps)}] {name} (level {level}; {reason}): {' '.join(map(shown, argv))}")
         t0 = time.time()
         main(argv)
-        record[name] = {"argv": argv, "wall_s": time.time() - t0}
+        record[name] = {"argv": portable(argv, args), "fingerprints": fingerprints(output, paths),
+                        "wall_s": time.time() - t0}
         write_json(record_path, record)
         left = sum(record.get(n, {}).get("wall_s", 0) for n, *_ in steps[i:])  # ETA from the last run, if any
         print(f"[{i}/{len(steps)}] {name} took {format_eta(record[name]['wall_s'])}; "
@@ -155,7 +192,8 @@ def build_report(args, times: dict) -> dict:
                 "ci_test": None if test is None else wilson(test, n["test"]),
                 "ci_new": None if new is None else wilson(new, n["new"]),
                 "n_test": None if test is None else n["test"], "n_new": None if new is None else n["new"],
-                "trainable_params": trainable, "wall_s": times.get(step, 0.0)}
+                "trainable_params": trainable, "wall_s": times.get(step, 0.0),
+                "fingerprints": m[step]["fingerprints"]}  # of the model (and adapter) this row scored
 
     rows = [row("pretrain-cloze", 4, pre["cloze_acc"]["test"], pre["cloze_acc"]["new"], params, "pretrain")]
     for method, key in (("zero-shot", "zero-shot"), ("k-shot", "3-shot"), ("searched-demos", "searched-demos"),
@@ -167,6 +205,9 @@ def build_report(args, times: dict) -> dict:
         rows.append(row(method, 3, acc["test"], acc["new"], m[method]["trainable_params"], method))
     acc = m["lora-rag-qa"]["acc"]
     rows.append(row("lora-rag-qa", 3, acc["test_rag"], acc["new_rag"], m["lora-rag-qa"]["trainable_params"], "lora-rag-qa"))
+    models = {r["fingerprints"]["model"] for r in rows}
+    if len(models) > 1:  # cannot happen through run_steps; a file changed while it ran
+        raise ValueError(f"the report would mix {len(models)} models ({', '.join(sorted(models))}); run again")
     machine = {"device": str(pick_device(args.device)), "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                "platform": platform.platform()}

@@ -1,12 +1,14 @@
 """Checkpoints as safetensors (never pickle): one file holds the weights, the model config and the
-tokenizer, so a single path is enough to load a model. Training state (optimizer moments, step)
-lives in a second file beside it, only needed to resume. Every write is atomic.
+tokenizer, so a single path is enough to load a model. Training state lives in a second file beside
+it, only needed to resume: the optimizer's moments, the step, and the trainable weights again, so
+that this one file is a consistent unit by itself (see save_train_state). Every write is atomic.
 
 safetensors stores named tensors plus a flat str -> str metadata dict; we put the config and the
 tokenizer there as JSON. Names are saved without torch.compile's `_orig_mod.` prefix (and it is
 stripped on load), so compiled and plain models read each other's files.
 """
 
+import hashlib
 import json
 import os
 
@@ -87,27 +89,59 @@ def read_metadata(path: str) -> dict:
     return {k: (v if k == "format" else json.loads(v)) for k, v in metadata.items()}
 
 
-def save_train_state(path: str, optimizer: torch.optim.Optimizer, step: int, **meta) -> None:
-    """Optimizer moments as tensors, its hyperparameters and the step as metadata."""
+def _trainable(model: torch.nn.Module) -> dict:
+    return {name.replace(COMPILE_PREFIX, ""): p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                     **meta) -> None:
+    """Everything a resume needs, in one file: the trainable weights, the optimizer's moments and
+    hyperparameters, the step.
+
+    The weights are also in the model (or adapter) file, written just before this one; a kill
+    between the two writes leaves this file one save behind the weights file, never a mix of two
+    steps, and a resume goes back to this file's step."""
     sd = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.detach().contiguous().cpu()
                for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    tensors.update({f"weights.{name}": p.detach().contiguous().cpu() for name, p in _trainable(model).items()})
     metadata = {"format": "nanolevels-train-state", "step": str(step),
                 "param_groups": json.dumps(sd["param_groups"]), "meta": json.dumps(meta)}
     atomic_write(path, save(tensors, metadata=metadata))
 
 
-def load_train_state(path: str, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
-    """Restore the optimizer in place; return (step, extra metadata)."""
+def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+    """Restore the trainable weights and the optimizer in place; return (step, extra metadata)."""
     tensors, metadata = read_safetensors(path, "training state")
     if metadata.get("format") != "nanolevels-train-state":
         raise ValueError(f"{path} is not a nanolevels training state")
+    weights = {name.removeprefix("weights."): t for name, t in tensors.items() if name.startswith("weights.")}
+    own = _trainable(model)
+    groups = json.loads(metadata["param_groups"])
+    if (weights.keys() != own.keys() or any(weights[k].shape != p.shape for k, p in own.items())
+            or [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]):
+        raise ValueError(f"{path} was saved for other trainable parameters; resume with the same flags")
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(weights[name])
     state: dict = {}
     for name, t in tensors.items():
-        i, key = name.split(".", 1)
-        state.setdefault(int(i), {})[key] = t
-    groups = json.loads(metadata["param_groups"])
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
-        raise ValueError(f"{path} was saved for other trainable parameters; resume with the same flags")
+        if not name.startswith("weights."):
+            i, key = name.split(".", 1)
+            state.setdefault(int(i), {})[key] = t
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return int(metadata["step"]), json.loads(metadata["meta"])
+
+
+def fingerprint(path: str) -> str:
+    """16 hex digits of a sha256 over a safetensors file's content: each tensor (name, dtype, shape,
+    bytes) in name order, then the metadata sorted by key. Not over the file's bytes: safetensors
+    writes the metadata in another order in each process, so two saves of one model would differ."""
+    tensors, metadata = read_safetensors(path)
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes: bfloat16 has no numpy dtype
+    h.update(json.dumps(sorted(metadata.items())).encode())
+    return h.hexdigest()[:16]

@@ -93,3 +93,11 @@ def load_model(path: str, device, adapter: str | None = None):
             raise FileNotFoundError(f"no adapter at {adapter}; make one with: python train_lora.py")
         load_adapter(adapter, model)
     return model.eval(), tokenizer
+
+
+def fingerprints(args) -> dict:
+    """For a scoring script's metrics.json: the fingerprints of the model (and adapter) it scored."""
+    out = {"model": checkpoint.fingerprint(args.checkpoint)}
+    if args.adapter is not None:
+        out["adapter"] = checkpoint.fingerprint(args.adapter)
+    return out

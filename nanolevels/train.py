@@ -31,6 +31,7 @@ from nanolevels.device import autocast, peak_rss_mb, pick_device
 from nanolevels.files import atomic_write
 
 EVAL_STEP_OFFSET = 10**9  # eval batches use step numbers no training step reaches
+STATE_FILE = "train_state.safetensors"  # beside the weights file in a run's folder: what --resume reads
 
 
 def _opt(default, help):
@@ -102,6 +103,24 @@ def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
     return device, d
 
 
+def check_out_dir(out_dir: str, weights_name: str, resume: bool, overwrite: bool, extra=(),
+                  ddp: Dist = Dist()) -> None:
+    """Never replace a run by accident. A run in out_dir (its weights or its training state) is continued
+    with --resume or started again with --overwrite; with neither, stop with one line. --overwrite first
+    deletes the old run's files (`extra`: the script's own besides the usual ones), so that none of them,
+    metrics.json above all, can pass for the new run's if that one is cut short."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts it again: give one of them")
+    held = [name for name in (weights_name, STATE_FILE) if os.path.exists(os.path.join(out_dir, name))]
+    if held and not (resume or overwrite):
+        raise ValueError(f"{out_dir} already holds a run ({held[0]}); continue it with --resume or start it again "
+                         f"with --overwrite")
+    if overwrite and ddp.is_main:
+        for name in ("metrics.json", STATE_FILE, weights_name, "log.jsonl", *extra):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
     """AdamW over the trainable parameters; weight decay on matrices only."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -146,8 +165,7 @@ def _any_rank(flag: bool, device, ddp: Dist) -> bool:
 
 
 def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device, dtype: torch.dtype,
-          save_weights, on_eval=None, resume_step: int | None = None, ddp: Dist = Dist(),
-          log=print) -> dict:
+          save_weights, on_eval=None, resume: bool = False, ddp: Dist = Dist(), log=print) -> dict:
     """Train model's trainable parameters; return final metrics.
 
     get_batch(split, step, micro_step) -> (x, y): this rank's micro-batch ("train" or "val").
@@ -155,22 +173,27 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
     on_eval(step): called on rank 0 after each evaluation, e.g. to print a sample or run a dev-split
     check; if it returns a reason (a string), training stops there, a skill having arrived before
     the step cap (max_steps), and the reason goes into the log and the metrics ("stopped").
-    resume_step: the step of the weights the caller loaded; the optimizer state is read from
-    out_dir/train_state.safetensors and must be from the same step.
+    resume: continue from out_dir/train_state.safetensors, which restores the trainable weights,
+    the optimizer and the step (the caller has built the model, e.g. from its saved weights file).
     """
     os.makedirs(out_dir, exist_ok=True)
-    state_path = os.path.join(out_dir, "train_state.safetensors")
+    state_path = os.path.join(out_dir, STATE_FILE)
     log_path = os.path.join(out_dir, "log.jsonl")
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step = 0
-    if resume_step is not None:
-        step, extra = load_train_state(state_path, optimizer)
+    if resume:
+        if not os.path.exists(state_path):
+            raise FileNotFoundError(f"nothing to resume in {out_dir}: no {STATE_FILE} (the run stopped before "
+                                    f"its first checkpoint); start it again with --overwrite")
+        step, extra = load_train_state(state_path, model, optimizer)
         scaler.load_state_dict(extra["scaler"])
-        if step != resume_step:
-            raise ValueError(f"the weights are from step {resume_step} but {state_path} is from "
-                             f"step {step}; the run was cut between the two writes, start afresh")
+        if step > cfg.max_steps:
+            raise ValueError(f"the run in {out_dir} is already at step {step}, past --max-steps {cfg.max_steps}; "
+                             f"give a larger --max-steps to train on")
+        if ddp.is_main:
+            log(f"resuming from step {step} of {state_path}")
     elif ddp.is_main:
         atomic_write(log_path, "")
     net = DDP(model) if ddp.world_size > 1 else model
@@ -183,9 +206,9 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 f.write(json.dumps(row) + "\n")
 
     def checkpoint(at_step: int):
-        if ddp.is_main:
-            save_train_state(state_path, optimizer, at_step, scaler=scaler.state_dict())
+        if ddp.is_main:  # weights first: a kill between the writes leaves the state (a whole unit) one save behind
             save_weights(at_step)
+            save_train_state(state_path, model, optimizer, at_step, scaler=scaler.state_dict())
 
     @torch.no_grad()
     def estimate_loss() -> dict:

@@ -4,8 +4,8 @@ compiled-model key prefixes, optimizer state."""
 import pytest
 import torch
 
-from nanolevels.checkpoint import (load_model, load_train_state, load_weights, read_metadata, save_model,
-                                   save_train_state)
+from nanolevels.checkpoint import (fingerprint, load_model, load_train_state, load_weights, read_metadata,
+                                   save_model, save_train_state)
 from nanolevels.model import GPT, GPTConfig
 from nanolevels.tokenizer import Tokenizer
 
@@ -66,11 +66,31 @@ def test_train_state_round_trip(tmp_path, tok):
     model(x, x)[1].backward()
     opt.step()
     path = str(tmp_path / "s.safetensors")
-    save_train_state(path, opt, 5)
-    opt2 = torch.optim.AdamW(model.parameters(), lr=1.0)
-    step, _ = load_train_state(path, opt2)
+    save_train_state(path, model, opt, 5)
+    other = tiny(tok, dropout=0.1)
+    torch.nn.init.zeros_(other.transformer.wpe.weight)
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1.0)
+    step, _ = load_train_state(path, other, opt2)
     assert step == 5 and opt2.param_groups[0]["lr"] == 1e-3
-    for p in model.parameters():
-        assert torch.equal(opt.state[p]["exp_avg"], opt2.state[p]["exp_avg"])
+    for p, p2 in zip(model.parameters(), other.parameters()):  # the weights travel with the moments
+        assert torch.equal(p, p2)
+        assert torch.equal(opt.state[p]["exp_avg"], opt2.state[p2]["exp_avg"])
     with pytest.raises(ValueError, match="other trainable parameters"):
-        load_train_state(path, torch.optim.AdamW(list(model.parameters())[:2]))
+        load_train_state(path, model, torch.optim.AdamW(list(model.parameters())[:2]))
+    with pytest.raises(ValueError, match="other trainable parameters"):
+        load_train_state(path, tiny(tok, n_embd=32), torch.optim.AdamW(tiny(tok, n_embd=32).parameters()))
+
+
+def test_fingerprint_is_of_the_content(tmp_path, tok):
+    """The same model saved again (the metadata lands in another order each time) keeps its
+    fingerprint; other weights or other metadata change it."""
+    model = tiny(tok)
+    paths = [str(tmp_path / f"m{i}.safetensors") for i in range(4)]
+    for path in paths:
+        save_model(path, model, tok, step=3)
+    assert len({fingerprint(p) for p in paths}) == 1 and len(fingerprint(paths[0])) == 16
+    save_model(paths[1], model, tok, step=4)
+    with torch.no_grad():
+        model.transformer.wpe.weight[0, 0] += 1e-3
+    save_model(paths[2], model, tok, step=3)
+    assert len({fingerprint(p) for p in paths[:3]}) == 3

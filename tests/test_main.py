@@ -1,18 +1,32 @@
 """`python -m nanolevels --tiny`: every level end to end at a toy size; every artefact and every
-report.json field is there, and a second run reuses the finished steps."""
+report.json field is there, a second run reuses the finished steps, a copied out/ folder is reused,
+and a rewritten checkpoint forces every step after it (the report never mixes models)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
+
+import train_pretrain
+from nanolevels.__main__ import main as orchestrate
+from nanolevels.checkpoint import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["pretrain-cloze", "zero-shot", "k-shot", "searched-demos", "prompt-program", "rag-base", "lora-qa",
            "full-ft-qa", "lora-rag-qa"]
 
 
-def test_whole_pipeline_tiny(tmp_path):
-    out, world = str(tmp_path / "out"), str(tmp_path / "world")
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    return {"out": str(root / "out"), "world": str(root / "world"), "tmp": str(root)}
+
+
+def test_whole_pipeline_tiny(tiny_pipeline):
+    out, world, tmp_path = tiny_pipeline["out"], tiny_pipeline["world"], tiny_pipeline["tmp"]
     cmd = [sys.executable, "-m", "nanolevels", "--tiny", "--out", out, "--world", world, "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -38,6 +52,43 @@ def test_whole_pipeline_tiny(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 7, again.stdout[-2000:]
     assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
+    model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
+    assert all(row["fingerprints"]["model"] == model for row in report["rows"])
+    assert "adapter" in report["rows"][-1]["fingerprints"] and "finetuned" in report["rows"][-2]["fingerprints"]
+    steps = open(os.path.join(out, "steps.json")).read()
+    assert str(tmp_path) not in steps and "<out>" in steps  # no absolute paths
+
+
+def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step(tiny_pipeline, tmp_path, capsys):
+    out, world = str(tmp_path / "copy"), tiny_pipeline["world"]
+    shutil.copytree(tiny_pipeline["out"], out)
+    args = ["--tiny", "--out", out, "--world", world, "--device", "cpu"]
+    orchestrate(args)
+    assert capsys.readouterr().out.count("reusing") == 7
+    # the issue's scenario: train_pretrain.py started again into out/pretrain and cut short (Ctrl-C): the
+    # checkpoint is rewritten, and the old metrics.json is put back as if the cut run had left it there
+    metrics = os.path.join(out, "pretrain", "metrics.json")
+    old = open(metrics).read()
+    train_pretrain.main(["--world", world, "--out", os.path.join(out, "pretrain"), "--overwrite", "--n-layer", "2",
+                         "--n-head", "2", "--n-embd", "32", "--max-steps", "3", "--device", "cpu"])
+    open(metrics, "w").write(old)
+    capsys.readouterr()
+    orchestrate(args)
+    printed = capsys.readouterr().out
+    assert "pretrain (level 4; its model changed since it ran)" in printed
+    model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
+    assert json.load(open(metrics))["fingerprints"]["model"] == model
+    # pretraining is deterministic here: the rerun made the very model the later steps scored, so they stand
+    assert json.loads(old)["fingerprints"]["model"] == model and printed.count("reusing") == 6
+    # another model (other arguments): every step after pretraining runs again
+    orchestrate([*args, "--pretrain-args", "--max-steps 12"])
+    printed = capsys.readouterr().out
+    assert printed.count("reusing") == 1 and "pretrain (level 4; its arguments changed)" in printed
+    assert printed.count("its model changed since it ran") == 5
+    report = json.load(open(os.path.join(out, "report.json")))
+    model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
+    assert json.loads(old)["fingerprints"]["model"] != model
+    assert all(row["fingerprints"]["model"] == model for row in report["rows"])
 
 
 def test_extra_flags_reach_their_steps():
@@ -55,4 +106,5 @@ def test_extra_flags_reach_their_steps():
     assert all("--seed" in seeded[step] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa"))
     default = parse_args([])
     assert default.world == os.path.join(ROOT, "data", "world")
-    assert plan(default)[1][3] == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--device", "auto"]
+    assert plan(default)[1][3] == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--overwrite",
+                                   "--device", "auto"]

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import prompt as prompt_script
+from nanolevels.checkpoint import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -51,6 +52,7 @@ def test_eval_writes_every_row_and_ask_runs_the_program(tiny_run, tmp_path):
     assert set(m["acc"]) == {"zero-shot", "1-shot", "3-shot", "searched-demos", "prompt-program"}
     assert all(set(row) == {"dev", "test", "new"} and 0 <= row["test"] <= 1 for row in m["acc"].values())
     assert m["search"]["best_dev"] == max(m["search"]["dev_scores"]) == m["acc"]["searched-demos"]["dev"]
+    assert m["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"])}  # the model these numbers are of
     program = json.load(open(os.path.join(out, "program.json")))
     assert {a: e["prompts"][0]["template"] for a, e in program["attributes"].items()} == {
         a: e["template"] for a, e in m["program"].items()}

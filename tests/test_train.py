@@ -39,7 +39,7 @@ def fresh_model(tok, dropout=0.1):
     return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=dropout))
 
 
-def run(tok, tokens, out, steps, model=None, resume_step=None, crash_at=None, **kw):
+def run(tok, tokens, out, steps, model=None, resume=False, crash_at=None, log=lambda *a: None, **kw):
     cfg = TrainConfig(**(dict(max_steps=steps, batch_size=4, lr=1e-2, warmup_steps=2, eval_interval=3,
                               eval_batches=2, log_interval=2, ckpt_interval=3) | kw))
     model = model or fresh_model(tok)
@@ -52,8 +52,7 @@ def run(tok, tokens, out, steps, model=None, resume_step=None, crash_at=None, **
     def save_weights(step):
         save_model(os.path.join(out, "model.safetensors"), model, tok, step=step)
 
-    metrics = train(model, cfg, get_batch, str(out), CPU, torch.float32, save_weights,
-                    resume_step=resume_step, log=lambda *a: None)
+    metrics = train(model, cfg, get_batch, str(out), CPU, torch.float32, save_weights, resume=resume, log=log)
     return model, metrics
 
 
@@ -64,14 +63,47 @@ def test_resume_is_exact(setup, tmp_path):
         run(tok, tokens, tmp_path / "b", 8, crash_at=7)  # dies after the checkpoint at step 6
     model, _, meta = load_model(str(tmp_path / "b" / "model.safetensors"))
     assert meta["step"] == 6
-    resumed, m2 = run(tok, tokens, tmp_path / "b", 8, model=model, resume_step=6)
+    messages = []
+    resumed, m2 = run(tok, tokens, tmp_path / "b", 8, model=model, resume=True, log=messages.append)
+    assert "resuming from step 6" in messages[0]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert m1["val_loss"] == pytest.approx(m2["val_loss"], abs=1e-6)
     assert (tmp_path / "b" / "log.jsonl").read_text().count('"loss"') >= 4
-    # weights from one step, optimizer state from another: refuse
-    with pytest.raises(ValueError, match="step"):
-        run(tok, tokens, tmp_path / "b", 8, model=model, resume_step=3)
+
+
+def test_cut_between_the_two_writes_resumes_exactly(setup, tmp_path, monkeypatch):
+    """A kill after the weights file is written and before the training state: the state, which holds
+    the trainable weights too, is one save behind, and resuming from it is exact."""
+    tok, tokens = setup
+    straight, _ = run(tok, tokens, tmp_path / "a", 8)
+    original = train_module.save_train_state
+
+    def dies_at_step_6(path, model, optimizer, step, **meta):
+        if step == 6:
+            raise RuntimeError("killed between the two writes")
+        original(path, model, optimizer, step, **meta)
+
+    monkeypatch.setattr(train_module, "save_train_state", dies_at_step_6)
+    with pytest.raises(RuntimeError, match="between the two writes"):
+        run(tok, tokens, tmp_path / "b", 8)
+    monkeypatch.setattr(train_module, "save_train_state", original)
+    model, _, meta = load_model(str(tmp_path / "b" / "model.safetensors"))
+    assert meta["step"] == 6  # the weights file is ahead of the state (step 3)
+    messages = []
+    resumed, _ = run(tok, tokens, tmp_path / "b", 8, model=model, resume=True, log=messages.append)
+    assert "resuming from step 3" in messages[0]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_resume_errors(setup, tmp_path):
+    tok, tokens = setup
+    with pytest.raises(FileNotFoundError, match="nothing to resume.*--overwrite"):
+        run(tok, tokens, tmp_path, 4, resume=True)
+    run(tok, tokens, tmp_path, 7)
+    with pytest.raises(ValueError, match="already at step 7, past --max-steps 5"):
+        run(tok, tokens, tmp_path, 5, resume=True)
 
 
 def test_grad_accumulation_is_scaled(setup, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""train_lora.py: per-mode defaults, the files and metrics it writes, the merged model, one-line errors."""
+"""train_lora.py: per-mode defaults, the files and metrics it writes, the merged model, resume and
+overwrite, one-line errors."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import torch
 
 import train_lora
 from conftest import FP32
-from nanolevels.checkpoint import load_model
+from nanolevels.checkpoint import fingerprint, load_model, read_metadata
 from nanolevels.lora import load_adapter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,3 +80,25 @@ def test_user_errors(tiny_run, tmp_path, make_args, message):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_another_adapter_and_a_run_needs_resume_or_overwrite(tiny_run, tmp_path, run_main):
+    out = str(tmp_path / "custom")
+    args = ["--data", write_pairs(tmp_path / "pairs.jsonl"), "--checkpoint", tiny_run["checkpoint"], "--out", out, *FAST]
+    assert run_main(train_lora.main, *args, "--max-steps", "7")[0] == 0
+    adapter = os.path.join(out, "adapter.safetensors")
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"]), "adapter": fingerprint(adapter)}
+    for extra, message in [([], "already holds a run (adapter.safetensors)"),
+                           (["--resume", "--r", "8"], "is an adapter with --r 16, not 8"),
+                           (["--resume", "--alpha", "8"], "is an adapter with --alpha 32.0, not 8.0"),
+                           (["--resume", "--targets", "attn.c_attn"], "adapts other layers"),
+                           (["--resume", "--targets", "attn.c_attn,attn.c_proj,mlp.c_fc"], "adapts other layers"),
+                           (["--resume", "--max-steps", "5"], "already at step 7, past --max-steps 5")]:
+        code, _, err = run_main(train_lora.main, *args, *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert json.load(open(os.path.join(out, "metrics.json"))) == metrics  # nothing touched
+    code, out_text, _ = run_main(train_lora.main, *args, "--resume", "--max-steps", "9", "--targets", "c_attn,c_proj")
+    assert code == 0 and "resuming from step 7" in out_text
+    assert run_main(train_lora.main, *args, "--overwrite", "--r", "4")[0] == 0
+    assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 4 and read_metadata(adapter)["r"] == 4

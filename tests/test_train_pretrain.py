@@ -1,5 +1,5 @@
 """train_pretrain.py end to end at a tiny size: artefacts, metrics, resume, DDP == one process,
-Ctrl-C, your own text, and one-line errors (exit 2) for user mistakes."""
+Ctrl-C, your own text, no silent overwrite, and one-line errors (exit 2) for user mistakes."""
 
 import json
 import os
@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
+import train_pretrain
 from nanolevels import data
+from nanolevels.checkpoint import fingerprint
+from nanolevels.files import fingerprint_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32", "--batch-size", "4",
@@ -130,7 +133,6 @@ def test_corrupt_checkpoint_is_one_line(world, tmp_path):
 def test_init_from_a_local_gpt2_file(world, tmp_path, monkeypatch):
     """--init path/to/model.safetensors: GPT-2 weights you have, no download (the tokenizer is stubbed
     with the world's own: GPT-2's comes from tiktoken's cache or the network)."""
-    import train_pretrain
     from safetensors.torch import save_file
     from test_model import hf_gpt2_tensors
     from nanolevels.tokenizer import Tokenizer
@@ -146,3 +148,43 @@ def test_init_from_a_local_gpt2_file(world, tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(out, "gpt2"))  # nothing downloaded
     r = pretrain("--world", world, "--out", out, "--init", "gpt3")
     assert r.returncode == 2 and "--init takes scratch, gpt2 or a GPT-2 model.safetensors path" in r.stderr
+
+
+def test_a_run_is_never_replaced_silently(world, tmp_path, run_main):
+    out = str(tmp_path / "run")
+    args = ["--world", world, "--out", out, *TINY]
+    assert run_main(train_pretrain.main, *args, "--max-steps", "7")[0] == 0
+    model = os.path.join(out, "model.safetensors")
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["fingerprints"] == {"data": fingerprint_files(world), "model": fingerprint(model)}
+    for extra, message in [([], "already holds a run (model.safetensors); continue it with --resume or start it "
+                                "again with --overwrite"),
+                           (["--resume", "--max-steps", "5"], "already at step 7, past --max-steps 5"),
+                           (["--resume", "--overwrite"], "give one of them")]:
+        code, _, err = run_main(train_pretrain.main, *args, "--max-steps", "3", *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert json.load(open(os.path.join(out, "metrics.json"))) == metrics  # nothing touched
+    # --overwrite starts again; the old metrics.json is deleted first, so a cut run cannot leave it behind
+    code, _, err = run_main(train_pretrain.main, *args, "--max-steps", "3", "--overwrite", "--ckpt-interval", "1",
+                            "--dropout", "nan")
+    assert code == 2 and "--dropout" in err and not os.path.exists(os.path.join(out, "metrics.json"))
+    assert run_main(train_pretrain.main, *args, "--max-steps", "3", "--overwrite")[0] == 0
+    again = json.load(open(os.path.join(out, "metrics.json")))
+    assert again["steps"] == 3 and again["fingerprints"]["model"] == fingerprint(model) != metrics["fingerprints"]["model"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--block-size", "0"], "--block-size must be at least 1, got 0"),
+    (["--block-size", "-4"], "--block-size must be at least 1, got -4"),
+    (["--n-layer", "0"], "--n-layer must be at least 1, got 0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--threads", "two"], "argument --threads: invalid int value: 'two'"),
+    (["--data", "latin1.txt"], "line 3 of"),
+])
+def test_more_user_errors_are_one_line(world, tmp_path, run_main, args, message):
+    (tmp_path / "latin1.txt").write_bytes("one\ntwo\nna\u00efve caf\u00e9\n".encode("latin-1") * 50)
+    args = [str(tmp_path / a) if a.endswith(".txt") else a for a in args]
+    code, out, err = run_main(train_pretrain.main, "--world", world, "--out", str(tmp_path / "run"), "--max-steps", "2",
+                              *TINY, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists(os.path.join(tmp_path, "run", "log.jsonl"))  # refused before any training
