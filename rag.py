@@ -7,6 +7,11 @@ saw, because retrieval puts the right biography into its prompt.
 
 The index of every biography (new people included) is built on first use and cached in out/rag/.
 --eval writes out/rag/metrics.json.
+
+Retrieval always returns something, relevant or not. So the best match's score is compared with a
+threshold chosen on dev questions (about the dev-new people, who are in the collection, and about
+made-up people): below it, nothing in the collection seems to be about the question, and the answer
+is marked a guess.
 """
 
 import argparse
@@ -18,15 +23,17 @@ import time
 from nanolevels import cli, data
 from nanolevels.device import pick_device
 from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag
-from nanolevels.files import read_jsonl, write_json
-from nanolevels.prompting import rag_prompt
-from nanolevels.retrieval import load_or_build_index, retrieval_recall
+from nanolevels.files import write_json
+from nanolevels.prompting import few_shot, rag_prompt
+from nanolevels.retrieval import best_scores, choose_threshold, load_or_build_index, retrieval_recall
+from nanolevels.world import ATTRIBUTES, fresh_people, qa_pair
 
 EMBEDDERS = ("tfidf", "gpt")
+MADE_UP_SEED = 1  # fresh_people's seed for the made-up people of the threshold (the next seed: those reported)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("question", nargs="?", help="a question to answer from the documents")
     p.add_argument("--eval", action="store_true", help="score retrieval and answers on the test and new questions")
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
@@ -42,6 +49,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="which demonstrations are drawn (default: 0)")
     cli.add_device_flags(p, dtype=False)
     args = p.parse_args(argv)
+    if args.demos < 0:
+        raise ValueError(f"--demos must be 0 or more, got {args.demos}")
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
     if args.question is None and not args.eval:
@@ -51,31 +60,52 @@ def parse_args(argv):
     return args
 
 
+def made_up_questions(world_dir: str, n: int, seed: int) -> list[str]:
+    """About n questions, each about a different made-up person (never in the collection), in the world's style."""
+    people = fresh_people(data.load_world(world_dir), -(-n // len(ATTRIBUTES)), seed)
+    return [qa_pair(p, a)["question"] for p in people for a in ATTRIBUTES]
+
+
+def unsure_threshold(index, embedder, world_dir: str) -> float:
+    """The best-match score below which an answer is a guess, chosen on the dev-new people's questions (in the
+    collection, never pretrained) against as many about made-up people; the rule is retrieval.choose_threshold's."""
+    known = [q["question"] for q in data.load_questions(world_dir, "dev-new")["dev-new"]]
+    return choose_threshold(best_scores(index, embedder, known),
+                            best_scores(index, embedder, made_up_questions(world_dir, len(known), MADE_UP_SEED)))
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     model, tokenizer = cli.load_model(args.checkpoint, device, args.adapter)
-    docs_path = os.path.join(args.world, "docs.jsonl")
-    if not os.path.exists(docs_path):
-        raise FileNotFoundError(f"no documents at {docs_path}; make them with: python data/world/prepare.py")
-    docs = read_jsonl(docs_path)
-    qa_train = read_jsonl(os.path.join(args.world, "qa_train.jsonl"))
-    demos = random.Random(args.seed).sample(qa_train, min(args.demos, len(qa_train)))
-    index, embedder = load_or_build_index(args.out, docs, args.embedder, model, tokenizer)
+    docs = data.load_documents(args.world)
+    qa_train = data.load_questions(args.world, "train")["train"]
+    if args.demos > len(qa_train):
+        raise ValueError(f"--demos {args.demos} is more than the {len(qa_train)} questions about train people "
+                         f"they are drawn from")
+    demos = random.Random(args.seed).sample(qa_train, args.demos)
     budget = model.config.block_size - ANSWER_TOKENS
+    if len(tokenizer.encode(few_shot("", demos))) >= budget:
+        raise ValueError(f"{args.demos} demonstrations leave no room for a document in the model's "
+                         f"{model.config.block_size}-token block; use fewer --demos")
+    index, embedder = load_or_build_index(args.out, docs, args.embedder, model, tokenizer)
+    threshold = unsure_threshold(index, embedder, args.world)
 
     if args.question is not None:
         hits = index.search(embedder.embed([args.question]), args.k)[0]
         for rank, (score, doc) in enumerate(hits, 1):
             print(f"[{rank}] {score:.3f}  {doc['text']}")
+        unsure = hits[0][0] < threshold
+        print(f"best match {hits[0][0]:.3f}, threshold {threshold:.3f} (chosen on the dev-new people)"
+              + (": nothing in the collection seems to be about this, so the answer is a guess" if unsure else ""))
         prompt, dropped = rag_prompt(args.question, [doc["text"] for _, doc in hits], tokenizer, budget, demos)
         if dropped:
             print(f"note: {dropped} lowest-ranked document(s) dropped to fit the block", file=sys.stderr)
-        print(f"answer: {complete(model, tokenizer, [prompt])[0].strip()}")
+        print(f"answer{' (a guess)' if unsure else ''}: {complete(model, tokenizer, [prompt])[0].strip()}")
 
     if args.eval:
         metrics = {"k": args.k, "demos": args.demos, "embedder": args.embedder, "adapter": args.adapter,
-                   "acc": {}, "by_attribute": {}, "retrieval": {}}
+                   "fingerprints": cli.fingerprints(args), "acc": {}, "by_attribute": {}, "retrieval": {}}
         questions = data.load_questions(args.world, "test", "new")
         for name in EMBEDDERS:  # the retrieval quality of every embedder; answers with the chosen one
             idx, emb = (index, embedder) if name == args.embedder else load_or_build_index(
@@ -91,6 +121,15 @@ def main(argv=None):
                 metrics["retrieval"][name][split] = r
                 answers = f", exact match {metrics['acc'][split]:.3f}" if name == args.embedder else ""
                 print(f"{name:6s} {split:4s}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items()) + answers)
+        # answers marked a guess: on test and new everyone asked about is in the collection, so each is a false
+        # alarm; questions about made-up people (not those the threshold was chosen on) should all be caught
+        guesses = {split: int((best_scores(index, embedder, [q["question"] for q in qs]) < threshold).sum())
+                   for split, qs in questions.items()}
+        made_up = best_scores(index, embedder, made_up_questions(args.world, len(questions["new"]), MADE_UP_SEED + 1))
+        metrics["unsure"] = {"threshold": threshold, "guesses": guesses, "made_up_caught": float((made_up < threshold).mean())}
+        print(f"answers marked a guess (best match below {threshold:.3f}): "
+              + ", ".join(f"{split} {n} of {len(questions[split])}" for split, n in guesses.items())
+              + f"; questions about made-up people caught: {metrics['unsure']['made_up_caught']:.3f}")
         # query latency: embed one question and search, averaged over up to 200 questions
         qs = [q["question"] for q in questions["new"]][:200]
         t0 = time.perf_counter()

@@ -2,11 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+import rag as rag_script
+from nanolevels.checkpoint import fingerprint
 from nanolevels.prompting import rag_prompt
 from nanolevels.tokenizer import Tokenizer
 
@@ -41,6 +44,10 @@ def test_eval_writes_metrics_and_caches_the_index(tiny_run, tmp_path):
     assert set(m["acc"]) == {"test", "new"} and set(m["retrieval"]) == {"tfidf", "gpt"}
     assert m["retrieval"]["tfidf"]["new"]["recall@1"] >= 0.9
     assert m["query_latency_ms"] > 0
+    assert m["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"])}  # the model these numbers are of
+    # everyone asked about in test and new is in the collection: few answers may be marked a guess
+    assert 0 <= m["unsure"]["guesses"]["new"] <= 3 and m["unsure"]["made_up_caught"] >= 0.9
+    assert "answers marked a guess" in r.stdout
     again = rag(*args)
     assert again.returncode == 0 and "indexed" not in again.stdout
     assert json.load(open(os.path.join(out, "metrics.json")))["acc"] == m["acc"]
@@ -53,7 +60,15 @@ def test_question_prints_documents_and_answer(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     ranked = [line for line in r.stdout.splitlines() if line.startswith("[")]
     assert len(ranked) == 3 and ranked[0].startswith("[1]") and person["person"] in ranked[0]
-    assert "answer:" in r.stdout
+    assert "answer: " in r.stdout and "guess" not in r.stdout and "best match" in r.stdout
+
+
+def test_a_question_about_nobody_in_the_collection_is_marked_a_guess(tiny_run, tmp_path, run_main):
+    code, out, err = run_main(rag_script.main, "What is the birth city of Zebulon Quincy Marchetti?",
+                              "--checkpoint", tiny_run["checkpoint"], "--world", tiny_run["world"], "--out", str(tmp_path))
+    assert code == 0, err
+    assert "nothing in the collection seems to be about this, so the answer is a guess" in out
+    assert "\nanswer (a guess): " in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -68,3 +83,38 @@ def test_user_errors(tiny_run, tmp_path, args, message):
         args = [*args, "--world", tiny_run["world"]]
     r = rag(*args, "--out", str(tmp_path))
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def damaged_world(world, tmp, damage):
+    """A copy of the tiny world whose docs.jsonl is damaged by damage(path)."""
+    copy = str(tmp / "world")
+    shutil.copytree(world, copy)
+    damage(os.path.join(copy, "docs.jsonl"))
+    return copy
+
+
+def append(path, data: bytes):
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda world, tmp: ["--demos", "-1"], "--demos must be 0 or more"),
+    (lambda world, tmp: ["--demos", "100000"], "--demos 100000 is more than the"),
+    (lambda world, tmp: ["--demos", "12"], "leave no room for a document"),
+    (lambda world, tmp: ["--world", damaged_world(world, tmp, lambda p: append(p, b"{not json\n"))], "is not JSON"),
+    (lambda world, tmp: ["--world", damaged_world(world, tmp, lambda p: append(p, "caf\u00e9\n".encode("latin-1")))],
+     "is not UTF-8"),
+    (lambda world, tmp: ["--world", damaged_world(world, tmp, lambda p: append(p, b'{"id": "x"}\n'))],
+     'is not {"id": "...", "text": "..."}'),
+])
+def test_more_user_errors_are_one_line(tiny_run, tmp_path, run_main, make_args, message):
+    args = make_args(tiny_run["world"], tmp_path)
+    if "--world" not in args:
+        args += ["--world", tiny_run["world"]]
+    code, _, err = run_main(rag_script.main, "Who?", "--checkpoint", tiny_run["checkpoint"], "--out", str(tmp_path), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    if "--demos" not in args:
+        lines = sum(1 for _ in open(os.path.join(args[-1], "docs.jsonl"), "rb"))
+        assert f"of {os.path.join(args[-1], 'docs.jsonl')}" in err and (f"line {lines}" in err or f"document {lines}" in err)
+
