@@ -126,7 +126,8 @@ def main(argv=None):
         guesses = {split: int((best_scores(index, embedder, [q["question"] for q in qs]) < threshold).sum())
                    for split, qs in questions.items()}
         made_up = best_scores(index, embedder, made_up_questions(args.world, len(questions["new"]), MADE_UP_SEED + 1))
-        metrics["unsure"] = {"threshold": threshold, "guesses": guesses, "made_up_caught": float((made_up < threshold).mean())}
+        metrics["unsure"] = {"threshold": threshold, "guesses": guesses,
+                             "made_up_caught": float((made_up < threshold).mean())}
         print(f"answers marked a guess (best match below {threshold:.3f}): "
               + ", ".join(f"{split} {n} of {len(questions[split])}" for split, n in guesses.items())
               + f"; questions about made-up people caught: {metrics['unsure']['made_up_caught']:.3f}")

@@ -102,15 +102,15 @@ def check_resumed_adapter(meta: dict, path: str, args) -> None:
     saved = {"--r": meta["r"], "--alpha": meta["alpha"], "--rslora": meta["rslora"], "--lora-dropout": meta["dropout"]}
     given = {"--r": args.r, "--alpha": args.alpha, "--rslora": args.rslora, "--lora-dropout": args.lora_dropout}
     wrong = [flag for flag in saved if given[flag] != saved[flag]]
-    targets, names = args.targets.split(","), meta["targets"]
-    covers = lambda name, target: name == target or name.endswith("." + target)  # noqa: E731 (add_lora's rule)
-    if not wrong and not (all(any(covers(n, t) for t in targets) for n in names)
-                          and all(any(covers(n, t) for n in names) for t in targets)):
-        raise ValueError(f"{path} adapts other layers ({', '.join(names[:2])}, ...) than --targets {args.targets}: "
-                         f"resume with the flags it was trained with, or start again with --overwrite")
     if wrong:
         raise ValueError(f"{path} is an adapter with {wrong[0]} {saved[wrong[0]]}, not {given[wrong[0]]}: resume "
                          f"with the flags it was trained with, or start again with --overwrite")
+    targets, names = args.targets.split(","), meta["targets"]
+    covers = lambda name, target: name == target or name.endswith("." + target)  # noqa: E731 (add_lora's rule)
+    if not (all(any(covers(n, t) for t in targets) for n in names) and all(any(covers(n, t) for n in names)
+                                                                          for t in targets)):
+        raise ValueError(f"{path} adapts other layers ({', '.join(names[:2])}, ...) than --targets {args.targets}: "
+                         f"resume with the flags it was trained with, or start again with --overwrite")
 
 
 def make_examples(args, world) -> tuple[list[list[tuple[str, str]]], dict]:

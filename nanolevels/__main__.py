@@ -93,13 +93,16 @@ def plan(args) -> list[tuple]:
         ("rag", 2, rag.main, ["--eval", "--out", os.path.join(out, "rag"), *common, *seed],
          os.path.join(out, "rag", "metrics.json"), {"model": ckpt}),
         ("lora-qa", 3, train_lora.main, ["--out", lora_qa, *common, *finetune],
-         os.path.join(lora_qa, "metrics.json"), {"model": ckpt, "adapter": os.path.join(lora_qa, "adapter.safetensors")}),
+         os.path.join(lora_qa, "metrics.json"),
+         {"model": ckpt, "adapter": os.path.join(lora_qa, "adapter.safetensors")}),
         ("full-ft-qa", 3, train_lora.main, ["--full", "--out", full_qa, *common, *finetune],
-         os.path.join(full_qa, "metrics.json"), {"model": ckpt, "finetuned": os.path.join(full_qa, "model.safetensors")}),
+         os.path.join(full_qa, "metrics.json"),
+         {"model": ckpt, "finetuned": os.path.join(full_qa, "model.safetensors")}),
         ("lora-rag-qa", 3, train_lora.main,
          ["--task", "rag-qa", "--out", lora_rag, "--rag-out", os.path.join(out, "rag"), *common,
           *(["--examples", "40"] if tiny else []), *finetune],
-         os.path.join(lora_rag, "metrics.json"), {"model": ckpt, "adapter": os.path.join(lora_rag, "adapter.safetensors")}),
+         os.path.join(lora_rag, "metrics.json"),
+         {"model": ckpt, "adapter": os.path.join(lora_rag, "adapter.safetensors")}),
     ]
 
 
@@ -151,7 +154,8 @@ def run_steps(args) -> dict:
     steps = plan(args)
     t_start = time.time()
     for i, (name, level, main, argv, output, paths) in enumerate(steps, 1):
-        reason = "--fresh" if args.fresh else why_run(record.get(name), portable(argv, args), fingerprints(output, paths))
+        now = fingerprints(output, paths)
+        reason = "--fresh" if args.fresh else why_run(record.get(name), portable(argv, args), now)
         if reason is None:
             print(f"[{i}/{len(steps)}] {name}: reusing {shown(output)}")
             continue

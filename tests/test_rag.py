@@ -65,7 +65,8 @@ def test_question_prints_documents_and_answer(tiny_run, tmp_path):
 
 def test_a_question_about_nobody_in_the_collection_is_marked_a_guess(tiny_run, tmp_path, run_main):
     code, out, err = run_main(rag_script.main, "What is the birth city of Zebulon Quincy Marchetti?",
-                              "--checkpoint", tiny_run["checkpoint"], "--world", tiny_run["world"], "--out", str(tmp_path))
+                              "--checkpoint", tiny_run["checkpoint"], "--world", tiny_run["world"],
+                              "--out", str(tmp_path))
     assert code == 0, err
     assert "nothing in the collection seems to be about this, so the answer is a guess" in out
     assert "\nanswer (a guess): " in out
@@ -112,9 +113,11 @@ def test_more_user_errors_are_one_line(tiny_run, tmp_path, run_main, make_args, 
     args = make_args(tiny_run["world"], tmp_path)
     if "--world" not in args:
         args += ["--world", tiny_run["world"]]
-    code, _, err = run_main(rag_script.main, "Who?", "--checkpoint", tiny_run["checkpoint"], "--out", str(tmp_path), *args)
+    code, _, err = run_main(rag_script.main, "Who?", "--checkpoint", tiny_run["checkpoint"], "--out", str(tmp_path),
+                            *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     if "--demos" not in args:
-        lines = sum(1 for _ in open(os.path.join(args[-1], "docs.jsonl"), "rb"))
-        assert f"of {os.path.join(args[-1], 'docs.jsonl')}" in err and (f"line {lines}" in err or f"document {lines}" in err)
+        docs = os.path.join(args[-1], "docs.jsonl")
+        lines = sum(1 for _ in open(docs, "rb"))  # the damage is on the last line
+        assert f"of {docs}" in err and (f"line {lines}" in err or f"document {lines}" in err)
 

@@ -84,7 +84,8 @@ def test_user_errors(tiny_run, tmp_path, make_args, message):
 
 def test_resume_refuses_another_adapter_and_a_run_needs_resume_or_overwrite(tiny_run, tmp_path, run_main):
     out = str(tmp_path / "custom")
-    args = ["--data", write_pairs(tmp_path / "pairs.jsonl"), "--checkpoint", tiny_run["checkpoint"], "--out", out, *FAST]
+    args = ["--data", write_pairs(tmp_path / "pairs.jsonl"), "--checkpoint", tiny_run["checkpoint"], "--out", out,
+            *FAST]
     assert run_main(train_lora.main, *args, "--max-steps", "7")[0] == 0
     adapter = os.path.join(out, "adapter.safetensors")
     metrics = json.load(open(os.path.join(out, "metrics.json")))

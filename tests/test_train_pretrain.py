@@ -170,7 +170,8 @@ def test_a_run_is_never_replaced_silently(world, tmp_path, run_main):
     assert code == 2 and "--dropout" in err and not os.path.exists(os.path.join(out, "metrics.json"))
     assert run_main(train_pretrain.main, *args, "--max-steps", "3", "--overwrite")[0] == 0
     again = json.load(open(os.path.join(out, "metrics.json")))
-    assert again["steps"] == 3 and again["fingerprints"]["model"] == fingerprint(model) != metrics["fingerprints"]["model"]
+    assert again["steps"] == 3
+    assert again["fingerprints"]["model"] == fingerprint(model) != metrics["fingerprints"]["model"]
 
 
 @pytest.mark.parametrize("args, message", [
