@@ -17,7 +17,6 @@ import sys
 
 from nanolevels import cli, data
 from nanolevels.device import pick_device
-from nanolevels.files import read_jsonl
 from nanolevels.lora import merge_lora
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.server import Reader, Server
@@ -27,7 +26,7 @@ ADAPTER = os.path.join("out", "lora", "rag-qa", "adapter.safetensors")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
                    help="the model (default: out/pretrain/model.safetensors)")
     p.add_argument("--adapter", default=None,
@@ -65,7 +64,7 @@ def make_reader(args, device):
     if not os.path.exists(docs_path):
         return None, f"/v1/answer needs documents and there are none at {docs_path}: run python data/world/prepare.py"
     merge_lora(model)  # the adapter folded into the weights: reading costs what the base model costs
-    index, embedder = load_or_build_index(args.index_dir, read_jsonl(docs_path), "tfidf")
+    index, embedder = load_or_build_index(args.index_dir, data.load_documents(args.world), "tfidf")
     engine = Engine(model, tokenizer, args.slots, args.policy, args.max_queue)
     return Reader(engine, tokenizer, index, embedder), None
 
