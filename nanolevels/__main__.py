@@ -221,7 +221,7 @@ def build_report(args, times: dict) -> dict:
     targets = {name: bool(check(by_method, retrieval)) for name, check in TARGETS}
     return {"total_wall_s": sum(times.values()), "peak_rss_mb": peak_rss_mb(), "machine": machine, "rows": rows,
             "retrieval": retrieval, "targets": targets, "stopped": stopped, "seed": args.seed, "prompt_k": 3,
-            "rag_k": rg["k"], "base_params": params, "program": m["prompting"]["program"]}
+            "rag_k": rg["k"], "base_params": params, "program": m["prompting"]["program"], "unsure": rg["unsure"]}
 
 
 def story(report: dict) -> str:
@@ -272,6 +272,10 @@ def markdown(report: dict) -> str:
         f"{name}: {'met' if ok else 'MISSED'}" for name, ok in report["targets"].items()) + ".",
               "", "Why each training run stopped: " + "; ".join(
         f"{name}: {why}" for name, why in report["stopped"].items()) + ".",
+              "", f"Answers rag.py marks as guesses (best match below {report['unsure']['threshold']:.3f}, a threshold "
+              f"chosen on the dev-new people): " + ", ".join(f"{n} of the {split} questions" for split, n in
+                                                           report["unsure"]["guesses"].items())
+              + f"; questions about made-up people caught: {100 * report['unsure']['made_up_caught']:.0f}%.",
               "", "Retrieval of the new people's biographies:", "",
               "| embedder | recall@1 | recall@5 |", "|---|---|---|"]
     for name, r in report["retrieval"].items():
