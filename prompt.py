@@ -1,9 +1,9 @@
 """Level 1, prompting: the weights stay fixed; what goes into the context is the program.
 
-    python prompt.py "Ada Jo Crane was born in"   # continue a text
+    python prompt.py "Liesl Sage Keswick was born in"   # continue a text
     python prompt.py --interactive                # a prompt loop that streams tokens (Ctrl-D quits)
     python prompt.py --eval                       # question prompts vs a compiled prompt program, held-out questions
-    python prompt.py --ask "What is the birth city of Ada Jo Crane?"   # answer with the compiled program
+    python prompt.py --ask "What is the birth city of Liesl Sage Keswick?"   # answer with the compiled program
 
 --eval compiles the program on the dev people (nanolevels/program.py) and writes out/prompt/program.json
 and out/prompt/metrics.json; --ask runs that program. The QA layout is in nanolevels/prompting.py.
@@ -20,7 +20,7 @@ import torch
 from nanolevels import cli, data
 from nanolevels.device import pick_device, seed_everything
 from nanolevels.evaluate import complete, eval_prompting
-from nanolevels.files import write_json
+from nanolevels.files import shown, write_json
 from nanolevels.program import describe, eval_program, load_program, parse_question, prompt_text, run_program
 from nanolevels.prompting import qa_prompt
 
@@ -32,7 +32,7 @@ def parse_args(argv):
     p.add_argument("--eval", action="store_true",
                    help="score question prompts and the compiled prompt program on the held-out questions")
     p.add_argument("--ask", default=None, metavar="QUESTION", help="answer a question about a person of the world "
-                   "with the compiled program, e.g. \"Where was Ada Jo Crane born?\"")
+                   "with the compiled program, e.g. \"Where was Liesl Sage Keswick born?\"")
     p.add_argument("--raw", action="store_true", help="with --ask: a plain greedy completion of the question instead")
     p.add_argument("--verbose", action="store_true", help="with --ask: print the prompt(s) the program ran")
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
@@ -101,7 +101,7 @@ def evaluate(model, tokenizer, args) -> None:
                          for a, e in program["attributes"].items()}
     write_json(os.path.join(args.out, "program.json"), program)
     write_json(os.path.join(args.out, "metrics.json"), {**result, "fingerprints": scored})
-    print(f"wrote {os.path.join(args.out, 'metrics.json')} and {os.path.join(args.out, 'program.json')}")
+    print(f"wrote {shown(os.path.join(args.out, 'metrics.json'))} and {shown(os.path.join(args.out, 'program.json'))}")
 
 
 def ask(model, tokenizer, args) -> None:

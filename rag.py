@@ -23,7 +23,7 @@ import time
 from nanolevels import cli, data
 from nanolevels.device import pick_device
 from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag
-from nanolevels.files import write_json
+from nanolevels.files import shown, write_json
 from nanolevels.prompting import few_shot, rag_prompt
 from nanolevels.retrieval import best_scores, choose_threshold, load_or_build_index, retrieval_recall
 from nanolevels.world import ATTRIBUTES, fresh_people, qa_pair
@@ -139,7 +139,7 @@ def main(argv=None):
         metrics["query_latency_ms"] = 1000 * (time.perf_counter() - t0) / len(qs)
         write_json(os.path.join(args.out, "metrics.json"), metrics)
         print(f"query latency {metrics['query_latency_ms']:.2f} ms ({args.embedder}); "
-              f"wrote {os.path.join(args.out, 'metrics.json')}")
+              f"wrote {shown(os.path.join(args.out, 'metrics.json'))}")
 
 
 if __name__ == "__main__":

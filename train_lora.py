@@ -21,7 +21,7 @@ from nanolevels import cli, data
 from nanolevels.checkpoint import fingerprint, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_rag, qa_accuracy
-from nanolevels.files import write_json
+from nanolevels.files import shown, write_json
 from nanolevels.lora import DEFAULT_TARGETS, add_lora, load_adapter, merge_lora, remove_lora, save_adapter
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.retrieval import load_or_build_index
@@ -220,10 +220,10 @@ def main(argv=None):
         remove_lora(model)  # the merged weights stay; the model is a plain GPT again
         merged = os.path.join(args.out, "merged.safetensors")
         save_model(merged, model, tokenizer)
-        log(f"wrote {merged}: the base with the adapter folded in; it loads like any checkpoint")
+        log(f"wrote {shown(merged)}: the base with the adapter folded in; it loads like any checkpoint")
     write_json(os.path.join(args.out, "metrics.json"), metrics)
     log("exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
-    log(f"wrote {weights_path} ({metrics['adapter_bytes']:,} bytes; the base is {metrics['base_bytes']:,}) "
+    log(f"wrote {shown(weights_path)} ({metrics['adapter_bytes']:,} bytes; the base is {metrics['base_bytes']:,}) "
         f"and {os.path.join(args.out, 'metrics.json')}")
 
 

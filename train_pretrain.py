@@ -21,7 +21,7 @@ from nanolevels import cli, data
 from nanolevels.checkpoint import fingerprint, load_model, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import cloze_accuracy
-from nanolevels.files import fingerprint_files, write_json
+from nanolevels.files import fingerprint_files, shown, write_json
 from nanolevels.model import GPT, GPTConfig, download_gpt2
 from nanolevels.tokenizer import Tokenizer
 from nanolevels.train import TrainConfig, check_out_dir, setup, train
@@ -152,7 +152,7 @@ def main(argv=None):
     write_json(os.path.join(args.out, "metrics.json"), metrics)
     log(f"done: {metrics['steps']} steps in {metrics['wall_s']:.0f}s, val loss {metrics['val_loss']:.4f}"
         + (f", cloze accuracy {metrics['cloze_acc']}" if world is not None else ""))
-    log(f"wrote {model_path} and {os.path.join(args.out, 'metrics.json')}")
+    log(f"wrote {shown(model_path)} and {shown(os.path.join(args.out, 'metrics.json'))}")
 
 
 if __name__ == "__main__":

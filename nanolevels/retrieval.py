@@ -53,7 +53,7 @@ import zlib
 import numpy as np
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, shown
 
 INDEX_FORMAT = "nanolevels-index-2"  # in every index file and fingerprint: change it when the embedders change
 
@@ -321,5 +321,5 @@ def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, mode
     index = VectorIndex(vectors.shape[1], embedder_name, wanted)
     index.add(vectors, docs)
     index.save(path)
-    log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in {time.time() - t0:.1f}s -> {path}")
+    log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in {time.time() - t0:.1f}s -> {shown(path)}")
     return index, embedder
