@@ -20,9 +20,10 @@ import torch.distributed as dist
 from nanolevels import cli, data
 from nanolevels.checkpoint import fingerprint, load_model, save_model
 from nanolevels.device import pick_dtype, seed_everything
-from nanolevels.evaluate import cloze_accuracy
+from nanolevels.evaluate import cloze_accuracy, eval_rag
 from nanolevels.files import fingerprint_files, shown, write_json
 from nanolevels.model import GPT, GPTConfig, download_gpt2
+from nanolevels.retrieval import load_or_build_index
 from nanolevels.tokenizer import Tokenizer
 from nanolevels.train import TrainConfig, check_out_dir, setup, train
 from nanolevels.world import SPLITS
@@ -57,6 +58,10 @@ def parse_args(argv):
     p.add_argument("--stop-cloze", type=float, default=0.97,
                    help="the tiny world: stop once the dev people's cloze accuracy reaches this, checked at each "
                         "evaluation (--max-steps is then the cap); above 1 turns the check off (default: 0.97)")
+    p.add_argument("--stop-reading", type=float, default=0.25,
+                   help="the tiny world: and once the model answers this share of the dev-new people's questions "
+                        "from their retrieved biographies (what the reading pages teach; rag.py asks the same way) "
+                        "(default: 0.25)")
     cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=4000, eval_interval=250)
     cli.add_device_flags(p)
     args = p.parse_args(argv)
@@ -124,9 +129,20 @@ def main(argv=None):
 
     world = data.load_world(data_dir) if args.data is None else None
 
+    dev_new = None if world is None else data.load_questions(data_dir, "dev-new")["dev-new"]
+
+    index = {}  # the retrieval index, built the first time the reading check runs
+
+    def reading(questions) -> float:
+        """Exact match on questions with the top-2 retrieved biographies in the prompt, as rag.py asks."""
+        if not index:
+            index["tfidf"] = load_or_build_index(args.out, data.load_documents(data_dir), "tfidf", log=log)
+        return eval_rag(model, tokenizer, *index["tfidf"], questions, k=2, log=lambda *a: None)["acc"]
+
     def on_eval(step):
-        """A sample, and on the tiny world the dev check: stored facts arrive late and at a pace
-        that varies by machine, so training stops on the skill (dev cloze), not on a step count."""
+        """A sample, and on the tiny world the dev check. Stored facts and reading (from the reading
+        pages) arrive late, each at a pace that varies by machine, so training stops on both skills,
+        checked on dev splits, not on a step count."""
         prompt = "" if world is None else f"{world.split('dev')[0].name} was born in"
         idx = torch.tensor([[tokenizer.eot_id] + tokenizer.encode(prompt)], device=device)
         model.eval()
@@ -136,9 +152,16 @@ def main(argv=None):
             model.train()
             return None
         dev = cloze_accuracy(model, tokenizer, world.split("dev"))
-        model.train()
         log(f"  dev check: cloze accuracy of the dev people {dev:.3f} (stop at {args.stop_cloze})")
-        return f"dev cloze {dev:.3f} >= {args.stop_cloze}" if dev >= args.stop_cloze else None
+        read = reading(dev_new) if dev >= args.stop_cloze else None  # only then: it takes longer
+        model.train()
+        if read is None:
+            return None
+        log(f"  dev check: the dev-new people's questions answered from retrieved biographies {read:.3f} "
+            f"(stop at {args.stop_reading})")
+        if read < args.stop_reading:
+            return None
+        return f"dev cloze {dev:.3f} >= {args.stop_cloze} and dev-new reading {read:.3f} >= {args.stop_reading}"
 
     metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval, args.resume, ddp, log)
     if not ddp.is_main:

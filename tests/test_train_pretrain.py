@@ -189,3 +189,16 @@ def test_more_user_errors_are_one_line(world, tmp_path, run_main, args, message)
                               *TINY, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(os.path.join(tmp_path, "run", "log.jsonl"))  # refused before any training
+
+
+def test_stops_when_both_dev_checks_pass(world, tmp_path, monkeypatch, capsys):
+    """Stored facts (dev cloze) and reading (dev-new with retrieval) must both have arrived."""
+    import train_pretrain
+    monkeypatch.setattr(train_pretrain, "cloze_accuracy", lambda *a, **k: 1.0)
+    reads = iter([0.1, 0.3])
+    monkeypatch.setattr(train_pretrain, "eval_rag", lambda *a, **k: {"acc": next(reads)})
+    out = str(tmp_path / "run")
+    train_pretrain.main(["--world", world, "--out", out, "--max-steps", "20", *TINY])
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["steps"] == 4 and m["stopped"] == "dev cloze 1.000 >= 0.97 and dev-new reading 0.300 >= 0.25"
+    assert "dev-new people's questions answered from retrieved biographies 0.100 (stop at 0.25)" in capsys.readouterr().out
