@@ -22,7 +22,7 @@ from nanolevels.checkpoint import fingerprint, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_rag, qa_accuracy
 from nanolevels.files import shown, write_json
-from nanolevels.lora import DEFAULT_TARGETS, add_lora, load_adapter, merge_lora, remove_lora, save_adapter
+from nanolevels.lora import DEFAULT_TARGETS, add_lora, covers, load_adapter, merge_lora, remove_lora, save_adapter
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.train import TrainConfig, check_out_dir, setup, train
@@ -106,7 +106,6 @@ def check_resumed_adapter(meta: dict, path: str, args) -> None:
         raise ValueError(f"{path} is an adapter with {wrong[0]} {saved[wrong[0]]}, not {given[wrong[0]]}: resume "
                          f"with the flags it was trained with, or start again with --overwrite")
     targets, names = args.targets.split(","), meta["targets"]
-    covers = lambda name, target: name == target or name.endswith("." + target)  # noqa: E731 (add_lora's rule)
     if not (all(any(covers(n, t) for t in targets) for n in names) and all(any(covers(n, t) for n in names)
                                                                           for t in targets)):
         raise ValueError(f"{path} adapts other layers ({', '.join(names[:2])}, ...) than --targets {args.targets}: "

@@ -95,6 +95,11 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name.replace(COMPILE_PREFIX, ""): m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def covers(name: str, target: str) -> bool:
+    """Whether a module name is adapted by a target suffix ('transformer.h.0.attn.c_attn' by 'attn.c_attn')."""
+    return name == target or name.endswith("." + target)
+
+
 def add_lora(model: nn.Module, targets=DEFAULT_TARGETS, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
              rslora: bool = False) -> list[str]:
     """Wrap every nn.Linear whose name ends with one of targets in a LoRALinear, freeze everything else.
@@ -106,7 +111,7 @@ def add_lora(model: nn.Module, targets=DEFAULT_TARGETS, r: int = 8, alpha: float
         raise ValueError("the model already has LoRA adapters; remove_lora(model) before adding new ones")
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    matches = {t: {name for name in linears if name == t or name.endswith("." + t)} for t in targets}
+    matches = {t: {name for name in linears if covers(name, t)} for t in targets}
     for target, names in matches.items():
         if not names:
             example = linears[0] if linears else "transformer.h.0.attn.c_attn"
