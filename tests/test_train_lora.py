@@ -76,6 +76,8 @@ def test_user_errors(tiny_run, tmp_path, make_args, message):
     args = make_args(tiny_run, tmp_path)
     if "--checkpoint" not in args:
         args += ["--checkpoint", tiny_run["checkpoint"]]
+    if "--out" not in args:  # never the repository's own out/, which may hold a finished run
+        args += ["--out", str(tmp_path / "run")]
     r = subprocess.run([sys.executable, "train_lora.py", *args, "--world", tiny_run["world"], *FAST], cwd=ROOT, env=ENV,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
