@@ -84,6 +84,13 @@ class Dist:
         return self.rank == 0
 
 
+def _teardown() -> None:
+    """At exit, every rank waits for the others, then the process group is torn down. A rank that
+    finished early (rank 0 still scoring) and tore down alone aborted at exit (SIGABRT) now and then."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
     """The device, and torch.distributed initialised if we run under torchrun (RANK is set).
 
@@ -95,8 +102,7 @@ def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
     d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        # torch asks for an explicit teardown; left to interpreter exit, a rank aborted once (SIGABRT)
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_teardown)
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
