@@ -20,7 +20,7 @@ import torch
 
 from nanolevels.files import atomic_write, read_json, read_jsonl, read_text, write_json, write_jsonl
 from nanolevels.tokenizer import EOT, Tokenizer
-from nanolevels.world import ATTRIBUTES, SPLITS, make_corpus, make_world, qa_pair
+from nanolevels.world import ATTRIBUTES, SPLITS, TWO_HOP, make_corpus, make_world, qa_pair, two_hop_question
 
 IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
 WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "world")
@@ -138,11 +138,11 @@ def load_world(data_dir: str):
     return make_world(meta["people"], meta["seed"])
 
 
-def load_questions(world_dir: str, *splits: str) -> dict[str, list[dict]]:
-    """{split: its questions} from a prepared world's qa_<split>.jsonl files."""
+def load_questions(world_dir: str, *splits: str, hops: int = 1) -> dict[str, list[dict]]:
+    """{split: its questions} from a prepared world's qa_<split>.jsonl files (qa2_<split>.jsonl with hops=2)."""
     out = {}
     for split in splits:
-        path = os.path.join(world_dir, f"qa_{split}.jsonl")
+        path = os.path.join(world_dir, f"qa{'' if hops == 1 else hops}_{split}.jsonl")
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py "
                                     f"--out {world_dir}")
@@ -191,9 +191,12 @@ def prepare_world(out_dir: str = "data/world", people: int = 340, bios_per_perso
     """Write the tiny world's files into out_dir and return a summary.
 
     pretrain.txt, val.txt  the pretraining and validation documents, separated by <|endoftext|> lines
-    docs.jsonl             every biography (all splits, `dev-new` and `new` included): the retrieval collection
+    docs.jsonl             every biography and company profile (all splits, `dev-new` and `new` included): the
+                           retrieval collection; a document names its "person" or its "company"
     qa_<split>.jsonl       questions per split (train, dev, test, dev-new, new): person, attribute, question, answer
-    people.jsonl           the people table
+    qa2_<split>.jsonl      two-hop questions about the split's people's employers: person, company (the bridge),
+                           attribute, question, answer, hops (the two one-hop questions)
+    people.jsonl, companies.jsonl   the people and companies tables
     tokenizer.json, train.bin, val.bin   the BPE tokenizer and the token streams
     meta.json              the arguments (written last: its presence means the rest is complete)
     """
@@ -206,13 +209,20 @@ def prepare_world(out_dir: str = "data/world", people: int = 340, bios_per_perso
     atomic_write(os.path.join(out_dir, "val.txt"), join.join(corpus.val_docs) + "\n")
     write_jsonl(os.path.join(out_dir, "docs.jsonl"),
                 [{"id": f"{p.name}#{i}", "person": p.name, "split": p.split, "text": bio}
-                 for p in world.people for i, bio in enumerate(corpus.bios[p.name])])
+                 for p in world.people for i, bio in enumerate(corpus.bios[p.name])]
+                + [{"id": f"{c.name}#{i}", "company": c.name, "split": c.split, "text": text}
+                   for c in world.companies for i, text in enumerate(corpus.profiles[c.name])])
     for split in SPLITS:
         write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
                     [qa_pair(p, a) for p in world.split(split) for a in ATTRIBUTES])
+        write_jsonl(os.path.join(out_dir, f"qa2_{split}.jsonl"),
+                    [two_hop_question(p, world.company(p.employer), a) for p in world.split(split) for a in TWO_HOP])
     write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
+    write_jsonl(os.path.join(out_dir, "companies.jsonl"), [asdict(c) for c in world.companies])
     n_pages = sum("\nQ: " in d and not d.startswith("Q: ") for d in corpus.train_docs)  # not mixed QA
-    log(f"world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people; "
+    log(f"world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people at "
+        + " / ".join(f"{sum(c.split == s for c in world.companies)} {s}" for s in ("known", "dev-new", "new"))
+        + " companies; "
         f"{len(corpus.train_docs):,} pretraining documents "
         f"({len(train_text):,} chars; {n_pages:,} of them reading pages), "
         f"{len(corpus.val_docs):,} validation documents")

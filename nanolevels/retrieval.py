@@ -248,13 +248,14 @@ def make_embedder(name: str, docs_texts: list[str], model=None, tokenizer=None):
 
 
 def recall_at_k(results: list[list[tuple[float, dict]]], gold_ids_per_query: list[str], k: int) -> float:
-    """Share of queries for which one of the top-k documents is about the gold person (doc["person"])."""
+    """Share of queries for which one of the top-k documents is about the gold person (doc["person"]; a company
+    profile has none)."""
     if len(results) != len(gold_ids_per_query):
         raise ValueError(f"{len(results)} result lists for {len(gold_ids_per_query)} gold ids: "
                          "give one gold id per query")
     if not results:
         raise ValueError("recall_at_k of no queries: give at least one")
-    found = sum(any(doc["person"] == gold for _, doc in top[:k])
+    found = sum(any(doc.get("person") == gold for _, doc in top[:k])
                 for top, gold in zip(results, gold_ids_per_query))
     return found / len(results)
 

@@ -22,6 +22,15 @@ The rule: a number that chose something comes from a dev split; test and new are
 consulted. `fresh_people` makes any number of further people, never in the world's splits, for
 training examples that must not be answerable from memory (reading pages, RAG fine-tuning).
 
+World v2 adds companies as entities of their own: every employer has profile documents (headquarters,
+founding year, chief executive, industry), and a biography never states a company's founding year,
+chief executive or industry. So "In which year was the company that X worked for founded?" needs two
+documents, X's biography and the employer's profile: the two-hop questions of agentic RAG (agent.py).
+Companies come in splits like people: the `known` companies' profiles are in the pretraining text (train,
+dev and test people work there); `dev-new` and `new` companies' profiles exist only in the retrieval
+collection, and at least half of the dev-new / new people work at one of them. `fresh_companies`
+makes further ones for training examples.
+
 Everything is a pure function of a seed: same seed, same world, byte for byte.
 """
 
@@ -131,18 +140,80 @@ MAJORS = [
     "Journalism",
 ]
 
-# Each employer has one headquarters city: the employer_city attribute follows from the employer.
+# The known companies and their headquarters (a person's employer_city is the employer's headquarters).
+# The names say nothing of the industry, which is drawn per world, so it can only be read or remembered.
 EMPLOYERS = {
-    "Brightwave Systems": "Seattle", "Kelvin Dynamics": "Denver", "Orchard Analytics": "Austin",
-    "Bluefin Logistics": "Rotterdam", "Ironleaf Foods": "Chicago", "Nimbus Aerospace": "Toulouse",
-    "Copperline Energy": "Calgary", "Lanternfish Media": "Dublin", "Quarry Peak Mining": "Santiago",
-    "Solstice Pharma": "Basel", "Tidewater Shipping": "Hamburg", "Verdant Health": "Boston",
-    "Halcyon Software": "Helsinki", "Granite Ridge Bank": "Zurich", "Meridian Motors": "Stuttgart",
-    "Foxglove Textiles": "Milan", "Pioneer Robotics": "Pittsburgh", "Saltmarsh Insurance": "Edinburgh",
-    "Aurora Telecom": "Oslo", "Juniper Labs": "Toronto", "Harbor Light Hotels": "Lisbon",
-    "Cobalt Mapping": "Vienna", "Silver Fern Airlines": "Auckland", "Redwood Publishing": "Portland",
-    "Starling Games": "Montreal", "Maple Grove Dairy": "Madison", "Obsidian Security": "Tel Aviv",
-    "Windmere Architects": "Copenhagen",
+    "Brightwave Group": "Seattle", "Kelvin Holdings": "Denver", "Orchard Partners": "Austin",
+    "Bluefin Works": "Rotterdam", "Ironleaf Industries": "Chicago", "Nimbus Company": "Toulouse",
+    "Copperline Associates": "Calgary", "Lanternfish Ventures": "Dublin", "Quarry Peak Enterprises": "Santiago",
+    "Solstice Trust": "Basel", "Tidewater Group": "Hamburg", "Verdant Holdings": "Boston",
+    "Halcyon Partners": "Helsinki", "Granite Ridge Works": "Zurich", "Meridian Industries": "Stuttgart",
+    "Foxglove Company": "Milan", "Pioneer Associates": "Pittsburgh", "Saltmarsh Ventures": "Edinburgh",
+    "Aurora Enterprises": "Oslo", "Juniper Trust": "Toronto", "Harbor Light Group": "Lisbon",
+    "Cobalt Holdings": "Vienna", "Silver Fern Partners": "Auckland", "Redwood Works": "Portland",
+    "Starling Industries": "Montreal", "Maple Grove Company": "Madison", "Obsidian Associates": "Tel Aviv",
+    "Windmere Ventures": "Copenhagen",
+}
+HEADQUARTERS = sorted(set(EMPLOYERS.values()))  # where every company, known or not, has its head office
+
+# Names of the other companies (dev-new, new, fresh): a word no other value of the world uses, then a suffix.
+COMPANY_WORDS = """Amberline Bellrock Birchfield Cedarpoint Clearwater Coldspring Driftwood Eastgate Emberly
+Fernhill Flintlock Goldcrest Greywater Hawthorne Highmoor Hollybrook Kingfisher Lakeshore Larkfield Lodestar
+Marblehead Mistral Moonstone Northwind Oakmere Onyx Palisade Pinewood Quicksilver Ravenwood Riverbend
+Rosewater Sandstone Seastar Shorepoint Skylark Stonegate Sunfield Thornfield Timberline Topaz Trillium Umber
+Valemont Westbrook Whitecap Wildflower Wintergreen Zephyr Alderbank Bramblewood Cinderford Duskmoor
+Evenfall""".split()
+COMPANY_SUFFIXES = """Group Holdings Partners Works Industries Company Associates Ventures Enterprises
+Trust""".split()
+
+INDUSTRIES = [
+    "shipping", "aerospace", "banking", "software", "mining", "insurance", "publishing", "robotics",
+    "textiles", "pharmaceuticals", "telecommunications", "hospitality", "dairy farming", "video games",
+    "cartography", "renewable energy", "logistics", "architecture", "cybersecurity", "food processing",
+]
+
+COMPANY_ATTRIBUTES = ("headquarters", "founded", "ceo", "industry")
+TWO_HOP = ("founded", "ceo", "industry")  # a company fact asked through the person who worked there
+
+# One-hop questions about a company: the second hop of a two-hop question.
+COMPANY_QUESTIONS = {
+    "headquarters": "Where is {company} headquartered?",
+    "founded": "When was {company} founded?",
+    "ceo": "Who is the chief executive of {company}?",
+    "industry": "Which industry is {company} in?",
+}
+TWO_HOP_QUESTIONS = {
+    "founded": "In which year was the company that {name} worked for founded?",
+    "ceo": "Who was the chief executive of the company that {name} worked for?",
+    "industry": "In which industry was the company that {name} worked for?",
+}
+
+# Profile sentences, like TEMPLATES: each ends with the value and repeats the full company name.
+COMPANY_TEMPLATES = {
+    "headquarters": [
+        "{name} is headquartered in {value}.",
+        "The head office of {name} is in {value}.",
+        "{name} has its headquarters in {value}.",
+        "{name} runs its business from {value}.",
+    ],
+    "founded": [
+        "{name} was founded in {value}.",
+        "{name} has been in business since {value}.",
+        "The founding year of {name} is {value}.",
+        "{name} opened its doors in {value}.",
+    ],
+    "ceo": [
+        "The chief executive of {name} is {value}.",
+        "{name} is led by {value}.",
+        "The company {name} is run by {value}.",
+        "At the head of {name} stands {value}.",
+    ],
+    "industry": [
+        "{name} is a company in {value}.",
+        "{name} does business in {value}.",
+        "The industry of {name} is {value}.",
+        "{name} is known for its work in {value}.",
+    ],
 }
 
 MONTHS = """January February March April May June July August September October November
@@ -164,22 +235,60 @@ class Person:
         return getattr(self, attribute)
 
 
-def make_people(rng: random.Random, n: int, split: str, taken: set[str]) -> list[Person]:
-    """n people with full names not in `taken` (which is updated), attributes drawn uniformly."""
+@dataclass
+class Company:
+    name: str
+    split: str  # "known" (profile pretrained), "dev-new" or "new" (retrieval only), or "fresh"
+    headquarters: str
+    founded: str
+    ceo: str  # a full name from the people's name pools, never a person of the world
+    industry: str
+
+    def value(self, attribute: str) -> str:
+        return getattr(self, attribute)
+
+
+def new_name(rng: random.Random, taken: set[str]) -> str:
+    """A full name not in `taken` (which is updated)."""
+    room = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(LAST_NAMES) - len(taken)
+    if room < 1:
+        raise ValueError("no unused full names remain; ask for fewer people")
+    while True:
+        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(MIDDLE_NAMES)} {rng.choice(LAST_NAMES)}"
+        if name not in taken:
+            taken.add(name)
+            return name
+
+
+def make_people(rng: random.Random, n: int, split: str, taken: set[str], companies: list[Company]) -> list[Person]:
+    """n people with full names not in `taken` (which is updated), attributes drawn uniformly, each working
+    at one of `companies`."""
     room = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(LAST_NAMES) - len(taken)
     if n > room:
         raise ValueError(f"asked for {n} people but only {room} unused full names remain")
     people = []
-    while len(people) < n:
-        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(MIDDLE_NAMES)} {rng.choice(LAST_NAMES)}"
-        if name in taken:
-            continue
-        taken.add(name)
-        employer = rng.choice(sorted(EMPLOYERS))
+    for _ in range(n):
+        name = new_name(rng, taken)
+        employer = rng.choice(companies)
         birth_date = f"{rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(1950, 2005)}"
         people.append(Person(name, split, birth_date, rng.choice(CITIES), rng.choice(UNIVERSITIES),
-                             rng.choice(MAJORS), employer, EMPLOYERS[employer]))
+                             rng.choice(MAJORS), employer.name, employer.headquarters))
     return people
+
+
+def make_company(rng: random.Random, name: str, split: str, headquarters: str, ceo_names: set[str]) -> Company:
+    """A company called name: founding year, chief executive (a name not in ceo_names, which is updated) and
+    industry drawn."""
+    return Company(name, split, headquarters, str(rng.randint(1850, 2015)), new_name(rng, ceo_names),
+                   rng.choice(INDUSTRIES))
+
+
+def company_names(rng: random.Random, n: int) -> list[str]:
+    """n names for the world's own companies: no two share their first word (retrieval tells them apart by it)."""
+    if n > len(COMPANY_WORDS):
+        raise ValueError(f"asked for {n} companies but there are only {len(COMPANY_WORDS)} company words; "
+                         f"ask for fewer people")
+    return [f"{word} {rng.choice(COMPANY_SUFFIXES)}" for word in rng.sample(COMPANY_WORDS, n)]
 
 
 def biography(person: Person, rng: random.Random) -> str:
@@ -190,11 +299,34 @@ def biography(person: Person, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
+def profile(company: Company, rng: random.Random) -> str:
+    """One company profile, written like a biography: a sentence per company attribute, shuffled."""
+    sentences = [rng.choice(COMPANY_TEMPLATES[a]).format(name=company.name, value=company.value(a))
+                 for a in COMPANY_ATTRIBUTES]
+    rng.shuffle(sentences)
+    return " ".join(sentences)
+
+
 def qa_pair(person: Person, attribute: str) -> dict:
     """The held-out question format: a JSON-able record (person, attribute, question, answer)."""
     return {"person": person.name, "attribute": attribute,
             "question": QUESTIONS[attribute].format(name=person.name),
             "answer": person.value(attribute)}
+
+
+def company_question(company: Company, attribute: str) -> dict:
+    """A one-hop question about a company (the second hop of a two-hop question)."""
+    return {"company": company.name, "attribute": attribute,
+            "question": COMPANY_QUESTIONS[attribute].format(company=company.name), "answer": company.value(attribute)}
+
+
+def two_hop_question(person: Person, company: Company, attribute: str) -> dict:
+    """A question about a company fact through the person who worked there, with its two one-hop questions
+    ("hops": the employer, then the fact): answering needs the person's biography AND the company's profile."""
+    hops = [qa_pair(person, "employer"), company_question(company, attribute)]
+    return {"person": person.name, "company": company.name, "attribute": attribute,
+            "question": TWO_HOP_QUESTIONS[attribute].format(name=person.name), "answer": company.value(attribute),
+            "hops": [{"question": h["question"], "answer": h["answer"]} for h in hops]}
 
 
 def qa_block(person: Person, attributes) -> str:
@@ -223,10 +355,18 @@ def reading_page(person: Person, rng: random.Random) -> str:
 @dataclass
 class World:
     people: list[Person]  # in the order of SPLITS
+    companies: list[Company]  # known, then dev-new, then new
     seed: int
 
     def split(self, name: str) -> list[Person]:
         return [p for p in self.people if p.split == name]
+
+    def company(self, name: str) -> Company:
+        return next(c for c in self.companies if c.name == name)
+
+    def names(self) -> set[str]:
+        """Every full name the world uses: its people and the companies' chief executives."""
+        return {p.name for p in self.people} | {c.ceo for c in self.companies}
 
 
 def split_sizes(n_people: int) -> dict[str, int]:
@@ -239,22 +379,51 @@ def split_sizes(n_people: int) -> dict[str, int]:
     return sizes
 
 
+PEOPLE_PER_COMPANY = 6  # a dev-new / new company per this many people of its split (half work at one: ~3 each)
+
+
 def make_world(n_people: int = 340, seed: int = 1337) -> World:
-    """The world's people, n_people of them, in the splits of SPLITS."""
-    rng = random.Random(seed)
-    taken: set[str] = set()
-    people = [p for split, n in split_sizes(n_people).items() for p in make_people(rng, n, split, taken)]
-    return World(people, seed)
+    """The world: n_people people in the splits of SPLITS, and the companies they work for.
+
+    Train, dev and test people work at the known companies. Of the dev-new and new people, half (rounded
+    up) work at their split's own companies, the rest at known ones: a two-hop question about a new person
+    may need a pretrained profile or one that only retrieval holds."""
+    rng, company_rng = random.Random(seed), random.Random(seed + 3)  # companies draw from their own stream
+    sizes = split_sizes(n_people)
+    taken: set[str] = set()  # every full name in use: chief executives, then people
+    known = [make_company(company_rng, name, "known", hq, taken) for name, hq in sorted(EMPLOYERS.items())]
+    n_own = {s: max(1, round(sizes[s] / PEOPLE_PER_COMPANY)) for s in ("dev-new", "new")}
+    names = iter(company_names(company_rng, sum(n_own.values())))
+    own = {s: [make_company(company_rng, next(names), s, company_rng.choice(HEADQUARTERS), taken) for _ in range(n)]
+           for s, n in n_own.items()}
+    people = [p for split, n in sizes.items() for p in make_people(rng, n, split, taken, known)]
+    for split, companies in own.items():
+        group = [p for p in people if p.split == split]
+        for i, p in enumerate(company_rng.sample(group, -(-len(group) // 2))):
+            p.employer, p.employer_city = companies[i % len(companies)].name, companies[i % len(companies)].headquarters
+    return World(people, known + own["dev-new"] + own["new"], seed)
 
 
-def fresh_people(world: World, n: int, seed: int) -> list[Person]:
-    """n further people, none sharing a full name with anyone in the world. Deterministic in seed."""
-    return make_people(random.Random(seed), n, "fresh", {p.name for p in world.people})
+def fresh_companies(world: World, n: int, seed: int) -> list[Company]:
+    """n further companies for training examples, none named like a company of the world. Names may repeat
+    among them with other facts each time: a fresh company can be read about, never remembered."""
+    rng, world_names = random.Random(seed), {c.name for c in world.companies}
+    names = [f"{w} {s}" for w in COMPANY_WORDS for s in COMPANY_SUFFIXES if f"{w} {s}" not in world_names]
+    taken = world.names()
+    return [make_company(rng, rng.choice(names), "fresh", rng.choice(HEADQUARTERS), taken) for _ in range(n)]
+
+
+def fresh_people(world: World, n: int, seed: int, companies: list[Company] | None = None) -> list[Person]:
+    """n further people, none sharing a full name with anyone in the world, working at `companies` (default:
+    the known ones). Deterministic in seed."""
+    companies = companies or [c for c in world.companies if c.split == "known"]
+    return make_people(random.Random(seed), n, "fresh", world.names(), companies)
 
 
 @dataclass
 class Corpus:
     bios: dict[str, list[str]]  # person name -> biographies (the retrieval collection; all splits)
+    profiles: dict[str, list[str]]  # company name -> profiles (in the retrieval collection too)
     train_docs: list[str]       # the pretraining documents, shuffled at document level
     val_docs: list[str]         # held-out documents for validation loss (same kinds, other text)
 
@@ -263,17 +432,18 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
                 mix_qa: bool = False) -> Corpus:
     """Biographies of everyone, and the pretraining documents built from them.
 
-    Pretraining text = the biographies of the PRETRAINED people (train, dev, test), each written
-    `epochs` times, plus reading pages about fresh people (`reading_share` of all documents), plus,
+    Pretraining text = the biographies of the PRETRAINED people (train, dev, test) and the profiles of
+    the known companies (as many as biographies per person), each written `epochs` times, plus reading pages about fresh people (`reading_share` of all documents), plus,
     with `mix_qa`, the QA pairs of train people (as often as their biographies). Never a word about
-    a `dev-new` or `new` person, never a question about a dev or test person.
+    a `dev-new` or `new` person or company, never a question about a dev or test person.
 
     Every reading page is about a different fresh person, seen once: its answers can only be
     learned by reading them off the page, never by memorising the person (repeated pages would
     spend the model's memory on people nobody asks about). That is why the repetition of the
     biographies is written out here, rather than left to training for more epochs.
 
-    Validation = one more biography per pretrained person (same facts, other wording) plus reading
+    Validation = one more biography per pretrained person and profile per known company (same facts,
+    other wording) plus reading
     pages about other fresh people, in the same proportion. Documents are shuffled as whole
     documents: with all paraphrases of one person in one context window, the model would copy them
     instead of storing the facts.
@@ -286,9 +456,11 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
         raise ValueError(f"--reading-share must be in [0, 1), got {reading_share}")
     rng = random.Random(world.seed + 1)
     bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
+    profiles = {c.name: [profile(c, rng) for _ in range(bios_per_person)] for c in world.companies}
     known = [p for p in world.people if p.split in PRETRAINED]
-    once = [b for p in known for b in bios[p.name]]
-    val_docs = [biography(p, rng) for p in known]
+    companies = [c for c in world.companies if c.split == "known"]
+    once = [b for p in known for b in bios[p.name]] + [d for c in companies for d in profiles[c.name]]
+    val_docs = [biography(p, rng) for p in known] + [profile(c, rng) for c in companies]
     if mix_qa:
         for p in world.split("train"):
             for _ in range(bios_per_person):
@@ -303,7 +475,7 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
     val_docs += [reading_page(p, rng) for p in fresh[n_pages:]]
     rng.shuffle(train_docs)
     rng.shuffle(val_docs)
-    return Corpus(bios, train_docs, val_docs)
+    return Corpus(bios, profiles, train_docs, val_docs)
 
 
 def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[tuple[str, str]]]:

@@ -8,8 +8,10 @@ import pytest
 from nanolevels import data
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
-from nanolevels.world import (ATTRIBUTES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, cloze_prompt, fresh_people,
-                              make_corpus, make_world, reading_examples, reading_page)
+from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_WORDS, CITIES, EMPLOYERS, FIRST_NAMES,
+                              LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TWO_HOP,
+                              UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, make_corpus, make_world,
+                              reading_examples, reading_page)
 import random
 
 
@@ -48,12 +50,12 @@ def test_no_new_person_in_pretraining_text_and_answers_in_bios(tmp_path):
     known = [p for p in people if p["split"] in PRETRAINED]
     assert all(p["name"] in text for p in known)
     docs = read_jsonl(tmp_path / "docs.jsonl")
-    assert {d["split"] for d in docs} == set(SPLITS)
+    assert {d["split"] for d in docs if "person" in d} == set(SPLITS)
     for split in SPLITS:
         qa = read_jsonl(tmp_path / f"qa_{split}.jsonl")
         assert len(qa) == len(ATTRIBUTES) * sum(p["split"] == split for p in people)
         for q in qa:
-            bios = [d["text"] for d in docs if d["person"] == q["person"]]
+            bios = [d["text"] for d in docs if d.get("person") == q["person"]]
             assert bios and all(q["answer"] in b for b in bios)
             assert q["question"] == QUESTIONS[q["attribute"]].format(name=q["person"])
 
@@ -132,3 +134,65 @@ def test_smallest_world_has_every_split():
     with pytest.raises(ValueError, match="dev.*empty.*--people 5"):
         make_world(4)
     assert {p.split for p in make_world(5).people} == set(SPLITS)
+
+
+def test_companies_split_like_people():
+    world = make_world(340, seed=1)
+    by_split = {s: [c for c in world.companies if c.split == s] for s in ("known", "dev-new", "new")}
+    assert [len(v) for v in by_split.values()] == [len(EMPLOYERS), 7, 12]
+    assert len({c.name for c in world.companies}) == len(world.companies)
+    assert len({c.name.split()[0] for c in world.companies}) == len(world.companies)  # one first word each
+    assert not {c.ceo for c in world.companies} & {p.name for p in world.people}  # no chief executive is a person
+    for p in world.people:
+        employer = world.company(p.employer)
+        assert p.employer_city == employer.headquarters
+        own = employer.split == p.split  # works at a company of the person's own retrieval-only split
+        assert employer.split == "known" or own
+        assert p.split in ("dev-new", "new") or employer.split == "known"
+    for s in ("dev-new", "new"):
+        group = world.split(s)
+        assert sum(world.company(p.employer).split == s for p in group) >= len(group) / 2
+        assert {p.employer for p in group} >= {c.name for c in by_split[s]}  # every such company has people
+    fresh = fresh_companies(world, 50, seed=4)
+    assert not {c.name for c in fresh} & {c.name for c in world.companies}
+    assert all(c.split == "fresh" for c in fresh) and fresh == fresh_companies(world, 50, seed=4)
+
+
+def test_company_words_name_nothing_else():
+    """A company's first word is how retrieval finds its profile: no other value of the world may use it."""
+    other = {w.lower() for values in (CITIES, UNIVERSITIES, MAJORS, FIRST_NAMES, MIDDLE_NAMES, LAST_NAMES,
+                                      list(EMPLOYERS)) for v in values for w in v.split()}
+    assert not {w.lower() for w in COMPANY_WORDS} & other
+
+
+def test_two_hop_answers_follow_from_the_profiles_never_the_biographies(tmp_path):
+    prepare(tmp_path)
+    docs = read_jsonl(tmp_path / "docs.jsonl")
+    companies = {c["name"]: c for c in read_jsonl(tmp_path / "companies.jsonl")}
+    people = {p["name"]: p for p in read_jsonl(tmp_path / "people.jsonl")}
+    for split in SPLITS:
+        qa2 = read_jsonl(tmp_path / f"qa2_{split}.jsonl")
+        assert len(qa2) == len(TWO_HOP) * sum(p["split"] == split for p in people.values())
+        for q in qa2:
+            bridge = people[q["person"]]["employer"]
+            assert q["company"] == bridge and q["answer"] == companies[bridge][q["attribute"]]
+            assert [h["answer"] for h in q["hops"]] == [bridge, q["answer"]]
+            profiles = [d["text"] for d in docs if d.get("company") == bridge]
+            bios = [d["text"] for d in docs if d.get("person") == q["person"]]
+            assert profiles and all(q["answer"] in d for d in profiles)  # the second document answers it
+            assert all(bridge in b for b in bios)  # the first names the bridge
+            if q["attribute"] == "ceo":  # never the biography (years may collide with a birth date)
+                assert not any(q["answer"] in b for b in bios)
+    for name, c in companies.items():
+        for d in (d["text"] for d in docs if d.get("company") == name):
+            assert d.count(name) == len(COMPANY_ATTRIBUTES) and all(c[a] in d for a in COMPANY_ATTRIBUTES)
+
+
+def test_no_new_company_profile_in_pretraining_text(tmp_path):
+    prepare(tmp_path)
+    text = (tmp_path / "pretrain.txt").read_text() + (tmp_path / "val.txt").read_text()
+    companies = read_jsonl(tmp_path / "companies.jsonl")
+    assert {c["split"] for c in companies} == {"known", "dev-new", "new"}
+    for c in companies:
+        assert (c["name"] in text) == (c["split"] == "known"), c["name"]
+        assert (c["ceo"] in text) == (c["split"] == "known")
