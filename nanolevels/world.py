@@ -478,29 +478,39 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
     return Corpus(bios, profiles, train_docs, val_docs)
 
 
+COMPANY_SHARE = 0.25  # of reading examples about a company's profile: the reader reads every document of the collection
+
+
 def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[tuple[str, str]]]:
     """n examples for learning to read (RAFT-style, arXiv 2403.10131), each a list of (prompt, answer)
-    turns: 1 to k biographies, the one about the person asked about LAST, then all six questions
-    about that person, in random order, each answered.
+    turns: 1 to k documents, the one about the person (or, for COMPANY_SHARE of them, the company) asked
+    about LAST, then every question about it (six for a person, four for a company), in random order,
+    each answered.
 
-    All people here are FRESH, so the answers cannot come from the model's memory: they have to be
-    read off the context, which is the skill retrieval needs for `new` people. The distractors are
-    biographies of other fresh people, placed first, where rag_prompt places lower-ranked documents:
-    training sees the layout inference will. With the right biography at a random place the model
-    cannot tell whose biography is whose; with always two documents it learns "the second document"
-    rather than "the last one", hence 1 to k. Six answers per context teach more per token than one.
+    All people and companies here are FRESH, so the answers cannot come from the model's memory: they
+    have to be read off the context, which is the skill retrieval needs for `new` people. The
+    distractors are documents about other fresh people (companies), placed first, where rag_prompt places
+    lower-ranked documents: training sees the layout inference will. With the right document at a random
+    place the model cannot tell whose document is whose; with always two documents it learns "the second
+    document" rather than "the last one", hence 1 to k. Several answers per context teach more per token
+    than one.
     """
     rng = random.Random(seed + 1)  # not the stream that drew the people
     people = fresh_people(world, n + k, seed=seed)
+    companies = fresh_companies(world, n + k, seed=seed + 2)
     examples = []
     for i in range(n):
-        person = people[i]
-        # distractors: positions among everyone but person i (indices, not a copied list: n is 20,000)
-        others = [people[j + (j >= i)] for j in rng.sample(range(n + k - 1), rng.randint(0, k - 1))]
-        context = [biography(p, rng) for p in [*others, person]]
-        attributes = list(ATTRIBUTES)
+        if rng.random() < COMPANY_SHARE:
+            entities, write, attributes, ask = companies, profile, list(COMPANY_ATTRIBUTES), company_question
+        else:
+            entities, write, attributes, ask = people, biography, list(ATTRIBUTES), qa_pair
+        subject = entities[i]
+        # distractors: positions among everyone but entity i (indices, not a copied list: n is 20,000); a fresh
+        # company's name may repeat, and a namesake would make the question ambiguous
+        others = [entities[j + (j >= i)] for j in rng.sample(range(n + k - 1), rng.randint(0, k - 1))]
+        context = [write(e, rng) for e in [*others, subject] if e is subject or e.name != subject.name]
         rng.shuffle(attributes)
-        questions = [qa_pair(person, a) for a in attributes]
+        questions = [ask(subject, a) for a in attributes]
         examples.append([(qa_prompt(q["question"], context if j == 0 else ()), answer_text(q["answer"]))
                          for j, q in enumerate(questions)])
     return examples

@@ -8,7 +8,7 @@ import pytest
 from nanolevels import data
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
-from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_WORDS, CITIES, EMPLOYERS, FIRST_NAMES,
+from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_QUESTIONS, COMPANY_WORDS, CITIES, EMPLOYERS, FIRST_NAMES,
                               LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TWO_HOP,
                               UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, make_corpus, make_world,
                               reading_examples, reading_page)
@@ -105,23 +105,27 @@ def test_cloze_prompt_and_reading_page():
 
 
 def test_reading_examples_layout():
-    world, n, k = make_world(20, seed=3), 5, 2
+    world, n, k = make_world(20, seed=3), 60, 2
     examples = reading_examples(world, n, seed=1, k=k)
     assert examples == reading_examples(world, n, seed=1, k=k)
-    assert {turns[0][0].count("\n") for turns in reading_examples(world, 40, seed=1, k=2)} == {2, 3}  # 1 or 2 biographies
-    world_names = {p.name for p in world.people}
-    for asked, turns in zip(fresh_people(world, n + k, seed=1), examples):  # the i-th fresh person is asked about
-        assert asked.name not in world_names and len(turns) == len(ATTRIBUTES)
+    assert {turns[0][0].count("\n") for turns in examples} == {2, 3}  # 1 or 2 documents
+    world_names = {p.name for p in world.people} | {c.name for c in world.companies}
+    people, companies = fresh_people(world, n + k, seed=1), fresh_companies(world, n + k, seed=3)
+    kinds = [len(turns) == len(COMPANY_ATTRIBUTES) for turns in examples]
+    assert 0.1 < sum(kinds) / n < 0.4  # about COMPANY_SHARE of them read a company's profile
+    for i, (turns, is_company) in enumerate(zip(examples, kinds)):  # the i-th fresh entity is asked about
+        asked = companies[i] if is_company else people[i]
+        attributes, templates = (COMPANY_ATTRIBUTES, COMPANY_QUESTIONS) if is_company else (ATTRIBUTES, QUESTIONS)
+        assert asked.name not in world_names and len(turns) == len(attributes)
         context, first_question = turns[0][0].split("\nQ: ")
         *distractors, own = context.split("\n")
-        first_question = "Q: " + first_question
-        assert len(distractors) <= 1 and asked.name in own  # the right biography sits last
+        assert len(distractors) <= 1 and asked.name in own  # the right document sits last
         assert all(asked.name not in d for d in distractors)
-        questions = [first_question] + [p for p, _ in turns[1:]]
-        answers = [a for _, a in turns]
-        assert sorted(questions) == sorted(f"Q: {QUESTIONS[a].format(name=asked.name)}\nA:" for a in ATTRIBUTES)
-        assert all(a == f" {asked.value(x)}\n" for q, a in zip(questions, answers) for x in ATTRIBUTES
-                   if q == f"Q: {QUESTIONS[x].format(name=asked.name)}\nA:")
+        questions = ["Q: " + first_question] + [p for p, _ in turns[1:]]
+        fill = (lambda a: templates[a].format(company=asked.name)) if is_company else (
+            lambda a: templates[a].format(name=asked.name))
+        expected = {f"Q: {fill(a)}\nA:": f" {asked.value(a)}\n" for a in attributes}
+        assert dict(zip(questions, (a for _, a in turns))) == expected
 
 
 @pytest.mark.parametrize("kw", [dict(people=4), dict(bios_per_person=0), dict(reading_share=1.0)])
