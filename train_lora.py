@@ -2,6 +2,7 @@
 
     python train_lora.py                    # --task qa: closed-book answers about people in the weights
     python train_lora.py --task rag-qa      # learn to read answers out of retrieved biographies
+    python train_lora.py --task agent       # from the rag-qa reader: learn to ask follow-ups (agentic RAG)
     python train_lora.py --full             # full fine-tuning, the baseline LoRA is compared to
     python train_lora.py --data pairs.jsonl # your own {"prompt": ..., "answer": ...} lines
     torchrun --nproc_per_node=2 train_lora.py
@@ -18,6 +19,7 @@ import random
 import sys
 
 from nanolevels import cli, data
+from nanolevels.agent import agent_examples, evaluate_agent, retriever, two_hop_baselines
 from nanolevels.checkpoint import fingerprint, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_rag, qa_accuracy
@@ -34,14 +36,17 @@ FULL_LR = (1e-4, 1e-5)
 # Each task's dev check and step cap: (--stop-acc, --max-steps). Extraction (qa) and reading (rag-qa)
 # arrive by a phase change whose step varies by machine and world, so training stops on the skill.
 # qa's cap is short: trained on, it memorises the train people's answers and extracts worse.
-TASK_DEFAULTS = {"qa": (0.97, 750), "rag-qa": (0.98, 2500)}
+TASK_DEFAULTS = {"qa": (0.97, 750), "rag-qa": (0.98, 2500), "agent": (0.95, 1500)}
+READER = "out/lora/rag-qa/adapter.safetensors"  # the agent starts from the reader: it already reads documents
 
 
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="qa", choices=("qa", "rag-qa"),
-                   help="qa: closed-book QA pairs of train people; rag-qa: a fresh person's biography "
-                        "(after a distractor's, or alone), then all six questions about them (default: qa)")
+    p.add_argument("--task", default="qa", choices=tuple(TASK_DEFAULTS),
+                   help="qa: closed-book QA pairs of train people; rag-qa: a fresh person's biography (or a fresh "
+                        "company's profile), after a distractor's or alone, then every question about it; agent: "
+                        "Self-Ask traces about fresh people at fresh companies, the retrieved documents inserted, "
+                        "see nanolevels/agent.py (default: qa)")
     p.add_argument("--data", default=None, help="a JSONL file of your own {prompt, answer} pairs instead")
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
                    help="the base model (default: out/pretrain/model.safetensors)")
@@ -52,18 +57,24 @@ def parse_args(argv):
                    help=f"train every weight instead of a LoRA adapter (then --lr defaults to {FULL_LR[0]:g} and "
                         f"--min-lr to {FULL_LR[1]:g}: LoRA's rate destroys what the weights know)")
     p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
+    p.add_argument("--init-adapter", default=None,
+                   help=f"start from this adapter's weights (its r, alpha and targets) instead of a fresh adapter; "
+                        f"'none' for a fresh one (default: {READER} for --task agent, none otherwise)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the adapter/model in --out (with the same flags: r, alpha, targets...)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds a run, deleting it (without --resume or this, such an "
                         "--out is refused)")
     p.add_argument("--examples", type=int, default=20000,
-                   help="rag-qa: examples to make, each about a different fresh person (default: 20000)")
-    p.add_argument("--rag-out", default="out/rag", help="rag-qa: where the retrieval index is cached (default: out/rag)")
+                   help="rag-qa and agent: examples to make, each about a different fresh person or company "
+                        "(default: 20000)")
+    p.add_argument("--rag-out", default="out/rag",
+                   help="rag-qa and agent: where the retrieval index is cached (default: out/rag)")
     p.add_argument("--stop-acc", type=float, default=None,
                    help="stop once the dev check reaches this exact match, checked at each evaluation (--max-steps "
                         "is then the cap): closed-book questions about the dev people for qa, retrieval-augmented "
-                        "questions about the dev-new people for rag-qa; above 1 turns it off; none with --data "
+                        "questions about the dev-new people for rag-qa, their two-hop questions answered by the "
+                        "agent loop for agent; above 1 turns it off; none with --data "
                         "(default: " + ", ".join(f"{t} {a:g}" for t, (a, _) in TASK_DEFAULTS.items()) + ")")
     p.add_argument("--max-steps", type=int, default=None,
                    help="optimizer steps at most (default: " + ", ".join(f"{t} {n}" for t, (_, n) in
@@ -89,6 +100,13 @@ def parse_args(argv):
     if args.stop_acc <= 0:
         raise ValueError(f"--stop-acc must be above 0 (above 1 turns the dev check off), got {args.stop_acc}")
     args.out = args.out or os.path.join("out", "full" if args.full else "lora", "custom" if args.data else args.task)
+    if args.init_adapter is None:
+        args.init_adapter = READER if args.task == "agent" and not args.data else "none"
+    if args.init_adapter != "none" and (args.full or args.resume):
+        raise ValueError("--init-adapter starts a new LoRA adapter: not with --full or --resume")
+    if args.init_adapter != "none" and not os.path.exists(args.init_adapter):
+        raise ValueError(f"no adapter at {args.init_adapter}: train the reader first (python train_lora.py --task "
+                         f"rag-qa), or pass --init-adapter none to start from a fresh adapter")
     return args
 
 
@@ -97,19 +115,20 @@ def add_adapter(model, args) -> None:
     add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora)
 
 
-def check_resumed_adapter(meta: dict, path: str, args) -> None:
-    """--resume trains the saved adapter: refuse flags that describe another one, rather than ignore them."""
+def check_loaded_adapter(meta: dict, path: str, args) -> None:
+    """--resume and --init-adapter train a saved adapter: refuse flags that describe another one, rather than
+    ignore them."""
     saved = {"--r": meta["r"], "--alpha": meta["alpha"], "--rslora": meta["rslora"], "--lora-dropout": meta["dropout"]}
     given = {"--r": args.r, "--alpha": args.alpha, "--rslora": args.rslora, "--lora-dropout": args.lora_dropout}
     wrong = [flag for flag in saved if given[flag] != saved[flag]]
     if wrong:
-        raise ValueError(f"{path} is an adapter with {wrong[0]} {saved[wrong[0]]}, not {given[wrong[0]]}: resume "
-                         f"with the flags it was trained with, or start again with --overwrite")
+        raise ValueError(f"{path} is an adapter with {wrong[0]} {saved[wrong[0]]}, not {given[wrong[0]]}: give the "
+                         f"flags it was trained with")
     targets, names = args.targets.split(","), meta["targets"]
     if not (all(any(covers(n, t) for t in targets) for n in names) and all(any(covers(n, t) for n in names)
                                                                           for t in targets)):
         raise ValueError(f"{path} adapts other layers ({', '.join(names[:2])}, ...) than --targets {args.targets}: "
-                         f"resume with the flags it was trained with, or start again with --overwrite")
+                         f"give the flags it was trained with")
 
 
 def make_examples(args, world) -> tuple[list[list[tuple[str, str]]], dict]:
@@ -122,6 +141,8 @@ def make_examples(args, world) -> tuple[list[list[tuple[str, str]]], dict]:
     qa = data.load_questions(args.world, *SPLITS)
     if args.task == "qa":
         return [[(qa_prompt(q["question"]), answer_text(q["answer"]))] for q in qa["train"]], qa
+    if args.task == "agent":
+        return agent_examples(world, args.examples, seed=args.seed), data.load_questions(args.world, *SPLITS, hops=2)
     return reading_examples(world, args.examples, seed=args.seed), qa
 
 
@@ -149,8 +170,11 @@ def main(argv=None):
     if args.full and args.resume:  # train() restores the trained weights from the training state
         model, _ = cli.load_model(weights_path, device)
         model.train()
-    elif args.resume:
-        check_resumed_adapter(load_adapter(weights_path, model), weights_path, args)
+    elif args.resume or args.init_adapter != "none":
+        path = weights_path if args.resume else args.init_adapter
+        check_loaded_adapter(load_adapter(path, model), path, args)
+        if not args.resume:
+            log(f"starting from the adapter {path}")
     elif not args.full:
         add_adapter(model, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -169,21 +193,28 @@ def main(argv=None):
         else:
             save_adapter(weights_path, model, step=step, task=args.task)
 
-    if args.data is None and args.task == "rag-qa" and ddp.is_main:
+    if args.data is None and args.task != "qa" and ddp.is_main:
         docs = data.load_documents(args.world)
         index, embedder = load_or_build_index(args.rag_out, docs, "tfidf", log=log)
+        search = retriever(index, embedder, k=1)  # the agent's follow-ups: one document each fits the block
 
     def rag_accuracy(split):
         return eval_rag(model, tokenizer, index, embedder, heldout[split], k=2, log=log)
 
     def dev_check(step):
         """Exact match on a dev split, the way the skill is used: closed-book questions about the dev
-        people (qa), retrieved biographies of the dev-new people (rag-qa). Never test or new."""
+        people (qa), retrieved biographies of the dev-new people (rag-qa), the dev-new people's two-hop
+        questions through the agent loop (agent). Never test or new."""
         if step == 0 or args.data is not None:
             return None
         model.eval()
         if args.task == "qa":
             acc, what = qa_accuracy(model, tokenizer, heldout["dev"], lambda q: qa_prompt(q["question"])), "dev, closed book"
+        elif args.task == "agent":
+            r = evaluate_agent(model, tokenizer, search, heldout["dev-new"])
+            acc = r["acc"]
+            what = (f"dev-new two-hop questions, agent loop; {r['calls']:.2f} retrievals each; ended: "
+                    + ", ".join(f"{why} {n}" for why, n in r["ended"].items()))
         else:
             r = rag_accuracy("dev-new")
             acc = r["acc"]
@@ -201,12 +232,26 @@ def main(argv=None):
     if args.data is not None:
         acc["heldout"] = qa_accuracy(model, tokenizer, [{"question": p["prompt"], "answer": p["answer"]}
                                                          for p in heldout["heldout"]], lambda q: q["question"])
+    elif args.task == "agent":
+        metrics["agentic"] = {}
+        for split in ("dev-new", "test", "new"):
+            r = evaluate_agent(model, tokenizer, search, heldout[split], gap=split != "dev-new")
+            r["closed_book"] = evaluate_agent(model, tokenizer, lambda query: [], heldout[split])["acc"]  # retrieval off
+            acc[split] = r["acc"]
+            metrics["agentic"][split] = r
+            log(f"agentic {split}: exact match {r['acc']:.3f}, {r['calls']:.2f} retrievals each, both documents "
+                f"found {r['recall_both']:.3f}, ended: " + ", ".join(f"{why} {n}" for why, n in r["ended"].items())
+                + (f"; compositionality gap {r['gap']:.3f}" if "gap" in r else "") + f"; retrieval off {r['closed_book']:.3f}")
     else:
         for split in ("train", "dev", "test", "new"):  # closed book: no documents in the prompt
             acc[split] = qa_accuracy(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
         if args.task == "rag-qa":
             for split in ("dev-new", "test", "new"):
                 acc[f"{split}_rag"] = rag_accuracy(split)["acc"]
+            metrics["two_hop"] = two_hop_baselines(model, tokenizer, index, embedder, docs,
+                                                   data.load_questions(args.world, "test", "new", hops=2))
+            log("two-hop questions: " + "; ".join(f"{row} " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items())
+                                                  for row, accs in metrics["two_hop"].items()))
     metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,
                     "trainable_pct": 100 * trainable / base_params, "acc": acc,
                     "n": {split: len(questions) for split, questions in heldout.items()},

@@ -61,6 +61,23 @@ def test_rag_qa_scores_with_retrieval(tiny_run, tmp_path, capsys):
     assert set(metrics["acc"]) == {"train", "dev", "test", "new", "dev-new_rag", "test_rag", "new_rag"}
     assert metrics["stopped"].startswith("the step cap")  # a toy model never passes the dev check
     assert "dev check: exact match 0.000 (stop at 0.98) on dev-new with retrieval; " in capsys.readouterr().out
+    assert {row: set(accs) for row, accs in metrics["two_hop"].items()} == {
+        row: {"test", "new"} for row in ("closed-book", "rag", "oracle")}
+
+    # the agent starts from this reader and is scored by its loop on two-hop questions
+    agent = str(tmp_path / "agent")
+    train_lora.main(["--task", "agent", "--examples", "40", "--checkpoint", tiny_run["checkpoint"], "--init-adapter",
+                     os.path.join(out, "adapter.safetensors"), "--world", tiny_run["world"], "--out", agent,
+                     "--rag-out", str(tmp_path / "rag"), *FAST])
+    metrics = json.load(open(os.path.join(agent, "metrics.json")))
+    assert set(metrics["acc"]) == {"dev-new", "test", "new"} and set(metrics["agentic"]) == set(metrics["acc"])
+    for split in ("test", "new"):
+        r = metrics["agentic"][split]
+        assert {"calls", "recall_both", "ended", "gap", "hops_right", "closed_book"} <= set(r)
+        assert sum(r["ended"].values()) == metrics["n"][split] and 0 <= r["calls"] <= 3
+    out_text = capsys.readouterr().out
+    assert f"starting from the adapter {os.path.join(out, 'adapter.safetensors')}" in out_text
+    assert "dev-new two-hop questions, agent loop" in out_text
 
 
 @pytest.mark.parametrize("make_args, message", [
@@ -70,6 +87,7 @@ def test_rag_qa_scores_with_retrieval(tiny_run, tmp_path, capsys):
     (lambda run, tmp: ["--data", str(tmp / "bad.jsonl")], "line 2"),
     (lambda run, tmp: ["--targets", "attn.nope"], "no module matches"),
     (lambda run, tmp: ["--resume", "--out", str(tmp)], "no LoRA adapter"),
+    (lambda run, tmp: ["--task", "agent", "--init-adapter", str(tmp / "none.safetensors")], "train the reader first"),
 ])
 def test_user_errors(tiny_run, tmp_path, make_args, message):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "Q: a?\\nA:", "answer": "b"}\n{"prompt": "only"}\n')

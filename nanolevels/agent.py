@@ -1,0 +1,213 @@
+"""Agentic RAG: the model writes its own search queries; a short controller retrieves for each one.
+
+One retrieval with the question as the query cannot answer "In which year was the company that Ada
+Jo Crane worked for founded?": the question's words find Ada's biography, which names her employer
+but not its founding year, and the profile that has the year shares no word with the question. So
+the model asks a follow-up question, reads what comes back, and asks the next one: the trace format
+of Self-Ask (Press et al. 2022, arXiv 2210.03350), with a search engine answering each follow-up as
+in IRCoT (Trivedi et al. 2022) and ReAct (Yao et al. 2022):
+
+    Q: In which year was the company that Ada Jo Crane worked for founded?
+    Follow up: Which company did Ada Jo Crane work for?
+    Ada Jo Crane worked for Tidewater Group. ...           <- inserted by the controller
+    Intermediate answer: Tidewater Group
+    Follow up: When was Tidewater Group founded?
+    Tidewater Group was founded in 1931. ...               <- inserted by the controller
+    Intermediate answer: 1931
+    So the final answer is: 1931
+
+The controller (run_agent) is a loop: the model writes until a `Follow up:` line ends, the controller
+retrieves the top documents with that line as the query and inserts them, and so on, until the model
+writes `So the final answer is:` or the hop cap ends it. Every query comes from the model; the controller
+parses nothing out of the question. Whatever the model writes after its follow-up line (a document it
+imagines, say) is thrown away: only retrieved documents ever enter the context.
+
+The model learns the format from a LoRA adapter (train_lora.py --task agent) trained on traces about
+FRESH people at FRESH companies, so that every answer has to be read from an inserted document; the
+loss is on the model's own lines only (agent_examples gives the documents as prompts, which are masked).
+"""
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag, exact_match, qa_accuracy
+from nanolevels.lora import set_lora_enabled
+from nanolevels.prompting import qa_prompt, rag_prompt
+from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, TWO_HOP, World, biography, company_question,
+                              fresh_companies, fresh_people, profile, qa_pair, two_hop_question)
+
+FOLLOW_UP, INTERMEDIATE, FINAL = "Follow up: ", "Intermediate answer: ", "So the final answer is: "
+MAX_HOPS = 3  # retrievals per question at most: two-hop questions need two
+LINE_TOKENS = 48  # generated per step: room for an intermediate answer and the next follow-up line
+# What agent_examples asks about: two-hop questions, one-hop questions about a person or about a company. A
+# one-hop question is answered in one follow-up; knowing when to stop asking is part of the skill.
+MIX = {"two-hop": 0.5, "person": 0.3, "company": 0.2}
+
+
+def question_line(question: str) -> str:
+    return f"Q: {question}\n"
+
+
+def trace_turns(question: str, hops: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """A finished trace as (prompt, answer) turns for data.encode_example: hops are (follow-up, document,
+    intermediate answer), the last intermediate answer is the final one. The question and each inserted
+    document are prompts (no loss); every line the model writes is an answer (trained on)."""
+    if not hops:
+        raise ValueError("a trace needs at least one hop")
+    turns, prompt, said = [], question_line(question), ""
+    for follow_up, document, answer in hops:
+        turns.append((prompt, said + f"{FOLLOW_UP}{follow_up}\n"))
+        prompt, said = document + "\n", f"{INTERMEDIATE}{answer}\n"
+    turns.append((prompt, said + f"{FINAL}{hops[-1][2]}\n"))
+    return turns
+
+
+def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """n training traces (see trace_turns) about fresh people at fresh companies, mixed as MIX says, each
+    with the gold document of every hop: the person's biography, then the company's profile."""
+    rng = random.Random(seed + 1)  # not the streams that drew the people and companies
+    companies = fresh_companies(world, n, seed=seed)
+    kinds, weights = list(MIX), list(MIX.values())
+    examples = []
+    for person, employer in zip(fresh_people(world, n, seed=seed + 2), companies):
+        person.employer, person.employer_city = employer.name, employer.headquarters  # each at a company of its own
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "two-hop":
+            q = two_hop_question(person, employer, rng.choice(TWO_HOP))
+            docs = [biography(person, rng), profile(employer, rng)]
+            hops = [(h["question"], d, h["answer"]) for h, d in zip(q["hops"], docs)]
+        elif kind == "person":
+            q = qa_pair(person, rng.choice(ATTRIBUTES))
+            hops = [(q["question"], biography(person, rng), q["answer"])]
+        else:
+            q = company_question(employer, rng.choice(COMPANY_ATTRIBUTES))
+            hops = [(q["question"], profile(employer, rng), q["answer"])]
+        examples.append(trace_turns(q["question"], hops))
+    return examples
+
+
+@dataclass
+class Trace:
+    """One question's run of the loop: its text so far, the retrieved documents, and how it ended."""
+    question: str
+    text: str = ""
+    retrieved: list = field(default_factory=list)  # per follow-up: the documents (dicts) inserted
+    answer: str = ""
+    ended: str = ""  # "answered", "hop cap", "block full" or "no final answer"
+
+    @property
+    def calls(self) -> int:
+        return len(self.retrieved)
+
+
+def model_lines(continuation: str) -> tuple[list[str], str | None]:
+    """The complete lines the model wrote up to and including the first follow-up or final-answer line,
+    and that line (None if it wrote neither). What it wrote after that line is dropped: the controller, not
+    the model, puts documents into the context."""
+    lines = []
+    for line in continuation.split("\n")[:-1]:  # the last piece is an unfinished line
+        lines.append(line)
+        if line.startswith((FOLLOW_UP, FINAL)):
+            return lines, line
+    return lines, None
+
+
+def run_agent(generate, search, questions: list[str], block_tokens: int, count_tokens, max_hops: int = MAX_HOPS,
+              on_text=None) -> list[Trace]:
+    """Run the loop for every question at once; return the traces.
+
+    generate(prompts) -> continuations (at least LINE_TOKENS tokens of each; greedy), search(query) -> the
+    documents (dicts with "text") to insert, count_tokens(text) -> its length in tokens. A trace ends at a
+    final answer, when a follow-up would be the (max_hops + 1)-th retrieval, when its text would not leave
+    LINE_TOKENS in a block of block_tokens, or when a step writes neither a follow-up nor a final answer; the
+    answer is then empty (scored wrong) and `ended` says why. on_text(i, text) sees every piece of question
+    i's trace as it is added (rag.py --agentic prints them: the trace streams line by line)."""
+    traces = [Trace(q) for q in questions]
+    show = on_text or (lambda i, text: None)
+
+    def add(i, text):
+        traces[i].text += text
+        show(i, text)
+
+    for i, q in enumerate(questions):
+        add(i, question_line(q))
+    active = list(range(len(traces)))
+    while active:
+        continuations = generate([traces[i].text for i in active])
+        still = []
+        for i, continuation in zip(active, continuations):
+            t = traces[i]
+            lines, last = model_lines(continuation)
+            if last is None:
+                t.ended = "no final answer"
+                continue
+            add(i, "".join(line + "\n" for line in lines))
+            if last.startswith(FINAL):
+                t.answer, t.ended = last[len(FINAL):].strip(), "answered"
+            elif t.calls == max_hops:
+                t.ended = "hop cap"
+            else:
+                docs = search(last[len(FOLLOW_UP):])
+                t.retrieved.append(docs)
+                text = "".join(d["text"] + "\n" for d in docs)
+                if count_tokens(t.text + text) > block_tokens - LINE_TOKENS:
+                    t.ended = "block full"
+                else:
+                    add(i, text)
+                    still.append(i)
+        active = still
+    return traces
+
+
+def retriever(index, embedder, k: int):
+    """search(query) -> the top-k documents of index, for run_agent."""
+    return lambda query: [doc for _, doc in index.search(embedder.embed([query]), k)[0]]
+
+
+def run_model_agent(model, tokenizer, questions: list[str], search, on_text=None) -> list[Trace]:
+    """run_agent with the model's greedy continuations (each prompt starts with <|endoftext|>, see complete)."""
+    return run_agent(lambda prompts: complete(model, tokenizer, prompts, LINE_TOKENS, stops=()), search, questions,
+                     model.config.block_size - 1, lambda text: len(tokenizer.encode(text)), on_text=on_text)
+
+
+def evaluate_agent(model, tokenizer, search, questions: list[dict], gap: bool = False) -> dict:
+    """Agentic RAG on questions (two-hop records of world.two_hop_question, or one-hop ones): exact match,
+    mean retrieval calls, how traces ended, and for two-hop questions the share whose person AND company
+    documents were both retrieved. gap: also the compositionality gap (Press et al.): of the questions whose
+    two hops the agent answers right when each is asked alone, the share it gets wrong as one question."""
+    traces = run_model_agent(model, tokenizer, [q["question"] for q in questions], search)
+    right = [exact_match(t.answer, q["answer"]) for t, q in zip(traces, questions)]
+    out = {"acc": sum(right) / len(right), "calls": sum(t.calls for t in traces) / len(traces),
+           "ended": dict(Counter(t.ended for t in traces))}
+    if all("hops" in q for q in questions):
+        found = [{d.get("person") for docs in t.retrieved for d in docs} | {d.get("company") for docs in t.retrieved
+                                                                           for d in docs} for t in traces]
+        out["recall_both"] = sum(q["person"] in f and q["company"] in f for q, f in zip(questions, found)) / len(traces)
+    if gap:
+        hops = {h["question"]: h for q in questions for h in q["hops"]}  # each distinct one-hop question once
+        alone = {h: exact_match(t.answer, hops[h]["answer"])
+                 for h, t in zip(hops, run_model_agent(model, tokenizer, list(hops), search))}
+        both = [ok for ok, q in zip(right, questions) if all(alone[h["question"]] for h in q["hops"])]
+        out["hops_right"] = len(both) / len(questions)
+        out["gap"] = (len(both) - sum(both)) / len(both) if both else 0.0
+    return out
+
+
+def two_hop_baselines(model, tokenizer, index, embedder, docs: list[dict], questions: dict[str, list], k: int = 2) -> dict:
+    """{row: {split: exact match}} on two-hop questions without the loop, for a model carrying the reader
+    adapter: closed-book (adapter off: the base model), rag (one retrieval with the question as the query,
+    top k), oracle (both gold documents in the prompt, the profile last: what reading alone can do)."""
+    gold = {}
+    for d in docs:  # each person's and company's first document
+        gold.setdefault(d.get("person") or d.get("company"), d["text"])
+    budget = model.config.block_size - ANSWER_TOKENS
+    out = {"closed-book": {}, "rag": {}, "oracle": {}}
+    for split, qs in questions.items():
+        set_lora_enabled(model, False)
+        out["closed-book"][split] = qa_accuracy(model, tokenizer, qs, lambda q: qa_prompt(q["question"]))
+        set_lora_enabled(model, True)
+        out["rag"][split] = eval_rag(model, tokenizer, index, embedder, qs, k)["acc"]
+        out["oracle"][split] = qa_accuracy(model, tokenizer, qs, lambda q: rag_prompt(
+            q["question"], [gold[q["company"]], gold[q["person"]]], tokenizer, budget)[0])
+    return out
