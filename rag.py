@@ -4,6 +4,7 @@ saw, because retrieval puts the right biography into its prompt.
     python rag.py "What is the birth city of <name>?"   # show the retrieved documents and the answer
     python rag.py --eval                                  # recall and exact match on test and new people
     python rag.py --eval --adapter out/lora/rag-qa/adapter.safetensors   # with the level-3 reader
+    python rag.py --agentic "In which year was the company that <name> worked for founded?"   # agentic RAG
 
 The index of every biography (new people included) is built on first use and cached in out/rag/.
 --eval writes out/rag/metrics.json.
@@ -12,6 +13,10 @@ Retrieval always returns something, relevant or not. So the best match's score i
 threshold chosen on dev questions (about the dev-new people, who are in the collection, and about
 made-up people): below it, nothing in the collection seems to be about the question, and the answer
 is marked a guess.
+
+--agentic runs the loop of nanolevels/agent.py with the agent adapter (train_lora.py --task agent): the model
+writes follow-up questions, each retrieves a document, until it writes its final answer; the trace is printed as
+it grows. --agentic --eval scores it on the two-hop questions and writes out/rag/agentic.json.
 """
 
 import argparse
@@ -21,6 +26,7 @@ import sys
 import time
 
 from nanolevels import cli, data
+from nanolevels.agent import evaluate_agent, retriever, run_model_agent
 from nanolevels.device import pick_device
 from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag
 from nanolevels.files import shown, write_json
@@ -30,6 +36,7 @@ from nanolevels.world import ATTRIBUTES, fresh_people, qa_pair
 
 EMBEDDERS = ("tfidf", "gpt")
 MADE_UP_SEED = 1  # fresh_people's seed for the made-up people of the threshold (the next seed: those reported)
+AGENT = "out/lora/agent/adapter.safetensors"
 
 
 def parse_args(argv):
@@ -38,10 +45,17 @@ def parse_args(argv):
     p.add_argument("--eval", action="store_true", help="score retrieval and answers on the test and new questions")
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
                    help="the model (default: out/pretrain/model.safetensors)")
-    p.add_argument("--adapter", default=None, help="a LoRA adapter to load onto the model (from train_lora.py)")
+    p.add_argument("--adapter", default=None,
+                   help=f"a LoRA adapter to load onto the model (from train_lora.py; default: none, {AGENT} with "
+                        f"--agentic)")
+    p.add_argument("--agentic", action="store_true",
+                   help="agentic RAG: the model asks follow-up questions and reads a document for each (see "
+                        "nanolevels/agent.py)")
     p.add_argument("--embedder", default="tfidf", choices=EMBEDDERS,
                    help="tfidf: hashed TF-IDF bag of words; gpt: the model's mean hidden state (default: tfidf)")
-    p.add_argument("--k", type=int, default=2, help="documents retrieved per question (default: 2)")
+    p.add_argument("--k", type=int, default=None,
+                   help="documents retrieved per question (default: 2; with --agentic, per follow-up: 1, so that two "
+                        "hops of documents fit the model's block)")
     p.add_argument("--demos", type=int, default=0,
                    help="few-shot demonstrations (QA pairs of train people) between documents and question (default: 0)")
     p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world (default: data/world)")
@@ -49,6 +63,11 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="which demonstrations are drawn (default: 0)")
     cli.add_device_flags(p, dtype=False)
     args = p.parse_args(argv)
+    args.k = args.k if args.k is not None else 1 if args.agentic else 2
+    if args.agentic:
+        args.adapter = args.adapter or AGENT
+        if args.demos:
+            raise ValueError("--demos are for one-shot RAG; the agent learned its format and takes none")
     if args.demos < 0:
         raise ValueError(f"--demos must be 0 or more, got {args.demos}")
     if args.k < 1:
@@ -74,6 +93,26 @@ def unsure_threshold(index, embedder, world_dir: str) -> float:
                             best_scores(index, embedder, made_up_questions(world_dir, len(known), MADE_UP_SEED)))
 
 
+def agentic(args, model, tokenizer, search) -> None:
+    """--agentic: one question's trace, printed as it grows, and/or the scores on the two-hop questions."""
+    if args.question is not None:
+        def show(i, text, source):
+            print("".join(("  [retrieved] " if source == "retrieved" else "") + line + "\n"
+                          for line in text.splitlines()), end="", flush=True)
+        [trace] = run_model_agent(model, tokenizer, [args.question], search, on_text=show)
+        if trace.ended != "answered":
+            print(f"(no final answer: {trace.ended})")
+    if args.eval:
+        metrics = {"k": args.k, "adapter": args.adapter, "fingerprints": cli.fingerprints(args)}
+        for split, qs in data.load_questions(args.world, "test", "new", hops=2).items():
+            metrics[split] = r = evaluate_agent(model, tokenizer, search, qs, gap=True)
+            print(f"agentic {split}: exact match {r['acc']:.3f}, {r['calls']:.2f} retrievals each, both documents "
+                  f"found {r['recall_both']:.3f}, compositionality gap {r['gap']:.3f}; ended: "
+                  + ", ".join(f"{why} {n}" for why, n in r["ended"].items()))
+        write_json(os.path.join(args.out, "agentic.json"), metrics)
+        print(f"wrote {shown(os.path.join(args.out, 'agentic.json'))}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
@@ -89,6 +128,8 @@ def main(argv=None):
         raise ValueError(f"{args.demos} demonstrations leave no room for a document in the model's "
                          f"{model.config.block_size}-token block; use fewer --demos")
     index, embedder = load_or_build_index(args.out, docs, args.embedder, model, tokenizer)
+    if args.agentic:
+        return agentic(args, model, tokenizer, retriever(index, embedder, args.k))
     threshold = unsure_threshold(index, embedder, args.world)
 
     if args.question is not None:

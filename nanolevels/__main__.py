@@ -75,7 +75,7 @@ def plan(args) -> list[tuple]:
     ckpt = os.path.join(out, "pretrain", "model.safetensors")
     common = ["--checkpoint", ckpt, "--world", world, *dev]
     tiny = args.tiny
-    lora_qa, lora_rag = os.path.join(out, "lora", "qa"), os.path.join(out, "lora", "rag-qa")
+    lora_qa, lora_rag, agent = (os.path.join(out, "lora", name) for name in ("qa", "rag-qa", "agent"))
     full_qa = os.path.join(out, "full", "qa")
     seed = [] if args.seed is None else ["--seed", str(args.seed)]
     world_args, pretrain_args = shlex.split(args.world_args), shlex.split(args.pretrain_args)
@@ -103,6 +103,12 @@ def plan(args) -> list[tuple]:
           *(["--examples", "40"] if tiny else []), *finetune],
          os.path.join(lora_rag, "metrics.json"),
          {"model": ckpt, "adapter": os.path.join(lora_rag, "adapter.safetensors")}),
+        ("agent", 2, train_lora.main,
+         ["--task", "agent", "--out", agent, "--init-adapter", os.path.join(lora_rag, "adapter.safetensors"),
+          "--rag-out", os.path.join(out, "rag"), *common, *(["--examples", "40"] if tiny else []), *finetune],
+         os.path.join(agent, "metrics.json"),
+         {"model": ckpt, "reader": os.path.join(lora_rag, "adapter.safetensors"),
+          "adapter": os.path.join(agent, "adapter.safetensors")}),
     ]
 
 
@@ -181,6 +187,9 @@ TARGETS = [
     ("lora-rag-qa new >= 95%", lambda r, ret: r["lora-rag-qa"]["acc_new"] >= 0.95),
     ("rag-base new > zero-shot new (closed book)", lambda r, ret: r["rag-base"]["acc_new"] > r["zero-shot"]["acc_new"]),
     ("tfidf recall@1 >= 0.98", lambda r, ret: ret["tfidf"]["recall@1"] >= 0.98),
+    ("agentic-rag new >= 90% and >= rag-2hop new + 40 points", lambda r, ret: r["agentic-rag"]["acc_new"] >= max(
+        0.90, r["rag-2hop"]["acc_new"] + 0.40)),
+    ("agentic-rag <= 2.5 retrievals per new question", lambda r, ret: r["agentic-rag"]["calls_new"] <= 2.5),
 ]
 
 
@@ -189,13 +198,15 @@ def build_report(args, times: dict) -> dict:
     pre, pr, rg = m["pretrain"], m["prompting"]["acc"], m["rag"]
     params = pre["params"]
     # every row scores all questions of a split (cloze: the same people's facts, one per question)
-    n = {split: len(qs) for split, qs in load_questions(args.world, "test", "new").items()}
+    n = {hops: {split: len(qs) for split, qs in load_questions(args.world, "test", "new", hops=hops).items()}
+         for hops in (1, 2)}
 
-    def row(method, level, test, new, trainable, step):
-        return {"method": method, "level": level, "acc_test": test, "acc_new": new,
-                "ci_test": None if test is None else wilson(test, n["test"]),
-                "ci_new": None if new is None else wilson(new, n["new"]),
-                "n_test": None if test is None else n["test"], "n_new": None if new is None else n["new"],
+    def row(method, level, test, new, trainable, step, questions="one-hop"):
+        count = n[2 if questions == "two-hop" else 1]
+        return {"method": method, "level": level, "questions": questions, "acc_test": test, "acc_new": new,
+                "ci_test": None if test is None else wilson(test, count["test"]),
+                "ci_new": None if new is None else wilson(new, count["new"]),
+                "n_test": None if test is None else count["test"], "n_new": None if new is None else count["new"],
                 "trainable_params": trainable, "wall_s": times.get(step, 0.0),
                 "fingerprints": m[step]["fingerprints"]}  # of the model (and adapter) this row scored
 
@@ -209,6 +220,15 @@ def build_report(args, times: dict) -> dict:
         rows.append(row(method, 3, acc["test"], acc["new"], m[method]["trainable_params"], method))
     acc = m["lora-rag-qa"]["acc"]
     rows.append(row("lora-rag-qa", 3, acc["test_rag"], acc["new_rag"], m["lora-rag-qa"]["trainable_params"], "lora-rag-qa"))
+    # two-hop questions: the reader without the loop (its step scores these), then the agent
+    reader = m["lora-rag-qa"]
+    for method, key, trainable in (("closed-book-2hop", "closed-book", 0), ("rag-2hop", "rag", reader["trainable_params"]),
+                                   ("oracle-2hop", "oracle", reader["trainable_params"])):
+        two = reader["two_hop"][key]
+        rows.append(row(method, 2, two["test"], two["new"], trainable, "lora-rag-qa", "two-hop"))
+    agentic = m["agent"]["agentic"]
+    rows.append({**row("agentic-rag", 2, agentic["test"]["acc"], agentic["new"]["acc"], m["agent"]["trainable_params"],
+                       "agent", "two-hop"), "calls_test": agentic["test"]["calls"], "calls_new": agentic["new"]["calls"]})
     models = {r["fingerprints"]["model"] for r in rows}
     if len(models) > 1:  # cannot happen through run_steps; a file changed while it ran
         raise ValueError(f"the report would mix {len(models)} models ({', '.join(sorted(models))}); run again")
@@ -216,12 +236,13 @@ def build_report(args, times: dict) -> dict:
                "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                "platform": platform.platform()}
     retrieval = {name: {k: v["new"][k] for k in ("recall@1", "recall@5")} for name, v in rg["retrieval"].items()}
-    stopped = {name: m[name]["stopped"] for name in ("pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa")}
+    stopped = {name: m[name]["stopped"] for name in ("pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa", "agent")}
     by_method = {r["method"]: r for r in rows}
     targets = {name: bool(check(by_method, retrieval)) for name, check in TARGETS}
     return {"total_wall_s": sum(times.values()), "peak_rss_mb": peak_rss_mb(), "machine": machine, "rows": rows,
             "retrieval": retrieval, "targets": targets, "stopped": stopped, "seed": args.seed, "prompt_k": 3,
-            "rag_k": rg["k"], "base_params": params, "program": m["prompting"]["program"], "unsure": rg["unsure"]}
+            "rag_k": rg["k"], "base_params": params, "program": m["prompting"]["program"], "unsure": rg["unsure"],
+            "agentic": {split: agentic[split] for split in ("test", "new")}}
 
 
 def story(report: dict) -> str:

@@ -121,17 +121,18 @@ def run_agent(generate, search, questions: list[str], block_tokens: int, count_t
     documents (dicts with "text") to insert, count_tokens(text) -> its length in tokens. A trace ends at a
     final answer, when a follow-up would be the (max_hops + 1)-th retrieval, when its text would not leave
     LINE_TOKENS in a block of block_tokens, or when a step writes neither a follow-up nor a final answer; the
-    answer is then empty (scored wrong) and `ended` says why. on_text(i, text) sees every piece of question
-    i's trace as it is added (rag.py --agentic prints them: the trace streams line by line)."""
+    answer is then empty (scored wrong) and `ended` says why. on_text(i, text, source) sees every piece of
+    question i's trace as it is added, source "question", "model" or "retrieved" (rag.py --agentic prints
+    them: the trace streams line by line)."""
     traces = [Trace(q) for q in questions]
-    show = on_text or (lambda i, text: None)
+    show = on_text or (lambda i, text, source: None)
 
-    def add(i, text):
+    def add(i, text, source):
         traces[i].text += text
-        show(i, text)
+        show(i, text, source)
 
     for i, q in enumerate(questions):
-        add(i, question_line(q))
+        add(i, question_line(q), "question")
     active = list(range(len(traces)))
     while active:
         continuations = generate([traces[i].text for i in active])
@@ -142,7 +143,7 @@ def run_agent(generate, search, questions: list[str], block_tokens: int, count_t
             if last is None:
                 t.ended = "no final answer"
                 continue
-            add(i, "".join(line + "\n" for line in lines))
+            add(i, "".join(line + "\n" for line in lines), "model")
             if last.startswith(FINAL):
                 t.answer, t.ended = last[len(FINAL):].strip(), "answered"
             elif t.calls == max_hops:
@@ -154,7 +155,7 @@ def run_agent(generate, search, questions: list[str], block_tokens: int, count_t
                 if count_tokens(t.text + text) > block_tokens - LINE_TOKENS:
                     t.ended = "block full"
                 else:
-                    add(i, text)
+                    add(i, text, "retrieved")
                     still.append(i)
         active = still
     return traces

@@ -16,7 +16,7 @@ from nanolevels.checkpoint import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["pretrain-cloze", "zero-shot", "k-shot", "searched-demos", "prompt-program", "rag-base", "lora-qa",
-           "full-ft-qa", "lora-rag-qa"]
+           "full-ft-qa", "lora-rag-qa", "closed-book-2hop", "rag-2hop", "oracle-2hop", "agentic-rag"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for path in ["report.md", "report.json", "pretrain/model.safetensors", "prompt/metrics.json", "rag/metrics.json",
-                 "lora/qa/adapter.safetensors", "full/qa/model.safetensors", "lora/rag-qa/adapter.safetensors"]:
+                 "lora/qa/adapter.safetensors", "full/qa/model.safetensors", "lora/rag-qa/adapter.safetensors",
+                     "lora/agent/adapter.safetensors"]:
         assert os.path.exists(os.path.join(out, path)), path
     report = json.load(open(os.path.join(out, "report.json")))
     assert {"total_wall_s", "peak_rss_mb", "machine", "rows", "retrieval"} <= set(report)
@@ -43,18 +44,22 @@ def test_whole_pipeline_tiny(tiny_pipeline):
         assert 0 <= row["acc_test"] <= 1 and 0 <= row["acc_new"] <= 1 and row["level"] in (1, 2, 3, 4)
         for split in ("test", "new"):
             low, high = row[f"ci_{split}"]
-            assert 0 <= low <= row[f"acc_{split}"] <= high <= 1 and row[f"n_{split}"] == 18  # 3 people x 6
-    assert set(report["targets"]) and set(report["stopped"]) == {"pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa"}
+            per_person = 3 if row["questions"] == "two-hop" else 6
+            assert 0 <= low <= row[f"acc_{split}"] <= high <= 1 and row[f"n_{split}"] == 3 * per_person  # 3 people
+    assert set(report["targets"]) and set(report["stopped"]) == {"pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa",
+                                                                 "agent"}
+    assert set(report["agentic"]) == {"test", "new"} and "gap" in report["agentic"]["new"]
     assert set(report["retrieval"]) == {"tfidf", "gpt"}
     assert all(set(r) == {"recall@1", "recall@5"} for r in report["retrieval"].values())
     markdown = open(os.path.join(out, "report.md")).read()
     assert all(f"| {m} |" in markdown for m in METHODS) and "Wilson" in markdown
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 7, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("reusing") == 8, again.stdout[-2000:]
     assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
     model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
     assert all(row["fingerprints"]["model"] == model for row in report["rows"])
-    assert "adapter" in report["rows"][-1]["fingerprints"] and "finetuned" in report["rows"][-2]["fingerprints"]
+    by_method = {row["method"]: row["fingerprints"] for row in report["rows"]}
+    assert "adapter" in by_method["agentic-rag"] and "finetuned" in by_method["full-ft-qa"]
     steps = open(os.path.join(out, "steps.json")).read()
     assert str(tmp_path) not in steps and "<out>" in steps  # no absolute paths
 
@@ -64,7 +69,7 @@ def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step
     shutil.copytree(tiny_pipeline["out"], out)
     args = ["--tiny", "--out", out, "--world", world, "--device", "cpu"]
     orchestrate(args)
-    assert capsys.readouterr().out.count("reusing") == 7
+    assert capsys.readouterr().out.count("reusing") == 8
     # the scenario: train_pretrain.py started again into out/pretrain and cut short (Ctrl-C): the
     # checkpoint is rewritten, and the old metrics.json is put back as if the cut run had left it there
     metrics = os.path.join(out, "pretrain", "metrics.json")
@@ -79,12 +84,12 @@ def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step
     model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
     assert json.load(open(metrics))["fingerprints"]["model"] == model
     # pretraining is deterministic here: the rerun made the very model the later steps scored, so they stand
-    assert json.loads(old)["fingerprints"]["model"] == model and printed.count("reusing") == 6
+    assert json.loads(old)["fingerprints"]["model"] == model and printed.count("reusing") == 7
     # another model (other arguments): every step after pretraining runs again
     orchestrate([*args, "--pretrain-args", "--max-steps 12"])
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 1 and "pretrain (level 4; its arguments changed)" in printed
-    assert printed.count("its model changed since it ran") == 5
+    assert printed.count("changed since it ran") == 6  # the agent: "its model and reader changed"
     report = json.load(open(os.path.join(out, "report.json")))
     model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
     assert json.loads(old)["fingerprints"]["model"] != model
@@ -98,12 +103,12 @@ def test_extra_flags_reach_their_steps():
     argv = {name: a for name, _, _, a, _, _ in plan(args)}
     assert argv["world"][-2:] == ["--people", "40"]
     assert argv["pretrain"][-4:] == ["--n-layer", "2", "--n-embd", "64"]
-    assert all(argv[step][-2:] == ["--max-steps", "9"] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa"))
+    assert all(argv[step][-2:] == ["--max-steps", "9"] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa", "agent"))
     assert "--people" not in argv["pretrain"] and "--max-steps" not in argv["prompting"]
     assert args.world == os.path.join("out", "world")  # not the shared data/world
     seeded = {name: a for name, _, _, a, _, _ in plan(parse_args(["--seed", "7"]))}
     assert all(seeded[step][-2:] == ["--seed", "7"] for step in ("world", "pretrain", "prompting", "rag"))
-    assert all("--seed" in seeded[step] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa"))
+    assert all("--seed" in seeded[step] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa", "agent"))
     default = parse_args([])
     assert default.world == os.path.join(ROOT, "data", "world")
     assert plan(default)[1][3] == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--overwrite",

@@ -121,3 +121,25 @@ def test_more_user_errors_are_one_line(tiny_run, tmp_path, run_main, make_args, 
         lines = sum(1 for _ in open(docs, "rb"))  # the damage is on the last line
         assert f"of {docs}" in err and (f"line {lines}" in err or f"document {lines}" in err)
 
+
+
+def test_agentic_prints_the_trace_and_scores_two_hop_questions(tiny_run, tmp_path):
+    import train_lora
+    agent = str(tmp_path / "agent")
+    train_lora.main(["--task", "agent", "--init-adapter", "none", "--examples", "20", "--checkpoint",
+                     tiny_run["checkpoint"], "--world", tiny_run["world"], "--out", agent, "--rag-out",
+                     str(tmp_path / "rag"), "--max-steps", "2", "--batch-size", "2", "--eval-interval", "2",
+                     "--eval-batches", "1", "--device", "cpu"])
+    question = json.loads(open(os.path.join(tiny_run["world"], "qa2_new.jsonl")).readline())["question"]
+    common = ["--checkpoint", tiny_run["checkpoint"], "--world", tiny_run["world"], "--out", str(tmp_path / "rag"),
+              "--adapter", os.path.join(agent, "adapter.safetensors")]
+    r = rag("--agentic", question, "--eval", *common)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"Q: {question}\n")  # the trace, as it grows, then the scores
+    assert "agentic test: exact match" in r.stdout and "agentic new: exact match" in r.stdout
+    m = json.load(open(tmp_path / "rag" / "agentic.json"))
+    assert m["k"] == 1 and {"acc", "calls", "recall_both", "gap", "ended"} <= set(m["new"])
+    for extra, message in [(["--demos", "1"], "--demos are for one-shot RAG"),
+                           (["--adapter", str(tmp_path / "none.safetensors")], "no adapter at")]:
+        r = rag("--agentic", question, *common, *extra)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
