@@ -50,7 +50,7 @@ def parse_args(argv):
     p.add_argument("--out", default="out/prompt",
                    help="where --eval writes metrics.json and program.json, and --ask reads program.json "
                         "(default: out/prompt)")
-    cli.add_device_flags(p, dtype=False)
+    cli.add_device_flags(p, dtype=False)  # --device --threads
     args = p.parse_args(argv)
     if not math.isfinite(args.temperature):
         raise ValueError(f"--temperature must be a number (0 or less: greedy), got {args.temperature}")

@@ -57,11 +57,11 @@ def parse_args(argv):
                    help="documents retrieved per question (default: 2; with --agentic, per follow-up: 1, so that two "
                         "hops of documents fit the model's block)")
     p.add_argument("--demos", type=int, default=0,
-                   help="few-shot demonstrations (QA pairs of train people) between documents and question (default: 0)")
+                   help="few-shot demonstrations (QA pairs of train people) before the documents (default: 0)")
     p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world (default: data/world)")
     p.add_argument("--out", default="out/rag", help="index cache and metrics.json (default: out/rag)")
     p.add_argument("--seed", type=int, default=0, help="which demonstrations are drawn (default: 0)")
-    cli.add_device_flags(p, dtype=False)
+    cli.add_device_flags(p, dtype=False)  # --device --threads
     args = p.parse_args(argv)
     args.k = args.k if args.k is not None else 1 if args.agentic else 2
     if args.agentic:

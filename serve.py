@@ -44,7 +44,7 @@ def parse_args(argv):
                    help="continuous: fill free slots at every step; static: a new batch when the last is done; "
                         "one: one request at a time (default: continuous)")
     p.add_argument("--quiet", action="store_true", help="no line per HTTP request")
-    cli.add_device_flags(p, dtype=False)
+    cli.add_device_flags(p, dtype=False)  # --device --threads
     args = p.parse_args(argv)
     if args.slots < 1 or args.max_queue < 1:
         raise ValueError(f"--slots and --max-queue must be at least 1, got {args.slots} and {args.max_queue}")

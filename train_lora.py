@@ -87,10 +87,12 @@ def parse_args(argv):
     g.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help="comma-separated module-name suffixes to adapt (default: attn.c_attn,attn.c_proj; "
                         "add mlp.c_fc,mlp.c_proj for the MLP)")
-    cli.add_config_flags(p.add_argument_group("training"), TrainConfig, exclude=("max_steps",), batch_size=16, lr=3e-3,
-                         min_lr=3e-4, warmup_steps=30, weight_decay=0.0, eval_interval=100, log_interval=50,
-                         ckpt_interval=200)
-    cli.add_device_flags(p)
+    # one flag per field of TrainConfig (--max-steps is above): --batch-size --grad-accum --lr --min-lr --warmup-steps
+    # --weight-decay --beta1 --beta2 --grad-clip --eval-interval --eval-batches --log-interval --ckpt-interval --seed
+    # --compile
+    cli.add_config_flags(p, TrainConfig, "training", exclude=("max_steps",), batch_size=16, lr=3e-3, min_lr=3e-4,
+                         warmup_steps=30, weight_decay=0.0, eval_interval=100, log_interval=50, ckpt_interval=200)
+    cli.add_device_flags(p)  # --device --threads --dtype
     known = p.parse_known_args(argv)[0]
     stop_acc, max_steps = TASK_DEFAULTS[known.task]
     p.set_defaults(stop_acc=stop_acc, max_steps=max_steps)

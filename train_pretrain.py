@@ -62,8 +62,11 @@ def parse_args(argv):
                    help="the tiny world: and once the model answers this share of the dev-new people's questions "
                         "from their retrieved biographies (what the reading pages teach; rag.py asks the same way) "
                         "(default: 0.25)")
-    cli.add_config_flags(p.add_argument_group("training"), TrainConfig, max_steps=4000, eval_interval=250)
-    cli.add_device_flags(p)
+    # one flag per field of TrainConfig: --max-steps --batch-size --grad-accum --lr --min-lr --warmup-steps
+    # --weight-decay --beta1 --beta2 --grad-clip --eval-interval --eval-batches --log-interval --ckpt-interval --seed
+    # --compile
+    cli.add_config_flags(p, TrainConfig, "training", max_steps=4000, eval_interval=250)
+    cli.add_device_flags(p)  # --device --threads --dtype
     args = p.parse_args(argv)
     if args.init not in ("scratch", "gpt2") and not args.init.endswith(".safetensors"):
         raise ValueError(f"--init takes scratch, gpt2 or a GPT-2 model.safetensors path, got {args.init!r}")

@@ -62,7 +62,7 @@ def parse_args(argv):
     p.add_argument("--finetune-args", default="",
                    help='extra flags for the three train_lora.py steps (full fine-tuning included: a --lr here '
                         'replaces its own), e.g. "--max-steps 1500"')
-    cli.add_device_flags(p, dtype=False)
+    cli.add_device_flags(p, dtype=False)  # --device --threads
     args = p.parse_args(argv)
     own_world = args.tiny or args.world_args or args.seed is not None  # never rewrite the shared data/world with other settings
     args.world = args.world or (os.path.join(args.out, "world") if own_world else os.path.join(ROOT, "data", "world"))

@@ -60,12 +60,16 @@ def run(main, argv=None) -> int:
         return 130
 
 
-def add_config_flags(parser, config_cls, exclude=(), **defaults) -> None:
-    """One flag per field of a config dataclass (--max-steps for max_steps), with the field's help.
+def add_config_flags(parser, config_cls, title: str, exclude=(), **defaults) -> None:
+    """One flag per field of a config dataclass (--max-steps for max_steps), with the field's help, in
+    a --help section `title` that names the dataclass and its file.
 
     `defaults` overrides a field's default for this script (e.g. fewer steps for fine-tuning);
-    fields in `exclude` are left for the script to define itself.
+    fields in `exclude` are left for the script to define itself. A script names the flags where it
+    calls this, so that searching it for one finds where it comes from.
     """
+    where = f"{config_cls.__module__.replace('.', '/')}.py"
+    group = parser.add_argument_group(title, f"one flag per field of {config_cls.__name__} in {where}")
     for f in dataclasses.fields(config_cls):
         if f.name in exclude:
             continue
@@ -73,9 +77,9 @@ def add_config_flags(parser, config_cls, exclude=(), **defaults) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+            group.add_argument(flag, action="store_true", default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+            group.add_argument(flag, type=type(default), default=default, help=help_text)
 
 
 def config_from_args(config_cls, args):
