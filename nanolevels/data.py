@@ -2,8 +2,7 @@
 
 Pretraining reads random windows of a flat token stream (documents joined by <|endoftext|>),
 stored as uint16 on disk and memory-mapped, as nanoGPT does. Fine-tuning reads examples of
-(prompt, answer) turns and computes the loss on the answer tokens only: prompt and padding
-positions get the target -100, which cross-entropy ignores.
+(prompt, answer) turns and computes the loss on the answer tokens only (encode_example says how).
 
 Batches are a pure function of (seed, step, micro_step): nothing to save for an exact resume, and
 under DDP every rank draws the same global batch and keeps its own slice, so N ranks see exactly
@@ -71,8 +70,15 @@ def get_lm_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: int
 
 
 def encode_example(tokenizer, turns, block_size: int):
-    """(ids, targets) for one example, a list of (prompt, answer) turns; targets are -100 except on
-    the answer tokens.
+    """(ids, targets) for one example, a list of (prompt, answer) turns: the model reads ids and is
+    trained to predict, at each position, that position's target.
+
+    The shift: the tokens are <|endoftext|> (first, as before every pretraining document), the
+    prompt, the answer, then any later turn; the input is all of them but the last (ids[:-1]), the
+    targets all but the first, so each position is trained to predict the token after it. The mask:
+    a target inside a prompt is -100 (IGNORE), which cross-entropy skips, so the loss is on the
+    answer tokens only (the model learns to answer, not to write questions). E.g. prompt [Q, :, A, :]
+    and answer [ Busan, \\n] give ids [eot, Q, :, A, :, Busan], targets [-100, -100, -100, -100, Busan, \\n].
 
     Each part is encoded separately, exactly as at inference time, where the model sees
     <|endoftext|> + the encoded prompt (see evaluate.complete) and produces the answer tokens itself;
@@ -100,7 +106,7 @@ def collate(examples, pad_id: int):
     """Right-pad a list of (ids, targets) into (x, y) tensors of shape (B, longest).
 
     Padding sits AFTER the real tokens, so causal attention never lets a real position see it,
-    and its targets are -100, so it adds nothing to the loss.
+    and its targets are -100 (masked like a prompt's, see encode_example), so it adds nothing to the loss.
     """
     width = max(len(ids) for ids, _ in examples)
     x = torch.full((len(examples), width), pad_id, dtype=torch.long)

@@ -218,7 +218,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
-        # -100 marks positions that do not count, e.g. the question in answer-only fine-tuning
+        # -100 marks positions that do not count, e.g. the question in answer-only fine-tuning (data.encode_example)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 

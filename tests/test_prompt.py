@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 import prompt as prompt_script
 from nanolevels.checkpoint import fingerprint
+from nanolevels.world import make_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -95,3 +97,9 @@ def test_user_errors(tiny_run, args, message):
 def test_bad_numbers_are_one_line(tiny_run, run_main, args, message):
     code, out, err = run_main(prompt_script.main, "Ada", "--checkpoint", tiny_run["checkpoint"], *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out, err
+
+
+def test_help_examples_name_test_people_of_the_default_world():
+    people = {p.name: p.split for p in make_world().people}  # data/world/prepare.py's defaults
+    named = set(re.findall(r"[A-Z][a-z]+ [A-Z][a-z]+ [A-Z][a-z]+", open(prompt_script.__file__).read()))
+    assert named and all(people.get(name) == "test" for name in named), named
