@@ -94,8 +94,8 @@ def evaluate(model, tokenizer, args) -> None:
     result = eval_prompting(model, tokenizer, qa["train"], qa["dev"], heldout, seed=args.seed)
     with open(os.path.join(args.world, "pretrain.txt"), encoding="utf-8") as f:
         corpus = f.read()
-    row, program = eval_program(model, tokenizer, corpus, qa["train"], qa["dev"], heldout, seed=args.seed)
-    result["acc"]["prompt-program"] = row
+    row, examples, program = eval_program(model, tokenizer, corpus, qa["train"], qa["dev"], heldout, seed=args.seed)
+    result["acc"]["prompt-program"], result["example"]["prompt-program"] = row, examples
     result["program"] = {a: {"template": e["prompts"][0]["template"], "demos": len(e["prompts"][0]["demos"]),
                              "templates": len(e["prompts"]), "ranked": bool(e["values"]), "dev": e["dev"]}
                          for a, e in program["attributes"].items()}

@@ -146,7 +146,8 @@ def main(argv=None):
 
     if args.eval:
         metrics = {"k": args.k, "demos": args.demos, "embedder": args.embedder, "adapter": args.adapter,
-                   "fingerprints": cli.fingerprints(args), "acc": {}, "by_attribute": {}, "retrieval": {}}
+                   "fingerprints": cli.fingerprints(args), "acc": {}, "example": {}, "by_attribute": {},
+                   "retrieval": {}}
         questions = data.load_questions(args.world, "test", "new")
         for name in EMBEDDERS:  # the retrieval quality of every embedder; answers with the chosen one
             idx, emb = (index, embedder) if name == args.embedder else load_or_build_index(
@@ -155,7 +156,7 @@ def main(argv=None):
             for split, qs in questions.items():
                 if name == args.embedder:
                     r = eval_rag(model, tokenizer, idx, emb, qs, args.k, demos)
-                    metrics["acc"][split] = r.pop("acc")
+                    metrics["acc"][split], metrics["example"][split] = r.pop("acc"), r.pop("example")
                     metrics["by_attribute"][split] = r.pop("by_attribute")
                 else:
                     _, r = retrieval_recall(idx, emb, qs, args.k)

@@ -22,7 +22,7 @@ from nanolevels import cli, data
 from nanolevels.agent import agent_examples, evaluate_agent, retriever, two_hop_baselines
 from nanolevels.checkpoint import fingerprint, save_model
 from nanolevels.device import pick_dtype, seed_everything
-from nanolevels.evaluate import eval_rag, qa_accuracy
+from nanolevels.evaluate import eval_qa, eval_rag, qa_accuracy
 from nanolevels.files import shown, write_json
 from nanolevels.lora import DEFAULT_TARGETS, add_lora, covers, load_adapter, merge_lora, remove_lora, save_adapter
 from nanolevels.prompting import answer_text, qa_prompt
@@ -230,7 +230,7 @@ def main(argv=None):
     if not ddp.is_main:
         return
     model.eval()
-    acc = {}
+    acc, example = {}, {}  # example: the first question of a split with the answer given, for the report card
     if args.data is not None:
         acc["heldout"] = qa_accuracy(model, tokenizer, [{"question": p["prompt"], "answer": p["answer"]}
                                                          for p in heldout["heldout"]], lambda q: q["question"])
@@ -246,16 +246,18 @@ def main(argv=None):
                 + (f"; compositionality gap {r['gap']:.3f}" if "gap" in r else "") + f"; retrieval off {r['closed_book']:.3f}")
     else:
         for split in ("train", "dev", "test", "new"):  # closed book: no documents in the prompt
-            acc[split] = qa_accuracy(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
+            r = eval_qa(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
+            acc[split], example[split] = r["acc"], r["example"]
         if args.task == "rag-qa":
             for split in ("dev-new", "test", "new"):
-                acc[f"{split}_rag"] = rag_accuracy(split)["acc"]
+                r = rag_accuracy(split)
+                acc[f"{split}_rag"], example[f"{split}_rag"] = r["acc"], r["example"]
             metrics["two_hop"] = two_hop_baselines(model, tokenizer, index, embedder, docs,
                                                    data.load_questions(args.world, "test", "new", hops=2))
             log("two-hop questions: " + "; ".join(f"{row} " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items())
                                                   for row, accs in metrics["two_hop"].items()))
     metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,
-                    "trainable_pct": 100 * trainable / base_params, "acc": acc,
+                    "trainable_pct": 100 * trainable / base_params, "acc": acc, "example": example,
                     "n": {split: len(questions) for split, questions in heldout.items()},
                     "adapter_bytes": os.path.getsize(weights_path), "base_bytes": os.path.getsize(args.checkpoint),
                     # the base it started from and what it trained, so its numbers are never read for other weights

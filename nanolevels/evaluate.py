@@ -85,10 +85,23 @@ def cloze_accuracy(model, tokenizer, people) -> float:
     return accuracy(complete(model, tokenizer, prompts, stops=(".", "\n")), answers)
 
 
+def score_answers(questions: list[dict], predictions: list[str]) -> dict:
+    """{acc, example}: exact match over questions ({question, answer, ...}), and the first question with
+    the model's answer, so that the report card can show a real answer beside each number."""
+    acc = accuracy(predictions, [q["answer"] for q in questions])  # raises on no questions
+    first = questions[0]
+    return {"acc": acc, "example": {"question": first["question"], "answer": first["answer"],
+                                    "prediction": predictions[0].strip()}}
+
+
+def eval_qa(model, tokenizer, questions: list[dict], make_prompt) -> dict:
+    """{acc, example} (see score_answers) over questions, each asked as make_prompt(q)."""
+    return score_answers(questions, complete(model, tokenizer, [make_prompt(q) for q in questions]))
+
+
 def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
-    """Exact match over questions ({question, answer, ...}), each asked as make_prompt(q)."""
-    predictions = complete(model, tokenizer, [make_prompt(q) for q in questions])
-    return accuracy(predictions, [q["answer"] for q in questions])
+    """eval_qa's exact match alone: for checks that only need the number (a dev check, a baseline)."""
+    return eval_qa(model, tokenizer, questions, make_prompt)["acc"]
 
 
 def show_row(name: str, row: dict, log=print) -> None:
@@ -109,30 +122,34 @@ def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout:
     candidates = candidate_demo_sets(pool, (0, *ks), draws, seed)
 
     def ask(questions, demos):
-        return qa_accuracy(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
+        return eval_qa(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
 
-    best, dev_scores = search_demos(lambda demos: ask(dev, demos), candidates)
-    scored = [{"dev": d, **{split: ask(questions, demos) for split, questions in heldout.items()}}
-              for demos, d in zip(candidates, dev_scores)]
-    rows = {"zero-shot": scored[0]}
+    best, dev_scores = search_demos(lambda demos: ask(dev, demos)["acc"], candidates)
+    results = [{split: ask(questions, demos) for split, questions in heldout.items()} for demos in candidates]
+    scored = [{"dev": d, **{split: r["acc"] for split, r in res.items()}} for d, res in zip(dev_scores, results)]
+    answers = [{split: r["example"] for split, r in res.items()} for res in results]
+    rows, examples = {"zero-shot": scored[0]}, {"zero-shot": answers[0]}
     show_row("zero-shot question", rows["zero-shot"], log)
     for j, k in enumerate(ks):
         runs = scored[1 + j * draws:1 + (j + 1) * draws]
         rows[f"{k}-shot"] = {split: sum(r[split] for r in runs) / len(runs) for split in runs[0]}
+        examples[f"{k}-shot"] = answers[1 + j * draws]  # the row is a mean over sets: the first set's answers
         show_row(f"{k}-shot question (mean of {draws} random demo sets)", rows[f"{k}-shot"], log)
     rows["searched-demos"] = scored[candidates.index(best)]
+    examples["searched-demos"] = answers[candidates.index(best)]
     show_row(f"searched demos (best of {len(candidates)} sets on dev: k={len(best)})", rows["searched-demos"], log)
-    return {"acc": rows, "search": {"candidates": len(candidates), "dev_questions": len(dev),
-                                    "dev_scores": dev_scores, "best_dev": max(dev_scores), "best_demos": best}}
+    return {"acc": rows, "example": examples,
+            "search": {"candidates": len(candidates), "dev_questions": len(dev), "dev_scores": dev_scores,
+                       "best_dev": max(dev_scores), "best_demos": best}}
 
 
 def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(),
              max_new_tokens: int = ANSWER_TOKENS, log=print) -> dict:
     """Level 2 on questions: retrieve k documents per question, put them in the prompt, answer.
 
-    Returns exact-match accuracy, its share per attribute (a reader learns attributes one at a time),
-    and recall@1 / recall@5: how often the asked-about person's biography was among the top 1 / top 5
-    documents (retrieval can only help when it was)."""
+    Returns exact-match accuracy and its example (see score_answers), the share per attribute (a reader
+    learns attributes one at a time), and recall@1 / recall@5: how often the asked-about person's
+    biography was among the top 1 / top 5 documents (retrieval can only help when it was)."""
     hits, recall = retrieval_recall(index, embedder, questions, k)
     budget = model.config.block_size - max_new_tokens  # room for the answer inside the block
     prompts, dropped = [], 0
@@ -147,5 +164,5 @@ def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, d
     by_attribute = defaultdict(list)
     for p, q in zip(predictions, questions):
         by_attribute[q["attribute"]].append(exact_match(p, q["answer"]))
-    return {"acc": accuracy(predictions, [q["answer"] for q in questions]),
+    return {**score_answers(questions, predictions),
             "by_attribute": {a: sum(hits) / len(hits) for a, hits in by_attribute.items()}, **recall}

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 
 import torch
 
-from nanolevels.evaluate import accuracy, complete, exact_match, show_row
+from nanolevels.evaluate import accuracy, complete, exact_match, score_answers, show_row
 from nanolevels.files import read_json
 from nanolevels.prompting import best_index, candidate_demo_sets, qa_prompt
 from nanolevels.world import ATTRIBUTES, CITIES, EMPLOYERS, MAJORS, QUESTIONS, UNIVERSITIES
@@ -220,16 +220,18 @@ def describe(entry: dict) -> str:
 
 
 def eval_program(model, tokenizer, text: str, pool: list[dict], dev: list[dict], heldout: dict, seed: int = 0,
-                 log=print) -> tuple[dict, dict]:
-    """(row {dev, <split>: accuracy}, program): compile on dev, then score each held-out split once."""
+                 log=print) -> tuple[dict, dict, dict]:
+    """(row {dev, <split>: accuracy}, {<split>: example} (see score_answers), program): compile on dev, then
+    score each held-out split once."""
     program = compile_program(model, tokenizer, text, dev, pool, seed, log)
-    row = {"dev": program["dev"]}
+    row, examples = {"dev": program["dev"]}, {}
     for split, questions in heldout.items():
-        row[split] = accuracy(run_program(model, tokenizer, program, questions), [q["answer"] for q in questions])
+        scored = score_answers(questions, run_program(model, tokenizer, program, questions))
+        row[split], examples[split] = scored["acc"], scored["example"]
     show_row("compiled program (mined prompts, chosen on dev)", row, log)
     for a, entry in program["attributes"].items():
         log(f"  {a}: {describe(entry)}")
-    return row, program
+    return row, examples, program
 
 
 def well_formed(program) -> bool:

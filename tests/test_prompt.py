@@ -53,6 +53,10 @@ def test_eval_writes_every_row_and_ask_runs_the_program(tiny_run, tmp_path):
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert set(m["acc"]) == {"zero-shot", "1-shot", "3-shot", "searched-demos", "prompt-program"}
     assert all(set(row) == {"dev", "test", "new"} and 0 <= row["test"] <= 1 for row in m["acc"].values())
+    first = json.loads(open(os.path.join(tiny_run["world"], "qa_test.jsonl")).readline())
+    assert set(m["example"]) == set(m["acc"]) and all(  # each method's real answer to the first question
+        e["test"]["question"] == first["question"] and isinstance(e["new"]["prediction"], str)
+        for e in m["example"].values())
     assert m["search"]["best_dev"] == max(m["search"]["dev_scores"]) == m["acc"]["searched-demos"]["dev"]
     assert m["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"])}  # the model these numbers are of
     program = json.load(open(os.path.join(out, "program.json")))

@@ -42,6 +42,10 @@ def test_eval_writes_metrics_and_caches_the_index(tiny_run, tmp_path):
     assert r.stdout.count("indexed") == 2  # one index per embedder
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert set(m["acc"]) == {"test", "new"} and set(m["retrieval"]) == {"tfidf", "gpt"}
+    first = json.loads(open(os.path.join(tiny_run["world"], "qa_new.jsonl")).readline())
+    example = m["example"]["new"]  # the first question's real answer, for the report card
+    assert (example["question"], example["answer"]) == (first["question"], first["answer"])
+    assert isinstance(example["prediction"], str) and set(m["example"]) == {"test", "new"}
     assert m["retrieval"]["tfidf"]["new"]["recall@1"] >= 0.9
     assert m["query_latency_ms"] > 0
     assert m["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"])}  # the model these numbers are of

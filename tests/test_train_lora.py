@@ -59,6 +59,9 @@ def test_rag_qa_scores_with_retrieval(tiny_run, tmp_path, capsys):
                      "--world", tiny_run["world"], "--out", out, "--rag-out", str(tmp_path / "rag"), *FAST])
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert set(metrics["acc"]) == {"train", "dev", "test", "new", "dev-new_rag", "test_rag", "new_rag"}
+    assert set(metrics["example"]) == set(metrics["acc"])  # the first question of each, with the answer given
+    first = json.loads(open(os.path.join(tiny_run["world"], "qa_test.jsonl")).readline())
+    assert metrics["example"]["test_rag"]["question"] == first["question"]
     assert metrics["stopped"].startswith("the step cap")  # a toy model never passes the dev check
     assert "dev check: exact match 0.000 (stop at 0.98) on dev-new with retrieval; " in capsys.readouterr().out
     assert {row: set(accs) for row, accs in metrics["two_hop"].items()} == {
