@@ -9,9 +9,10 @@
 Each step is one of the level scripts, run in this process with its defaults (plus --*-args). A step is
 reused when it ran before with the same arguments and nothing it read or wrote has changed since: out/steps.json
 records each step's fingerprints (of the world's files, the model, the adapter, its metrics.json), and a
-copied or moved out/ folder is still current. The report card, out/report.md
-(and out/report.json), is one table: rows = methods, columns = accuracy on test and new people with
-its 95% interval, trainable parameters, wall time.
+copied or moved out/ folder is still current. The report card (nanolevels/report.py renders it):
+out/report.md, rows = methods, columns = accuracy on test and new people with its 95% interval,
+trainable parameters, wall time; out/report.json, its numbers; out/report.svg, them as bars; and
+out/loss.svg, the training runs' loss curves.
 """
 
 import argparse
@@ -35,6 +36,7 @@ from nanolevels.data import load_questions  # noqa: E402
 from nanolevels.device import peak_rss_mb, pick_device  # noqa: E402
 from nanolevels.evaluate import wilson  # noqa: E402
 from nanolevels.files import atomic_write, fingerprint_files, read_json, read_jsonl, shown, write_json  # noqa: E402
+from nanolevels.report import KEPT_DIR, loss_svg, markdown, report_svg  # noqa: E402
 from nanolevels.train import format_eta  # noqa: E402
 
 # what --tiny changes: a world and model small enough for a test to run every level in seconds
@@ -201,34 +203,43 @@ def build_report(args, times: dict) -> dict:
     n = {hops: {split: len(qs) for split, qs in load_questions(args.world, "test", "new", hops=hops).items()}
          for hops in (1, 2)}
 
-    def row(method, level, test, new, trainable, step, questions="one-hop"):
+    def row(method, level, test, new, trainable, step, example=None, questions="one-hop"):
         count = n[2 if questions == "two-hop" else 1]
         return {"method": method, "level": level, "questions": questions, "acc_test": test, "acc_new": new,
                 "ci_test": None if test is None else wilson(test, count["test"]),
                 "ci_new": None if new is None else wilson(new, count["new"]),
                 "n_test": None if test is None else count["test"], "n_new": None if new is None else count["new"],
-                "trainable_params": trainable, "wall_s": times.get(step, 0.0),
+                "trainable_params": trainable, "step": step, "wall_s": times.get(step, 0.0),
+                "example": example,  # {test, new: {question, answer, prediction}}: the first question, answered
                 "fingerprints": m[step]["fingerprints"]}  # of the model (and adapter) this row scored
+
+    def examples(kept, test="test", new="new"):
+        """The first test and new question answered, from a metrics.json 'example' (None in one from before)."""
+        return None if kept is None else {"test": kept[test], "new": kept[new]}
 
     rows = [row("pretrain-cloze", 4, pre["cloze_acc"]["test"], pre["cloze_acc"]["new"], params, "pretrain")]
     for method, key in (("zero-shot", "zero-shot"), ("k-shot", "3-shot"), ("searched-demos", "searched-demos"),
                         ("prompt-program", "prompt-program")):
-        rows.append(row(method, 1, pr[key]["test"], pr[key]["new"], 0, "prompting"))
-    rows.append(row("rag-base", 2, rg["acc"]["test"], rg["acc"]["new"], 0, "rag"))
+        rows.append(row(method, 1, pr[key]["test"], pr[key]["new"], 0, "prompting",
+                        examples(m["prompting"].get("example", {}).get(key))))
+    rows.append(row("rag-base", 2, rg["acc"]["test"], rg["acc"]["new"], 0, "rag", examples(rg.get("example"))))
     for method in ("lora-qa", "full-ft-qa"):
         acc = m[method]["acc"]
-        rows.append(row(method, 3, acc["test"], acc["new"], m[method]["trainable_params"], method))
+        rows.append(row(method, 3, acc["test"], acc["new"], m[method]["trainable_params"], method,
+                        examples(m[method].get("example"))))
     acc = m["lora-rag-qa"]["acc"]
-    rows.append(row("lora-rag-qa", 3, acc["test_rag"], acc["new_rag"], m["lora-rag-qa"]["trainable_params"], "lora-rag-qa"))
+    rows.append(row("lora-rag-qa", 3, acc["test_rag"], acc["new_rag"], m["lora-rag-qa"]["trainable_params"], "lora-rag-qa",
+                    examples(m["lora-rag-qa"].get("example"), "test_rag", "new_rag")))
     # two-hop questions: the reader without the loop (its step scores these), then the agent
     reader = m["lora-rag-qa"]
     for method, key, trainable in (("closed-book-2hop", "closed-book", 0), ("rag-2hop", "rag", reader["trainable_params"]),
                                    ("oracle-2hop", "oracle", reader["trainable_params"])):
         two = reader["two_hop"][key]
-        rows.append(row(method, 2, two["test"], two["new"], trainable, "lora-rag-qa", "two-hop"))
+        rows.append(row(method, 2, two["test"], two["new"], trainable, "lora-rag-qa", questions="two-hop"))
     agentic = m["agent"]["agentic"]
     rows.append({**row("agentic-rag", 2, agentic["test"]["acc"], agentic["new"]["acc"], m["agent"]["trainable_params"],
-                       "agent", "two-hop"), "calls_test": agentic["test"]["calls"], "calls_new": agentic["new"]["calls"]})
+                       "agent", questions="two-hop"), "calls_test": agentic["test"]["calls"],
+                 "calls_new": agentic["new"]["calls"]})
     models = {r["fingerprints"]["model"] for r in rows}
     if len(models) > 1:  # cannot happen through run_steps; a file changed while it ran
         raise ValueError(f"the report would mix {len(models)} models ({', '.join(sorted(models))}); run again")
@@ -245,104 +256,24 @@ def build_report(args, times: dict) -> dict:
             "agentic": {split: agentic[split] for split in ("test", "new")}}
 
 
-def story(report: dict) -> str:
-    """A paragraph, from the numbers, on what each level bought."""
-    r = {row["method"]: row for row in report["rows"]}
-    pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
-    zero, kshot = r["zero-shot"]["acc_test"], r["k-shot"]["acc_test"]
-    program = "; ".join(f"{a} \"{p['template']}\"" + (" ranking the values" if p["ranked"] else "")
-                        for a, p in report["program"].items())
-    return " ".join([
-        f"Pretraining stored {pct(r['pretrain-cloze']['acc_test'])} of the test people's facts (cloze) and "
-        f"{pct(r['pretrain-cloze']['acc_new'])} of the new people's, whom it never saw.",
-        f"Prompting answers {pct(zero)} of the test questions zero-shot and {pct(kshot)} with 3 random "
-        f"demonstrations, {pct(r['searched-demos']['acc_test'])} with demonstrations searched on the dev people.",
-        f"The compiled prompt program asks each attribute with the prompt mined from the pretraining text that "
-        f"scored best on the dev people ({program}) and answers {pct(r['prompt-program']['acc_test'])} of the test "
-        f"questions with no weight changed; {pct(r['prompt-program']['acc_new'])} of the new people's, whose facts "
-        f"are not in the weights.",
-        f"Retrieval finds the asked-about person's biography first for {pct(report['retrieval']['tfidf']['recall@1'])} "
-        f"of the new people's questions with TF-IDF ({pct(report['retrieval']['gpt']['recall@1'])} with the GPT's own "
-        f"hidden states); with it in the prompt, the unchanged model answers {pct(r['rag-base']['acc_new'])} of them, "
-        f"against {pct(r['zero-shot']['acc_new'])} closed-book.",
-        f"A LoRA adapter of {r['lora-qa']['trainable_params']:,} parameters "
-        f"({100 * r['lora-qa']['trainable_params'] / report['base_params']:.1f}% of the model), trained on questions about "
-        f"train people, answers {pct(r['lora-qa']['acc_test'])} of the test people's questions closed-book; full "
-        f"fine-tuning of all {r['full-ft-qa']['trainable_params']:,} parameters, at its own lower learning rate, "
-        f"{pct(r['full-ft-qa']['acc_test'])}.",
-        f"The RAG-QA adapter with retrieval answers {pct(r['lora-rag-qa']['acc_new'])} of the new people's questions.",
-    ])
-
-
-def cell(row: dict, split: str) -> str:
-    """'93.8% [91.2-95.6]': the accuracy and its 95% interval, or '-' where it does not apply."""
-    acc, ci = row[f"acc_{split}"], row[f"ci_{split}"]
-    return "-" if acc is None else f"{100 * acc:.1f}% [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]"
-
-
-def markdown(report: dict) -> str:
-    lines = ["# nanolevels report card", "",
-             "Accuracy with its 95% interval (Wilson) over the questions scored: exact match of a greedy answer, "
-             "except pretrain-cloze, which completes a biography sentence's start (a cloze, not a question).", "",
-             "| method | level | test people | new people | trainable params | wall time |",
-             "|---|---|---|---|---|---|"]
-    for row in report["rows"]:
-        lines.append(f"| {row['method']} | {row['level']} | {cell(row, 'test')} | {cell(row, 'new')} | "
-                     f"{row['trainable_params']:,} | {format_eta(row['wall_s'])} |")
-    lines += ["", story(report), "", "Targets: " + "; ".join(
-        f"{name}: {'met' if ok else 'MISSED'}" for name, ok in report["targets"].items()) + ".",
-              "", "Why each training run stopped: " + "; ".join(
-        f"{name}: {why}" for name, why in report["stopped"].items()) + ".",
-              "", f"Answers rag.py marks as guesses (best match below {report['unsure']['threshold']:.3f}, a threshold "
-              f"chosen on the dev-new people): " + ", ".join(f"{n} of the {split} questions" for split, n in
-                                                           report["unsure"]["guesses"].items())
-              + f"; questions about made-up people caught: {100 * report['unsure']['made_up_caught']:.0f}%.",
-              "", "Retrieval of the new people's biographies:", "",
-              "| embedder | recall@1 | recall@5 |", "|---|---|---|"]
-    for name, r in report["retrieval"].items():
-        lines.append(f"| {name} | {r['recall@1']:.3f} | {r['recall@5']:.3f} |")
-    mc = report["machine"]
-    lines += ["", f"Machine: {mc['device']}, {mc['threads']} torch threads, {mc['cpu_count']} CPUs, torch {mc['torch']}, "
-              f"Python {mc['python']}, {mc['platform']}.",
-              f"Total wall time {format_eta(report['total_wall_s'])}; peak memory {report['peak_rss_mb']:.0f} MB.", ""]
-    return "\n".join(lines)
-
-
-def loss_plot(args) -> None:
-    """out/loss.png: pretraining and fine-tuning loss curves, if matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"(no {os.path.join(args.out, 'loss.png')}: pip install matplotlib to get the loss curves)")
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, runs in zip(axes, (["pretrain"], ["lora/qa", "full/qa", "lora/rag-qa"])):
-        for run in runs:
-            path = os.path.join(args.out, run, "log.jsonl")
-            rows = [r for r in (read_jsonl(path) if os.path.exists(path) else []) if "loss" in r]
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=run)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.set_yscale("log")
-        ax.legend()
-    axes[0].set_title("level 4: pretraining")
-    axes[1].set_title("level 3: fine-tuning")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "loss.png"), dpi=100)
-    print(f"wrote {os.path.join(args.out, 'loss.png')}")
-
-
 def main(argv=None):
     args = parse_args(argv)
     times = run_steps(args)
     report = build_report(args, times)
-    atomic_write(os.path.join(args.out, "report.md"), markdown(report))
+    # the kept seeds table was measured at the default sizes: its ranges say nothing about a run at others
+    default_sizes = not (args.tiny or args.world_args or args.pretrain_args or args.finetune_args)
+    seeds_path = os.path.join(KEPT_DIR, "seeds.json")
+    text = markdown(report, read_json(seeds_path) if default_sizes and os.path.exists(seeds_path) else None)
+    logs = {name: os.path.join(os.path.dirname(output), "log.jsonl") for name, _, _, _, output, _ in plan(args)}
+    losses = {name: [(r["step"], r["loss"]) for r in read_jsonl(path) if "loss" in r]
+              for name, path in logs.items() if os.path.exists(path)}  # the training steps
+    atomic_write(os.path.join(args.out, "report.md"), text)
     write_json(os.path.join(args.out, "report.json"), report)
-    loss_plot(args)
-    print("\n" + markdown(report))
-    print(f"wrote {os.path.join(args.out, 'report.md')} and {os.path.join(args.out, 'report.json')}")
+    atomic_write(os.path.join(args.out, "report.svg"), report_svg(report))
+    atomic_write(os.path.join(args.out, "loss.svg"), loss_svg(losses))
+    print("\n" + text)
+    print(f"wrote {', '.join(shown(os.path.join(args.out, f)) for f in ('report.md', 'report.json', 'report.svg'))} "
+          f"and {shown(os.path.join(args.out, 'loss.svg'))}")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for path in ["report.md", "report.json", "pretrain/model.safetensors", "prompt/metrics.json", "rag/metrics.json",
-                 "lora/qa/adapter.safetensors", "full/qa/model.safetensors", "lora/rag-qa/adapter.safetensors",
-                     "lora/agent/adapter.safetensors"]:
+    for path in ["report.md", "report.json", "report.svg", "loss.svg", "pretrain/model.safetensors",
+                 "prompt/metrics.json", "rag/metrics.json", "lora/qa/adapter.safetensors", "full/qa/model.safetensors",
+                 "lora/rag-qa/adapter.safetensors", "lora/agent/adapter.safetensors"]:
         assert os.path.exists(os.path.join(out, path)), path
     report = json.load(open(os.path.join(out, "report.json")))
     assert {"total_wall_s", "peak_rss_mb", "machine", "rows", "retrieval"} <= set(report)
@@ -53,6 +53,9 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     assert all(set(r) == {"recall@1", "recall@5"} for r in report["retrieval"].values())
     markdown = open(os.path.join(out, "report.md")).read()
     assert all(f"| {m} |" in markdown for m in METHODS) and "Wilson" in markdown
+    assert "## One question, each method's answer" in markdown and "| lora-rag-qa |" in markdown.split("## One")[1]
+    loss = open(os.path.join(out, "loss.svg")).read()
+    assert all(f"<title>{run}</title>" in loss for run in ("pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa"))
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 8, again.stdout[-2000:]
     assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
