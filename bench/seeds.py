@@ -3,13 +3,16 @@
     python bench/seeds.py                # seeds 1337, 1338, 1339: three full runs (see the README for the time)
     python bench/seeds.py --seeds 5      # five seeds
     python bench/seeds.py --tiny         # toy sizes, in seconds: checks the table, not the claims
+    python bench/seeds.py --keep         # also update the repository's kept copy in docs/ (see below)
 
 One run on one machine is one trajectory: float results differ between CPUs (kernels, summation
 order), and a skill that arrives by a phase change can arrive on one trajectory and not on another.
 So a claim of the report card holds when it holds at the MIN over seeds, and this script judges it
 there. Seed S runs `python -m nanolevels --seed S --out <out>/seed-S` in its own process (its own
 world, its own training seeds; finished steps are reused like any orchestrator run), then the
-table goes to <out>/seeds.md and <out>/seeds.json.
+table goes to <out>/seeds.md and <out>/seeds.json, and its picture to <out>/seeds.svg. With --keep,
+also to docs/seeds.md, docs/seeds.json (report.md shows its ranges beside a run's numbers) and
+docs/report.svg (the README's picture).
 """
 
 import argparse
@@ -22,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from nanolevels import cli  # noqa: E402
 from nanolevels.files import atomic_write, read_json, shown, write_json  # noqa: E402
+from nanolevels.report import KEPT_DIR, seeds_svg  # noqa: E402
 from nanolevels.train import format_eta  # noqa: E402
 
 
@@ -33,9 +37,13 @@ def parse_args(argv):
     p.add_argument("--out", default="out/seeds", help="each seed's run goes to <out>/seed-S (default: out/seeds)")
     p.add_argument("--tiny", action="store_true", help="toy sizes (python -m nanolevels --tiny)")
     p.add_argument("--args", default="", help='further flags for python -m nanolevels, e.g. "--device cuda"')
+    p.add_argument("--keep", action="store_true", help="also write the table and its picture where the repository "
+                   "keeps them: docs/seeds.md, docs/seeds.json, docs/report.svg")
     args = p.parse_args(argv)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.keep and args.tiny:
+        raise ValueError("--keep replaces the kept table of the default sizes; not with --tiny")
     return args
 
 
@@ -114,9 +122,12 @@ def main(argv=None):
     t = table(reports)
     command = "python bench/seeds.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     text = markdown(t, command.strip())
-    atomic_write(os.path.join(args.out, "seeds.md"), text)
-    write_json(os.path.join(args.out, "seeds.json"), t)
-    print("\n" + text + f"wrote {os.path.join(args.out, 'seeds.md')} and {os.path.join(args.out, 'seeds.json')}")
+    print("\n" + text)
+    for folder, picture in [(args.out, "seeds.svg")] + ([(KEPT_DIR, "report.svg")] if args.keep else []):
+        atomic_write(os.path.join(folder, "seeds.md"), text)
+        write_json(os.path.join(folder, "seeds.json"), t)
+        atomic_write(os.path.join(folder, picture), seeds_svg(t))
+        print(f"wrote seeds.md, seeds.json and {picture} in {shown(folder)}")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,16 @@ def test_no_seeds_is_one_line_error():
     assert r.returncode == 2 and r.stderr.strip() == "error: --seeds must be at least 1, got 0"
 
 
+def test_keep_refuses_toy_sizes(run_main):
+    code, _, err = run_main(seeds.main, "--keep", "--tiny")  # the kept table is the default sizes'
+    assert code == 2 and err == "error: --keep replaces the kept table of the default sizes; not with --tiny\n"
+
+
 def test_tiny_run_writes_the_table(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "bench/seeds.py", "--tiny", "--seeds", "1", "--first-seed", "5",
                         "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "seeds table: 1 seed (5)" in (tmp_path / "seeds.md").read_text()
+    assert (tmp_path / "seeds.svg").read_text().count('class="bar"') == 2 * 9  # 9 rows, test and new
     assert (tmp_path / "seed-5" / "world" / "meta.json").exists()
