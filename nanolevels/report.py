@@ -52,16 +52,17 @@ METHODS = {
                 "train people; the question alone"),
     "full-ft-qa": ("one-hop", "closed book", "every weight trained on the same questions, at a lower learning rate; "
                    "the question alone"),
-    "lora-rag-qa": ("one-hop", "with retrieval", "a LoRA adapter trained to answer from a biography in the prompt "
-                    "(of made-up people, never the scored ones); the retrieved biographies, then the question"),
+    "lora-rag-qa": ("one-hop", "with retrieval", "a LoRA adapter trained to answer from a biography or company profile "
+                    "in the prompt (of made-up people and companies, never the scored ones); the retrieved "
+                    "biographies, then the question"),
     "closed-book-2hop": ("two-hop", "closed book", "nothing trained; the base model, the two-hop question alone"),
     "rag-2hop": ("two-hop", "with retrieval", "one retrieval with the question as the query, read by the rag-qa "
                  "adapter (lora-rag-qa's)"),
     "oracle-2hop": ("two-hop", "gold documents", "both documents the answer needs (the person's biography and the "
                     "company's profile) in the prompt, read by the rag-qa adapter: what perfect retrieval would give"),
-    "agentic-rag": ("two-hop", "with retrieval", "an agent LoRA adapter writes \"Follow up:\" queries; a controller "
-                    "retrieves a document for each and inserts it, until the agent writes \"So the final answer "
-                    "is:\""),
+    "agentic-rag": ("two-hop", "with retrieval", "the rag-qa adapter trained further on Self-Ask traces about made-up "
+                    "people at made-up companies; it writes \"Follow up:\" queries, a controller retrieves a document "
+                    "for each and inserts it, until it writes \"So the final answer is:\""),
     "chunk-rag-global": ("global", "with retrieval", "answered from the facts extracted from the top-k retrieved "
                          "documents"),
     "graph-rag-global": ("global", "with retrieval", "map-reduce over the community reports of an entity graph the "
@@ -153,6 +154,13 @@ def story(report: dict) -> str:
         f"fine-tuning of all {r['full-ft-qa']['trainable_params']:,} parameters, at its own lower learning rate, "
         f"{pct(r['full-ft-qa']['acc_test'])}.",
         f"The RAG-QA adapter with retrieval answers {pct(r['lora-rag-qa']['acc_new'])} of the new people's questions.",
+        *([] if "agentic-rag" not in r else [
+            f"Two-hop questions (a fact about the company a new person worked for) need two documents: one retrieval "
+            f"with the question finds the person's biography but not the profile, and the reader answers "
+            f"{pct(r['rag-2hop']['acc_new'])} (both documents given: {pct(r['oracle-2hop']['acc_new'])}). The agent "
+            f"adapter asks its own follow-up questions, {report['agentic']['new']['calls']:.1f} retrievals each on "
+            f"average, and answers {pct(r['agentic-rag']['acc_new'])}; closed book, "
+            f"{pct(r['closed-book-2hop']['acc_new'])}."]),
     ])
 
 
