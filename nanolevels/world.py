@@ -496,8 +496,11 @@ def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[t
     than one.
     """
     rng = random.Random(seed + 1)  # not the stream that drew the people
-    people = fresh_people(world, n + k, seed=seed)
     companies = fresh_companies(world, n + k, seed=seed + 2)
+    # half of the people work at a known company, half at a fresh one: like the new people, whose employers'
+    # names the reader may never have seen and must copy from the biography
+    known = [c for c in world.companies if c.split == "known"]
+    people = fresh_people(world, n + k, seed=seed, companies=known + companies[:len(known)])
     examples = []
     for i in range(n):
         if rng.random() < COMPANY_SHARE:

@@ -110,7 +110,10 @@ def test_reading_examples_layout():
     assert examples == reading_examples(world, n, seed=1, k=k)
     assert {turns[0][0].count("\n") for turns in examples} == {2, 3}  # 1 or 2 documents
     world_names = {p.name for p in world.people} | {c.name for c in world.companies}
-    people, companies = fresh_people(world, n + k, seed=1), fresh_companies(world, n + k, seed=3)
+    companies = fresh_companies(world, n + k, seed=3)
+    known = [c for c in world.companies if c.split == "known"]
+    people = fresh_people(world, n + k, seed=1, companies=known + companies[:len(known)])
+    assert 0.3 < sum(p.employer not in EMPLOYERS for p in people) / len(people) < 0.7  # employers never seen, too
     kinds = [len(turns) == len(COMPANY_ATTRIBUTES) for turns in examples]
     assert 0.1 < sum(kinds) / n < 0.4  # about COMPANY_SHARE of them read a company's profile
     for i, (turns, is_company) in enumerate(zip(examples, kinds)):  # the i-th fresh entity is asked about
