@@ -10,7 +10,7 @@ from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
 from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_QUESTIONS, COMPANY_WORDS, CITIES, EMPLOYERS, FIRST_NAMES,
                               LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TWO_HOP,
-                              UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, make_corpus, make_world,
+                              UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, fresh_workforce, make_corpus, make_world,
                               reading_examples, reading_page)
 import random
 
@@ -110,10 +110,8 @@ def test_reading_examples_layout():
     assert examples == reading_examples(world, n, seed=1, k=k)
     assert {turns[0][0].count("\n") for turns in examples} == {2, 3}  # 1 or 2 documents
     world_names = {p.name for p in world.people} | {c.name for c in world.companies}
-    companies = fresh_companies(world, n + k, seed=3)
-    known = [c for c in world.companies if c.split == "known"]
-    people = fresh_people(world, n + k, seed=1, companies=known + companies[:len(known)])
-    assert 0.3 < sum(p.employer not in EMPLOYERS for p in people) / len(people) < 0.7  # employers never seen, too
+    people, companies = fresh_workforce(world, n + k, seed=1), fresh_companies(world, n + k, seed=3)
+    assert sum(p.employer not in EMPLOYERS for p in people) == (n + k) // 2  # employers never pretrained, too
     kinds = [len(turns) == len(COMPANY_ATTRIBUTES) for turns in examples]
     assert 0.1 < sum(kinds) / n < 0.4  # about COMPANY_SHARE of them read a company's profile
     for i, (turns, is_company) in enumerate(zip(examples, kinds)):  # the i-th fresh entity is asked about
@@ -198,8 +196,18 @@ def test_two_hop_answers_follow_from_the_profiles_never_the_biographies(tmp_path
 def test_no_new_company_profile_in_pretraining_text(tmp_path):
     prepare(tmp_path)
     text = (tmp_path / "pretrain.txt").read_text() + (tmp_path / "val.txt").read_text()
+
     companies = read_jsonl(tmp_path / "companies.jsonl")
     assert {c["split"] for c in companies} == {"known", "dev-new", "new"}
     for c in companies:
         assert (c["name"] in text) == (c["split"] == "known"), c["name"]
         assert (c["ceo"] in text) == (c["split"] == "known")
+
+
+def test_every_company_word_is_read_in_pretraining():
+    """Reading pages name fresh companies, so no company of the world has a word the model never read."""
+    world = make_world(100, seed=2)
+    corpus = make_corpus(world, bios_per_person=1, epochs=60)
+    words = {w for doc in corpus.train_docs for w in doc.split()}
+    assert all(w in words for w in COMPANY_WORDS)
+    assert not any(c.name in doc for c in world.companies if c.split != "known" for doc in corpus.train_docs)
