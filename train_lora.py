@@ -19,7 +19,7 @@ import random
 import sys
 
 from nanolevels import cli, data
-from nanolevels.agent import agent_examples, evaluate_agent, retriever, two_hop_baselines
+from nanolevels.agent import evaluate_agent, retriever, two_hop_baselines
 from nanolevels.checkpoint import fingerprint, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_qa, eval_rag, qa_accuracy
@@ -28,7 +28,7 @@ from nanolevels.lora import DEFAULT_TARGETS, add_lora, covers, load_adapter, mer
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.train import TrainConfig, check_out_dir, setup, train
-from nanolevels.world import SPLITS, reading_examples
+from nanolevels.world import SPLITS, agent_examples, reading_examples
 
 # Full fine-tuning's (lr, min_lr): LoRA's rate erases what the weights know. Chosen on the dev people
 # (closed-book exact match); bench/full_lr.py prints the comparison.

@@ -24,67 +24,21 @@ imagines, say) is thrown away: only retrieved documents ever enter the context.
 
 The model learns the format from a LoRA adapter (train_lora.py --task agent) trained on traces about
 FRESH people at FRESH companies, so that every answer has to be read from an inserted document; the
-loss is on the model's own lines only (agent_examples gives the documents as prompts, which are masked).
+loss is on the model's own lines only (world.agent_examples gives the documents as prompts, which are
+masked). The pretraining text holds such traces too (world.make_corpus): a word the model never read
+has token embeddings nobody trained, and an adapter on the attention layers could not make it write one.
 """
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 
 from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag, exact_match, qa_accuracy
 from nanolevels.lora import set_lora_enabled
 from nanolevels.prompting import qa_prompt, rag_prompt
-from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, TWO_HOP, World, biography, company_question,
-                              fresh_companies, fresh_people, profile, qa_pair, two_hop_question)
+from nanolevels.world import FINAL, FOLLOW_UP, question_line
 
-FOLLOW_UP, INTERMEDIATE, FINAL = "Follow up: ", "Intermediate answer: ", "So the final answer is: "
 MAX_HOPS = 3  # retrievals per question at most: two-hop questions need two
 LINE_TOKENS = 48  # generated per step: room for an intermediate answer and the next follow-up line
-# What agent_examples asks about: two-hop questions, one-hop questions about a person or about a company. A
-# one-hop question is answered in one follow-up; knowing when to stop asking is part of the skill.
-MIX = {"two-hop": 0.5, "person": 0.3, "company": 0.2}
-
-
-def question_line(question: str) -> str:
-    return f"Q: {question}\n"
-
-
-def trace_turns(question: str, hops: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
-    """A finished trace as (prompt, answer) turns for data.encode_example: hops are (follow-up, document,
-    intermediate answer), the last intermediate answer is the final one. The question and each inserted
-    document are prompts (no loss); every line the model writes is an answer (trained on)."""
-    if not hops:
-        raise ValueError("a trace needs at least one hop")
-    turns, prompt, said = [], question_line(question), ""
-    for follow_up, document, answer in hops:
-        turns.append((prompt, said + f"{FOLLOW_UP}{follow_up}\n"))
-        prompt, said = document + "\n", f"{INTERMEDIATE}{answer}\n"
-    turns.append((prompt, said + f"{FINAL}{hops[-1][2]}\n"))
-    return turns
-
-
-def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]]]:
-    """n training traces (see trace_turns) about fresh people at fresh companies, mixed as MIX says, each
-    with the gold document of every hop: the person's biography, then the company's profile."""
-    rng = random.Random(seed + 1)  # not the streams that drew the people and companies
-    companies = fresh_companies(world, n, seed=seed)
-    kinds, weights = list(MIX), list(MIX.values())
-    examples = []
-    for person, employer in zip(fresh_people(world, n, seed=seed + 2), companies):
-        person.employer, person.employer_city = employer.name, employer.headquarters  # each at a company of its own
-        kind = rng.choices(kinds, weights)[0]
-        if kind == "two-hop":
-            q = two_hop_question(person, employer, rng.choice(TWO_HOP))
-            docs = [biography(person, rng), profile(employer, rng)]
-            hops = [(h["question"], d, h["answer"]) for h, d in zip(q["hops"], docs)]
-        elif kind == "person":
-            q = qa_pair(person, rng.choice(ATTRIBUTES))
-            hops = [(q["question"], biography(person, rng), q["answer"])]
-        else:
-            q = company_question(employer, rng.choice(COMPANY_ATTRIBUTES))
-            hops = [(q["question"], profile(employer, rng), q["answer"])]
-        examples.append(trace_turns(q["question"], hops))
-    return examples
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 
 from nanolevels.files import atomic_write, read_json, read_jsonl, read_text, write_json, write_jsonl
 from nanolevels.tokenizer import EOT, Tokenizer
-from nanolevels.world import ATTRIBUTES, SPLITS, TWO_HOP, make_corpus, make_world, qa_pair, two_hop_question
+from nanolevels.world import ATTRIBUTES, FOLLOW_UP, SPLITS, TWO_HOP, make_corpus, make_world, qa_pair, two_hop_question
 
 IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
 WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "world")
@@ -226,11 +226,12 @@ def prepare_world(out_dir: str = "data/world", people: int = 340, bios_per_perso
     write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
     write_jsonl(os.path.join(out_dir, "companies.jsonl"), [asdict(c) for c in world.companies])
     n_pages = sum("\nQ: " in d and not d.startswith("Q: ") for d in corpus.train_docs)  # not mixed QA
+    n_traces = sum(d.startswith("Q: ") and FOLLOW_UP in d for d in corpus.train_docs)
     log(f"world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people at "
         + " / ".join(f"{sum(c.split == s for c in world.companies)} {s}" for s in ("known", "dev-new", "new"))
         + " companies; "
         f"{len(corpus.train_docs):,} pretraining documents "
-        f"({len(train_text):,} chars; {n_pages:,} of them reading pages), "
+        f"({len(train_text):,} chars; {n_pages:,} of them reading pages, {n_traces:,} agent traces), "
         f"{len(corpus.val_docs):,} validation documents")
     # the tokenizer learns from each distinct document once: repeats would add time, not merges
     distinct = "\n".join(dict.fromkeys(corpus.train_docs))

@@ -434,6 +434,58 @@ def fresh_workforce(world: World, n: int, seed: int) -> list[Person]:
     return people
 
 
+# The agent's trace format (Self-Ask; see agent.py): every line the model writes starts with one of these.
+FOLLOW_UP, INTERMEDIATE, FINAL = "Follow up: ", "Intermediate answer: ", "So the final answer is: "
+# Of the reading pages, this share are agent traces (agent_examples written out): every word the agent will
+# write, and every question about a company, is then one the model has read.
+TRACE_SHARE = 0.25
+# What agent_examples asks about: two-hop questions, one-hop questions about a person or about a company. A
+# one-hop question is answered in one follow-up; knowing when to stop asking is part of the skill.
+MIX = {"two-hop": 0.5, "person": 0.3, "company": 0.2}
+
+
+def question_line(question: str) -> str:
+    return f"Q: {question}\n"
+
+
+def trace_turns(question: str, hops: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """A finished trace as (prompt, answer) turns for data.encode_example: hops are (follow-up, document,
+    intermediate answer), the last intermediate answer is the final one. The question and each inserted
+    document are prompts (no loss); every line the model writes is an answer (trained on)."""
+    if not hops:
+        raise ValueError("a trace needs at least one hop")
+    turns, prompt, said = [], question_line(question), ""
+    for follow_up, document, answer in hops:
+        turns.append((prompt, said + f"{FOLLOW_UP}{follow_up}\n"))
+        prompt, said = document + "\n", f"{INTERMEDIATE}{answer}\n"
+    turns.append((prompt, said + f"{FINAL}{hops[-1][2]}\n"))
+    return turns
+
+
+def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """n training traces (see trace_turns) about fresh people at fresh companies, mixed as MIX says, each
+    with the gold document of every hop: the person's biography, then the company's profile."""
+    rng = random.Random(seed + 1)  # not the streams that drew the people and companies
+    companies = fresh_companies(world, n, seed=seed)
+    kinds, weights = list(MIX), list(MIX.values())
+    examples = []
+    for person, employer in zip(fresh_people(world, n, seed=seed + 2), companies):
+        person.employer, person.employer_city = employer.name, employer.headquarters  # each at a company of its own
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "two-hop":
+            q = two_hop_question(person, employer, rng.choice(TWO_HOP))
+            docs = [biography(person, rng), profile(employer, rng)]
+            hops = [(h["question"], d, h["answer"]) for h, d in zip(q["hops"], docs)]
+        elif kind == "person":
+            q = qa_pair(person, rng.choice(ATTRIBUTES))
+            hops = [(q["question"], biography(person, rng), q["answer"])]
+        else:
+            q = company_question(employer, rng.choice(COMPANY_ATTRIBUTES))
+            hops = [(q["question"], profile(employer, rng), q["answer"])]
+        examples.append(trace_turns(q["question"], hops))
+    return examples
+
+
 @dataclass
 class Corpus:
     bios: dict[str, list[str]]  # person name -> biographies (the retrieval collection; all splits)
@@ -452,7 +504,8 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
     a `dev-new` or `new` person or company, never a question about a dev or test person.
 
     Every reading page is about a different fresh person (every other one at a fresh company, see
-    fresh_workforce), seen once: its answers can only be
+    fresh_workforce), seen once; TRACE_SHARE of them are agent traces about fresh people at fresh
+    companies (agent_examples). Its answers can only be
     learned by reading them off the page, never by memorising the person (repeated pages would
     spend the model's memory on people nobody asks about). That is why the repetition of the
     biographies is written out here, rather than left to training for more epochs.
@@ -485,9 +538,11 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
     train_docs = once * epochs
     n_pages = round(reading_share / (1 - reading_share) * len(train_docs))
     n_val_pages = round(reading_share / (1 - reading_share) * len(val_docs))
+    n_traces, n_val_traces = round(TRACE_SHARE * n_pages), round(TRACE_SHARE * n_val_pages)
     fresh = fresh_workforce(world, n_pages + n_val_pages, seed=world.seed + 2)
-    train_docs += [reading_page(p, rng) for p in fresh[:n_pages]]
-    val_docs += [reading_page(p, rng) for p in fresh[n_pages:]]
+    traces = ["".join(p + a for p, a in t) for t in agent_examples(world, n_traces + n_val_traces, world.seed + 5)]
+    train_docs += [reading_page(p, rng) for p in fresh[:n_pages - n_traces]] + traces[:n_traces]
+    val_docs += [reading_page(p, rng) for p in fresh[n_pages:n_pages + n_val_pages - n_val_traces]] + traces[n_traces:]
     rng.shuffle(train_docs)
     rng.shuffle(val_docs)
     return Corpus(bios, profiles, train_docs, val_docs)

@@ -2,11 +2,11 @@
 go in, the hop cap and the block end a trace, the loss covers the model's lines only, and the training
 traces are about fresh people at fresh companies with their gold documents."""
 
-from nanolevels.agent import (FINAL, FOLLOW_UP, INTERMEDIATE, MAX_HOPS, agent_examples, model_lines, run_agent,
-                              trace_turns)
+from nanolevels.agent import MAX_HOPS, model_lines, run_agent
 from nanolevels.data import IGNORE, encode_example
 from nanolevels.tokenizer import Tokenizer
-from nanolevels.world import COMPANY_ATTRIBUTES, make_world
+from nanolevels.world import (COMPANY_ATTRIBUTES, FINAL, FOLLOW_UP, INTERMEDIATE, agent_examples, make_world,
+                              trace_turns)
 
 QUESTION = "In which year was the company that Ada Jo Crane worked for founded?"
 BIO = "Ada Jo Crane worked for Tidewater Group. Ada Jo Crane was born in Lyon."

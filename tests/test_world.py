@@ -86,8 +86,10 @@ def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
 def test_documents_are_separated_and_shuffled(tmp_path):
     summary = prepare(tmp_path, reading_share=0.5)
     docs = (tmp_path / "pretrain.txt").read_text().rstrip("\n").split(f"\n{EOT}\n")
-    pages = [d for d in docs if "\nQ: " in d]
+    pages = [d for d in docs if "\nQ: " in d or d.startswith("Q: ")]  # reading pages and agent traces
     assert 0.4 < len(pages) / len(docs) < 0.6
+    traces = [d for d in docs if d.startswith("Q: ") and "\nFollow up: " in d]
+    assert 0.2 < len(traces) / len(pages) < 0.3
     assert summary["train_tokens"] > 0 and summary["vocab_size"] <= 300
     # shuffled at document level: the biographies of one person are not all adjacent
     first = [d.split(" ")[0] for d in docs[:10]]
