@@ -438,7 +438,7 @@ def fresh_workforce(world: World, n: int, seed: int) -> list[Person]:
 FOLLOW_UP, INTERMEDIATE, FINAL = "Follow up: ", "Intermediate answer: ", "So the final answer is: "
 # Of the reading pages, this share are agent traces (agent_examples written out): every word the agent will
 # write, and every question about a company, is then one the model has read.
-TRACE_SHARE = 0.25
+TRACE_SHARE = 0.05
 # What agent_examples asks about: two-hop questions, one-hop questions about a person or about a company. A
 # one-hop question is answered in one follow-up; knowing when to stop asking is part of the skill.
 MIX = {"two-hop": 0.5, "person": 0.3, "company": 0.2}

@@ -9,7 +9,7 @@ from nanolevels import data
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
 from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_QUESTIONS, COMPANY_WORDS, CITIES, EMPLOYERS, FIRST_NAMES,
-                              LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TWO_HOP,
+                              LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TRACE_SHARE, TWO_HOP,
                               UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, fresh_workforce, make_corpus, make_world,
                               reading_examples, reading_page)
 import random
@@ -89,7 +89,7 @@ def test_documents_are_separated_and_shuffled(tmp_path):
     pages = [d for d in docs if "\nQ: " in d or d.startswith("Q: ")]  # reading pages and agent traces
     assert 0.4 < len(pages) / len(docs) < 0.6
     traces = [d for d in docs if d.startswith("Q: ") and "\nFollow up: " in d]
-    assert 0.2 < len(traces) / len(pages) < 0.3
+    assert len(traces) == round(TRACE_SHARE * len(pages))
     assert summary["train_tokens"] > 0 and summary["vocab_size"] <= 300
     # shuffled at document level: the biographies of one person are not all adjacent
     first = [d.split(" ")[0] for d in docs[:10]]
