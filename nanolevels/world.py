@@ -406,9 +406,14 @@ def make_world(n_people: int = 340, seed: int = 1337) -> World:
 
 def fresh_companies(world: World, n: int, seed: int) -> list[Company]:
     """n further companies for training examples, none named like a company of the world. Names may repeat
-    among them with other facts each time: a fresh company can be read about, never remembered."""
+    among them with other facts each time: a fresh company can be read about, never remembered.
+
+    Their names start with the words of every company's name, the known ones' too ("Silver Fern" of "Silver
+    Fern Partners"): an agent trained only on unfamiliar words learned to swap a known company's name for one
+    of them ("Silver Fern Partners" -> "Larkfield Partners")."""
     rng, world_names = random.Random(seed), {c.name for c in world.companies}
-    names = [f"{w} {s}" for w in COMPANY_WORDS for s in COMPANY_SUFFIXES if f"{w} {s}" not in world_names]
+    starts = COMPANY_WORDS + sorted({name.rsplit(" ", 1)[0] for name in EMPLOYERS})
+    names = [f"{w} {s}" for w in starts for s in COMPANY_SUFFIXES if f"{w} {s}" not in world_names]
     taken = world.names()
     return [make_company(rng, rng.choice(names), "fresh", rng.choice(HEADQUARTERS), taken) for _ in range(n)]
 

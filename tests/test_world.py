@@ -160,9 +160,10 @@ def test_companies_split_like_people():
         group = world.split(s)
         assert sum(world.company(p.employer).split == s for p in group) >= len(group) / 2
         assert {p.employer for p in group} >= {c.name for c in by_split[s]}  # every such company has people
-    fresh = fresh_companies(world, 50, seed=4)
+    fresh = fresh_companies(world, 500, seed=4)
     assert not {c.name for c in fresh} & {c.name for c in world.companies}
-    assert all(c.split == "fresh" for c in fresh) and fresh == fresh_companies(world, 50, seed=4)
+    assert {c.name.rsplit(" ", 1)[0] for c in fresh} >= {name.rsplit(" ", 1)[0] for name in EMPLOYERS}
+    assert all(c.split == "fresh" for c in fresh) and fresh == fresh_companies(world, 500, seed=4)
 
 
 def test_company_words_name_nothing_else():
