@@ -5,9 +5,12 @@ saw, because retrieval puts the right biography into its prompt.
     python rag.py --eval                                  # recall and exact match on test and new people
     python rag.py --eval --adapter out/lora/rag-qa/adapter.safetensors   # with the level-3 reader
     python rag.py --agentic "In which year was the company that <name> worked for founded?"   # agentic RAG
+    python rag.py --graph "How many people worked for Tidewater Group?"   # GraphRAG (nanolevels/graph.py)
+    python rag.py --graph --eval                          # graph vs chunk RAG on questions about the whole collection
 
 The index of every biography (new people included) is built on first use and cached in out/rag/.
---eval writes out/rag/metrics.json.
+--eval writes out/rag/metrics.json. --graph reads every document into an entity graph with the rag-qa reader
+(cached in out/rag/graph/graph.json); --graph --eval writes out/rag/graph/metrics.json.
 
 Retrieval always returns something, relevant or not. So the best match's score is compared with a
 threshold chosen on dev questions (about the dev-new people, who are in the collection, and about
@@ -25,7 +28,7 @@ import random
 import sys
 import time
 
-from nanolevels import cli, data
+from nanolevels import cli, data, graph
 from nanolevels.agent import evaluate_agent, retriever, run_model_agent
 from nanolevels.device import pick_device
 from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag
@@ -47,10 +50,14 @@ def parse_args(argv):
                    help="the model (default: out/pretrain/model.safetensors)")
     p.add_argument("--adapter", default=None,
                    help=f"a LoRA adapter to load onto the model (from train_lora.py; default: none, {AGENT} with "
-                        f"--agentic)")
+                        f"--agentic, {graph.READER} with --graph: the reader that extracts the graph)")
     p.add_argument("--agentic", action="store_true",
                    help="agentic RAG: the model asks follow-up questions and reads a document for each (see "
                         "nanolevels/agent.py)")
+    p.add_argument("--graph", action="store_true",
+                   help="GraphRAG: answer questions about the whole collection (counts, superlatives, lists, shared "
+                        "neighbours) from an entity graph the reader extracts from every document (see "
+                        "nanolevels/graph.py); with --eval, score it against top-k chunk RAG")
     p.add_argument("--embedder", default="tfidf", choices=EMBEDDERS,
                    help="tfidf: hashed TF-IDF bag of words; gpt: the model's mean hidden state (default: tfidf)")
     p.add_argument("--k", type=int, default=None,
@@ -59,15 +66,26 @@ def parse_args(argv):
     p.add_argument("--demos", type=int, default=0,
                    help="few-shot demonstrations (QA pairs of train people) before the documents (default: 0)")
     p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world (default: data/world)")
-    p.add_argument("--out", default="out/rag", help="index cache and metrics.json (default: out/rag)")
-    p.add_argument("--seed", type=int, default=0, help="which demonstrations are drawn (default: 0)")
+    p.add_argument("--out", default="out/rag",
+                   help="index cache and metrics.json; --graph: graph/graph.json and graph/metrics.json in it "
+                        "(default: out/rag)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="which demonstrations are drawn; --graph --eval: which global questions (default: 0)")
+    p.add_argument("--global-questions", type=int, default=30,
+                   help="--graph --eval: questions of each kind, a sample drawn with --seed (default: 30)")
     cli.add_device_flags(p, dtype=False)  # --device --threads
     args = p.parse_args(argv)
     args.k = args.k if args.k is not None else 1 if args.agentic else 2
+    if args.agentic and args.graph:
+        raise ValueError("--agentic and --graph are two ways of answering; choose one")
     if args.agentic:
         args.adapter = args.adapter or AGENT
         if args.demos:
             raise ValueError("--demos are for one-shot RAG; the agent learned its format and takes none")
+    if args.graph:
+        args.adapter = args.adapter or graph.READER
+    if args.global_questions < 1:
+        raise ValueError(f"--global-questions must be at least 1, got {args.global_questions}")
     if args.demos < 0:
         raise ValueError(f"--demos must be 0 or more, got {args.demos}")
     if args.k < 1:
@@ -115,6 +133,8 @@ def agentic(args, model, tokenizer, search) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.graph:
+        return graph.run(args)
     device = pick_device(args.device)
     model, tokenizer = cli.load_model(args.checkpoint, device, args.adapter)
     docs = data.load_documents(args.world)

@@ -1,0 +1,592 @@
+"""GraphRAG on the tiny world: our own model reads every document into an entity graph, Louvain groups the
+graph into communities, and questions about the whole collection are answered by map-reduce over the
+communities' reports.
+
+What each step is in microsoft/graphrag (Edge et al. 2024, arXiv 2404.16130), and what it is here:
+  extraction     There, a large LLM lists the entities and relationships of every text chunk. Here the reader
+                 of level 3 (the rag-qa LoRA adapter on a ~1M-parameter GPT) is asked every attribute question
+                 about a document's subject with that one document as context, and each answer becomes a typed
+                 edge: person -worked_for-> company, company -headquartered_in-> city. The subject's name is
+                 the document's title (its id before "#"), as every document of a real collection has a
+                 title; whether it is a biography or a company profile says which questions to ask.
+  merging        Entities of the same type with the same normalised name (evaluate.normalize) are one node;
+                 every node and edge keeps the ids of the documents that stated it. One step GraphRAG does not
+                 take: where a subject's documents disagree on a value that has one answer (a birth city), the
+                 value most of them state wins (vote), so one misread document does not leave a wrong edge.
+  communities    Hierarchical Leiden there; Louvain here, written out below (modularity-gain moves, then
+                 aggregation), with communities above MAX_COMMUNITY entities clustered again, one level down.
+  reports        There, the LLM writes each community's report (title, summary, findings) from descriptions
+                 it also wrote of every entity and relationship. Here nothing is written by a model: a report
+                 is computed (members per type, the highest-degree entities, facts per relation, the facts).
+  global search  Map: each report's partial answer with a relevance score (how many of its facts the answer
+                 rests on), zero dropped; reduce: combine them. There both are LLM calls over free text. Here the
+                 question is parsed against one template per kind and the combination is exact (a sum, an
+                 argmax, a union), so an answer can be scored by exact match.
+  local search   An entity's neighbourhood: "Name a person who worked for the same company as X".
+
+The baseline, chunk RAG, retrieves the top k documents for the question and runs the SAME aggregation over the
+facts read from those k documents alone: the only difference is which documents are seen.
+"""
+
+import os
+import random
+import re
+import time
+from collections import Counter, defaultdict
+
+from nanolevels import cli, data
+from nanolevels.checkpoint import fingerprint
+from nanolevels.device import pick_device
+from nanolevels.evaluate import ANSWER_TOKENS, complete, normalize, wilson
+from nanolevels.files import fingerprint_files, read_json, read_jsonl, shown, write_json
+from nanolevels.prompting import rag_prompt
+from nanolevels.retrieval import load_or_build_index
+from nanolevels.train import format_eta
+from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS
+
+GRAPH_FORMAT = "nanolevels-graph-1"  # in every graph file: change it when extraction changes
+READER = "out/lora/rag-qa/adapter.safetensors"  # where the pipeline writes the reader (rag.py --graph's default)
+MAX_COMMUNITY = 50  # a community with more entities is clustered again: a report should stay short enough to read
+SEED = 0  # Louvain's node order
+
+# What the reader is asked about a document's subject: attribute -> (relation, type of the answer's node).
+# A value's type follows from the relation it came by, so "Lyon" from born_in is a city.
+RELATIONS = {
+    "person": {"birth_date": ("born_on", "date"), "birth_city": ("born_in", "city"),
+               "university": ("studied_at", "university"), "major": ("majored_in", "major"),
+               "employer": ("worked_for", "company"), "employer_city": ("worked_in", "city")},
+    "company": {"headquarters": ("headquartered_in", "city"), "founded": ("founded_in", "year"),
+                "ceo": ("led_by", "person"), "industry": ("in_industry", "industry")},
+}
+ASK = {"person": QUESTIONS, "company": COMPANY_QUESTIONS}  # the question template of each attribute
+
+# One template per kind of global question; a placeholder names the type of the entity it holds.
+KINDS = {
+    "count": "How many people worked for {company}?",
+    "superlative": "Which company employs the most people born in {city}?",
+    "list": "Who studied {major} and worked for {company}?",
+    "shared": "Name a person who worked for the same company as {person}.",
+}
+LIST_SIZES = (1, 4)  # list questions only where 1 to 4 people fit: an exact set of a few names
+
+
+def node_id(kind: str, name: str) -> str:
+    """A node's key: its type and normalised name ("city:lyon")."""
+    return f"{kind}:{normalize(name)}"
+
+
+# --- extraction: documents -> typed edges ---------------------------------------------------------------------
+
+def model_reader(model, tokenizer, batch_size: int = 128):
+    """read(questions, documents) -> answers: each question asked with its document alone as context, the way
+    rag.py asks (prompting.rag_prompt, greedy completion)."""
+    budget = model.config.block_size - ANSWER_TOKENS
+
+    def read(questions, documents):
+        prompts = [rag_prompt(q, [d], tokenizer, budget)[0] for q, d in zip(questions, documents)]
+        return complete(model, tokenizer, prompts, batch_size=batch_size)
+    return read
+
+
+def extract(docs: list[dict], read, chunk: int = 256, log=print) -> dict:
+    """The entity graph of docs: {"nodes": {id: {name, type, docs}}, "edges": [{source, relation, target, docs}]}.
+
+    read(questions, documents) -> answers is asked every attribute question about each document's subject (the
+    document's title: its id before "#"); an answer becomes an edge from the subject to a node of the relation's
+    type, an empty answer nothing. Documents are read `chunk` at a time, with a progress line after each."""
+    nodes, edges = {}, {}
+
+    def add_node(kind, name, doc_id):
+        key = node_id(kind, name)
+        node = nodes.setdefault(key, {"name": name, "type": kind, "docs": []})
+        if doc_id not in node["docs"]:
+            node["docs"].append(doc_id)
+        return key
+
+    t0 = time.time()
+    for start in range(0, len(docs), chunk):
+        asks = []  # (document, subject type, subject, attribute) per question
+        for doc in docs[start:start + chunk]:
+            kind = next((k for k in RELATIONS if k in doc), None)
+            if kind is None:
+                raise ValueError(f"document {doc['id']} names neither a person nor a company; regenerate the world "
+                                 f"with: python data/world/prepare.py")
+            subject = doc["id"].rpartition("#")[0] or doc["id"]
+            add_node(kind, subject, doc["id"])
+            asks += [(doc, kind, subject, attribute) for attribute in RELATIONS[kind]]
+        answers = read([ASK[kind][a].format(name=s, company=s) for _, kind, s, a in asks],
+                       [doc["text"] for doc, *_ in asks])
+        for (doc, kind, subject, attribute), answer in zip(asks, answers):
+            value = answer.strip().rstrip(".")
+            if not normalize(value):
+                continue
+            relation, value_type = RELATIONS[kind][attribute]
+            key = (node_id(kind, subject), relation, add_node(value_type, value, doc["id"]))
+            edge = edges.setdefault(key, {"source": key[0], "relation": relation, "target": key[2], "docs": []})
+            edge["docs"].append(doc["id"])
+        done, elapsed = min(start + chunk, len(docs)), time.time() - t0
+        log(f"read {done:,}/{len(docs):,} documents ({len(edges):,} edges) in {format_eta(elapsed)}, "
+            f"ETA {format_eta(elapsed / done * (len(docs) - done))}")
+    return {"nodes": nodes, "edges": list(edges.values())}
+
+
+def vote(graph: dict) -> dict:
+    """The graph with, for each subject and relation, only the value stated by the most documents (all values
+    tied for the most are kept), and without the nodes that only a dropped edge named.
+
+    Every relation of this world has one value per subject (one birth city, one employer), and each subject has
+    several documents, each read on its own: a misreading of one document would otherwise stand beside the value
+    the others agree on, as a second, wrong edge."""
+    most = defaultdict(int)
+    for e in graph["edges"]:
+        most[e["source"], e["relation"]] = max(most[e["source"], e["relation"]], len(e["docs"]))
+    kept = [e for e in graph["edges"] if len(e["docs"]) == most[e["source"], e["relation"]]]
+    named = {e[end] for e in kept for end in ("source", "target")}
+    targets = {e["target"] for e in graph["edges"]}
+    return {**graph, "nodes": {n: v for n, v in graph["nodes"].items() if n in named or n not in targets},
+            "edges": kept}
+
+
+def facts(graph: dict) -> set[tuple]:
+    """The graph's edges as (source, relation, target) node ids."""
+    return {(e["source"], e["relation"], e["target"]) for e in graph["edges"]}
+
+
+def load_tables(world_dir: str) -> tuple[list[dict], list[dict]]:
+    """The world's ground truth: (people.jsonl, companies.jsonl) rows."""
+    tables = []
+    for name in ("people.jsonl", "companies.jsonl"):
+        path = os.path.join(world_dir, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py --out {world_dir}")
+        tables.append(read_jsonl(path))
+    return tables[0], tables[1]
+
+
+def true_facts(people: list[dict], companies: list[dict]) -> set[tuple]:
+    """Every edge a perfect reader would extract from the collection, from the world's tables."""
+    rows = [("person", p) for p in people] + [("company", c) for c in companies]
+    return {(node_id(kind, row["name"]), relation, node_id(value_type, row[attribute]))
+            for kind, row in rows for attribute, (relation, value_type) in RELATIONS[kind].items()}
+
+
+def extraction_scores(graph: dict, truth: set[tuple]) -> dict:
+    """Precision (share of the graph's edges that are true) and recall (share of true edges in the graph),
+    overall and per relation."""
+    found = facts(graph)
+
+    def pr(keep):
+        f, t = {x for x in found if keep(x)}, {x for x in truth if keep(x)}
+        return {"precision": len(f & t) / max(1, len(f)), "recall": len(f & t) / max(1, len(t))}
+    relations = sorted({r for _, r, _ in truth})
+    return {**pr(lambda x: True), "edges": len(found), "true_edges": len(truth),
+            "by_relation": {r: pr(lambda x, r=r: x[1] == r) for r in relations}}
+
+
+# --- communities: Louvain, hierarchical ------------------------------------------------------------------------
+
+def adjacency(graph: dict) -> dict[str, dict[str, float]]:
+    """The undirected graph Louvain clusters: adj[a][b] = number of edges between a and b (either direction)."""
+    adj = {n: defaultdict(float) for n in sorted(graph["nodes"])}
+    for s, _, t in sorted(facts(graph)):  # sorted: a set's order changes from process to process
+        adj[s][t] += 1
+        adj[t][s] += 1
+    return {n: dict(nbs) for n, nbs in adj.items()}
+
+
+def modularity(adj: dict, communities: list) -> float:
+    """Newman's Q = sum over communities c of (A_c / 2m - (K_c / 2m)^2): A_c the weight of the edges inside c
+    counted from both ends, K_c the summed degrees of c's nodes, 2m the summed degrees of all nodes. The share
+    of edges inside communities, minus what a random graph with the same degrees would put there."""
+    label = {n: i for i, c in enumerate(communities) for n in c}
+    two_m = sum(w for nbs in adj.values() for w in nbs.values())
+    if two_m == 0:
+        return 0.0  # no edges: nothing to compare with chance
+    inside = sum(w for n, nbs in adj.items() for m, w in nbs.items() if label[n] == label[m])
+    degrees = Counter()
+    for n, nbs in adj.items():
+        degrees[label[n]] += sum(nbs.values())
+    return inside / two_m - sum((k / two_m) ** 2 for k in degrees.values())
+
+
+def move_nodes(adj: dict, rng: random.Random) -> dict:
+    """Louvain's first phase: {node: community}. Each node in turn (a seeded order) leaves its community and
+    joins the neighbouring one where it adds most modularity, until a whole pass moves nobody.
+
+    Joining community C adds (k_iC - k_i K_C / 2m) / m to Q: k_iC the weight from node i into C, k_i its
+    degree, K_C the degrees summed over C. Only the bracket is compared, and staying put is a candidate too."""
+    degree = {n: sum(nbs.values()) for n, nbs in adj.items()}
+    two_m = sum(degree.values())
+    label = {n: n for n in adj}
+    total = dict(degree)  # community -> K_C
+    order = sorted(adj)
+    rng.shuffle(order)
+    moved = two_m > 0
+    while moved:
+        moved = False
+        for n in order:
+            old = label[n]
+            total[old] -= degree[n]
+            links = defaultdict(float)  # community -> k_iC
+            for m, w in adj[n].items():
+                if m != n:
+                    links[label[m]] += w
+            best, best_gain = old, links[old] - degree[n] * total[old] / two_m
+            for c, w in sorted(links.items()):  # ties: the current community, then the first label
+                gain = w - degree[n] * total[c] / two_m
+                if gain > best_gain + 1e-12:
+                    best, best_gain = c, gain
+            total[best] += degree[n]
+            label[n] = best
+            moved |= best != old
+    return label
+
+
+def louvain(adj: dict, seed: int = SEED) -> list[set]:
+    """Communities of adj (Blondel et al. 2008): move nodes (move_nodes), then make each community one node
+    whose edges sum those between the communities (inside ones become a self-loop), and repeat on that smaller
+    graph until no node moves. Largest community first."""
+    rng = random.Random(seed)
+    members = {n: {n} for n in adj}  # node of the current graph -> the original nodes it stands for
+    while True:
+        label = move_nodes(adj, rng)
+        if len(set(label.values())) == len(adj):
+            break
+        merged = {c: defaultdict(float) for c in sorted(set(label.values()))}
+        for n, nbs in adj.items():
+            for m, w in nbs.items():
+                merged[label[n]][label[m]] += w
+        groups = defaultdict(set)
+        for n, c in label.items():
+            groups[c] |= members[n]
+        adj, members = {c: dict(nbs) for c, nbs in merged.items()}, dict(groups)
+    return sorted(members.values(), key=lambda c: (-len(c), min(c)))
+
+
+def communities(adj: dict, max_size: int = MAX_COMMUNITY, seed: int = SEED) -> list[dict]:
+    """Hierarchical communities: [{id, level, parent, nodes}]. Level 0 clusters the whole graph; a community of
+    more than max_size nodes is clustered again (its own edges only) into level + 1, ids "3" -> "3.0", "3.1"."""
+    out = []
+
+    def split(nodes, level, parent):
+        parts = louvain({n: {m: w for m, w in adj[n].items() if m in nodes} for n in sorted(nodes)}, seed)
+        if parent is not None and len(parts) < 2:
+            return  # Louvain found no split: the community stays whole
+        for i, part in enumerate(parts):
+            cid = f"{parent}.{i}" if parent is not None else str(i)
+            out.append({"id": cid, "level": level, "parent": parent, "nodes": sorted(part)})
+            if len(part) > max_size:
+                split(part, level + 1, cid)
+    split(set(adj), 0, None)
+    return out
+
+
+def leaves(comms: list[dict]) -> list[dict]:
+    """The communities not split further: every node is in exactly one, so a sum over them counts once."""
+    parents = {c["parent"] for c in comms}
+    return [c for c in comms if c["id"] not in parents]
+
+
+def reports(graph: dict, comms: list[dict], top: int = 5) -> list[dict]:
+    """One report per community, computed (no model writes it): entities per type, the `top` highest-degree
+    entities, facts per relation, and the facts themselves (every edge out of a member: the map step's input)."""
+    degree = Counter()
+    out_of = defaultdict(list)
+    for f in sorted(facts(graph)):
+        degree[f[0]] += 1
+        degree[f[2]] += 1
+        out_of[f[0]].append(f)
+    out = []
+    for c in comms:
+        fs = [f for n in c["nodes"] for f in out_of[n]]
+        hubs = sorted(c["nodes"], key=lambda n: (-degree[n], n))[:top]
+        out.append({**c, "types": dict(Counter(graph["nodes"][n]["type"] for n in c["nodes"])),
+                    "top": [graph["nodes"][n]["name"] for n in hubs],
+                    "relations": dict(Counter(r for _, r, _ in fs)), "facts": fs})
+    return out
+
+
+# --- the graph file ---------------------------------------------------------------------------------------------
+
+def wanted_fingerprints(world_dir: str, checkpoint: str, adapter: str) -> dict:
+    """What a graph depends on: the documents (docs.jsonl), the model and the reader adapter, the format."""
+    return {"format": GRAPH_FORMAT, "docs": fingerprint_files(os.path.join(world_dir, "docs.jsonl")),
+            "model": fingerprint(checkpoint), "adapter": fingerprint(adapter)}
+
+
+def load_graph(path: str, wanted: dict, log=print) -> dict | None:
+    """The graph in path if it was built from exactly these documents by this model and reader; else None, with
+    a line saying why (the caller builds it again, as retrieval.load_or_build_index does with its index)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        graph = read_json(path)
+        got = graph["fingerprints"]
+        assert isinstance(graph["nodes"], dict) and isinstance(graph["edges"], list)
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        log(f"{shown(path)} is not a readable graph ({e}): building it again")
+        return None
+    what = {"format": "another format", "docs": "other documents (another world)", "model": "another model",
+            "adapter": "another reader adapter"}
+    changed = [what[k] for k in what if got.get(k) != wanted[k]]
+    if changed:
+        log(f"{shown(path)} was built from {' and '.join(changed)}: building it again")
+        return None
+    return graph
+
+
+# --- questions: generated from the tables, parsed against the templates, answered by map-reduce ----------------
+
+def global_questions(people: list[dict], per_kind: int, seed: int = 0) -> list[dict]:
+    """A seeded sample of per_kind questions of each kind about the whole collection (every person of every
+    split), each {kind, question, answer}: answer is the count, the company, the exact set of names (list), or
+    every valid name (shared: any one of them is right). Superlatives only where the most is one company."""
+    staff = defaultdict(list)  # company -> the names of its people
+    born = defaultdict(Counter)  # city -> {company: people born there who worked there}
+    pairs = defaultdict(list)  # (major, company) -> names
+    for p in people:
+        staff[p["employer"]].append(p["name"])
+        born[p["birth_city"]][p["employer"]] += 1
+        pairs[p["major"], p["employer"]].append(p["name"])
+    pool = {
+        "count": [({"company": c}, str(len(names))) for c, names in staff.items()],
+        "superlative": [({"city": city}, top[0][0]) for city, counts in born.items()
+                        for top in [counts.most_common(2)] if len(top) == 1 or top[0][1] > top[1][1]],
+        "list": [({"major": m, "company": c}, sorted(names)) for (m, c), names in pairs.items()
+                 if LIST_SIZES[0] <= len(names) <= LIST_SIZES[1]],
+        "shared": [({"person": p["name"]}, sorted(n for n in staff[p["employer"]] if n != p["name"]))
+                   for p in people if len(staff[p["employer"]]) > 1],
+    }
+    rng = random.Random(seed)
+    out = []
+    for kind, candidates in pool.items():
+        candidates.sort(key=str)  # the sample depends on the seed alone, not on the tables' order
+        for slots, answer in rng.sample(candidates, min(per_kind, len(candidates))):
+            out.append({"kind": kind, "question": KINDS[kind].format(**slots), "answer": answer})
+    return out
+
+
+def is_right(question: dict, value) -> bool:
+    """Exact match: the count or company; for list the exact set of names; for shared any valid name."""
+    truth = question["answer"]
+    if value is None:
+        return False
+    if question["kind"] == "list":
+        return {normalize(v) for v in value} == {normalize(t) for t in truth}
+    if question["kind"] == "shared":
+        return normalize(value) in {normalize(t) for t in truth}
+    return normalize(str(value)) == normalize(truth)
+
+
+def parse(question: str) -> tuple[str, dict]:
+    """(kind, {entity type: name as asked}) of a question written like one of KINDS' templates (any case,
+    either final punctuation); anything else is a one-line ValueError listing the kinds understood."""
+    text = " ".join(question.split()).rstrip("?.")
+    for kind, template in KINDS.items():
+        parts = re.split(r"\{(\w+)\}", template.rstrip("?."))  # literal, placeholder, literal, ...
+        pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+)" for i, p in enumerate(parts))
+        match = re.fullmatch(pattern, text, flags=re.IGNORECASE)
+        if match:
+            return kind, match.groupdict()
+    shapes = "; ".join(f"{kind}: " + template.replace("{", "<").replace("}", ">") for kind, template in KINDS.items())
+    raise ValueError(f"not a question the graph answers: {question!r}; it understands {shapes}")
+
+
+def map_report(kind: str, fs: list[tuple], slots: dict):
+    """One report's partial answer and the facts it rests on (its relevance score is how many)."""
+    if kind == "count":  # the people who worked for the company
+        used = {f for f in fs if f[1:] == ("worked_for", slots["company"])}
+        return len(used), used
+    if kind == "superlative":  # the employers of the people born in the city
+        born = {f for f in fs if f[1:] == ("born_in", slots["city"])}
+        people = {f[0] for f in born}
+        works = {f for f in fs if f[1] == "worked_for" and f[0] in people}
+        return Counter(f[2] for f in works), born | works
+    studied = {f for f in fs if f[1:] == ("majored_in", slots["major"])}  # list: both facts of one person
+    worked = {f for f in fs if f[1:] == ("worked_for", slots["company"])}
+    people = {f[0] for f in studied} & {f[0] for f in worked}
+    return people, {f for f in studied | worked if f[0] in people}
+
+
+def reduce_partials(kind: str, partials: list, graph: dict):
+    """The answer's value from the partial answers: a sum (count), the argmax of summed counts (superlative:
+    None if nobody qualifies, all tied names if several share the most), a union (list, as sorted names)."""
+    name = lambda n: graph["nodes"][n]["name"]  # noqa: E731
+    if kind == "count":
+        return sum(partials)
+    if kind == "superlative":
+        total = sum(partials, Counter())
+        if not total:
+            return None
+        most = max(total.values())
+        return " or ".join(sorted(name(c) for c, n in total.items() if n == most))
+    return sorted(name(n) for n in set().union(*partials))
+
+
+def answer(question: str, graph: dict, reps: list[dict]) -> dict:
+    """{kind, value, text, reports: [(report, score, partial)], facts}: the question parsed, its entities looked
+    up in the graph, then a global kind map-reduced over reps and the shared kind answered from the person's
+    neighbourhood. An entity the graph does not hold is "not in the collection", never a made-up answer."""
+    kind, asked = parse(question)
+    slots = {t: node_id(t, name) for t, name in asked.items()}
+    missing = [name for t, name in asked.items() if slots[t] not in graph["nodes"]]
+    if missing:
+        return {"kind": kind, "value": None, "text": f"{missing[0]} is not in the collection", "reports": [],
+                "facts": set()}
+    name = lambda n: graph["nodes"][n]["name"]  # noqa: E731
+    if kind == "shared":  # local search: the person -> their company -> its other people
+        person, fs = slots["person"], facts(graph)
+        employers = {t for s, r, t in fs if s == person and r == "worked_for"}
+        coworkers = {f for f in fs if f[1] == "worked_for" and f[2] in employers and f[0] != person}
+        if not coworkers:
+            return {"kind": kind, "value": None, "text": "no one in the collection", "reports": [],
+                    "facts": {f for f in fs if f[0] == person and f[1] == "worked_for"}}
+        value = min((name(f[0]) for f in coworkers), key=normalize)
+        used = {f for f in fs if f[1] == "worked_for" and (f[0] == person or name(f[0]) == value)}
+        return {"kind": kind, "value": value, "text": value, "reports": [], "facts": used}
+    mapped = []
+    for report in reps:
+        partial, used = map_report(kind, report["facts"], slots)
+        if used:  # relevance zero: dropped
+            mapped.append((report, len(used), partial, used))
+    value = reduce_partials(kind, [m[2] for m in mapped], graph)
+    if kind == "list":
+        text = ", ".join(value) or "no one in the collection"
+    else:
+        text = f"no one in the collection was born in {asked['city']}" if value is None else str(value)
+    return {"kind": kind, "value": value, "text": text, "reports": [m[:3] for m in mapped],
+            "facts": set().union(*(m[3] for m in mapped))}
+
+
+def subgraph(graph: dict, doc_ids: set) -> dict:
+    """What the documents doc_ids state: the nodes and edges they mention, with only those documents as sources."""
+    keep = lambda item: {**item, "docs": [d for d in item["docs"] if d in doc_ids]}  # noqa: E731
+    return {"nodes": {n: keep(v) for n, v in graph["nodes"].items() if doc_ids & set(v["docs"])},
+            "edges": [keep(e) for e in graph["edges"] if doc_ids & set(e["docs"])]}
+
+
+def chunk_answer(question: str, graph: dict, doc_ids: set) -> dict:
+    """The chunk-RAG baseline: the same answer() over the facts of the retrieved documents only, as one report
+    (k documents fit one reader's context)."""
+    sub = subgraph(graph, doc_ids)
+    return answer(question, sub, reports(sub, [{"id": "retrieved", "level": 0, "parent": None,
+                                                "nodes": sorted(sub["nodes"])}]))
+
+
+# --- rag.py --graph --------------------------------------------------------------------------------------------
+
+def build(args, model, tokenizer, docs: list[dict], log=print) -> dict:
+    """The extracted graph (every document's answers, before the vote) for rag.py's flags: <out>/graph/graph.json
+    when it is current, else read again from the documents and written there."""
+    path = os.path.join(args.out, "graph", "graph.json")
+    wanted = wanted_fingerprints(args.world, args.checkpoint, args.adapter)
+    graph = load_graph(path, wanted, log)
+    if graph is None:
+        n_questions = sum(len(RELATIONS[k]) for d in docs for k in RELATIONS if k in d)
+        log(f"extracting the graph: {n_questions:,} questions about the subjects of {len(docs):,} documents, "
+            f"each read alone by the reader {shown(args.adapter)}")
+        t0 = time.time()
+        graph = extract(docs, model_reader(model, tokenizer), log=log)
+        graph = {"fingerprints": wanted, "extract_s": time.time() - t0, **graph}
+        write_json(path, graph)
+        log(f"wrote {shown(path)}")
+    return graph
+
+
+def print_answer(question: str, graph: dict, reps: list[dict]) -> None:
+    """The answer, then the community reports it came from (partial answer, relevance) and its entities."""
+    a = answer(question, graph, reps)
+    name = lambda n: graph["nodes"][n]["name"]  # noqa: E731
+    print(f"answer: {a['text']}")
+    if a["kind"] == "shared":
+        print("from the neighbourhood of the person (local search): " + "; ".join(
+            f"{name(s)} -{r}-> {name(t)}" for s, r, t in sorted(a["facts"])))
+        return
+    print(f"from {len(a['reports'])} of {len(reps)} community reports (partial answer, relevance = facts used):")
+    for report, score, partial in a["reports"]:
+        if isinstance(partial, Counter):
+            partial = ", ".join(f"{name(c)} {n}" for c, n in partial.most_common())
+        elif isinstance(partial, set):
+            partial = ", ".join(sorted(name(n) for n in partial))
+        print(f"  community {report['id']} ({len(report['nodes'])} entities; top: {', '.join(report['top'][:3])}): "
+              f"{partial} ({score})")
+    entities = sorted({name(f[0]) for f in a["facts"]})
+    if entities:
+        print(f"entities ({len(entities)}): {', '.join(entities)}")
+
+
+def evaluate(args, graph: dict, reps: list[dict], docs: list[dict], model, tokenizer, log=print) -> dict:
+    """Graph RAG and chunk RAG (rag.py's --embedder and --k) on the global questions, and how many documents each
+    graph answer rests on."""
+    people, _ = load_tables(args.world)
+    questions = global_questions(people, args.global_questions, args.seed)
+    index, embedder = load_or_build_index(args.out, docs, args.embedder, model, tokenizer, log=log)
+    hits = index.search(embedder.embed([q["question"] for q in questions]), args.k)
+    right = defaultdict(lambda: defaultdict(list))  # method -> kind -> [bool]
+    needed = defaultdict(list)  # kind -> documents each graph answer rests on (one per entity it uses)
+    for q, top in zip(questions, hits):
+        a, chunk = answer(q["question"], graph, reps), chunk_answer(q["question"], graph, {d["id"] for _, d in top})
+        q.update({"graph-rag": a["value"], "chunk-rag": chunk["value"], "retrieved": [d["id"] for _, d in top]})
+        for method in ("graph-rag", "chunk-rag"):
+            right[method][q["kind"]].append(is_right(q, q[method]))
+        needed[q["kind"]].append(len({f[0] for f in a["facts"]}))
+    for table in (*right.values(), needed):
+        table["overall"] = [x for kind in KINDS for x in table[kind]]
+    n = {kind: len(v) for kind, v in right["graph-rag"].items()}
+    acc = {m: {kind: sum(v) / len(v) if v else None for kind, v in by_kind.items()} for m, by_kind in right.items()}
+    ci = {m: {kind: wilson(a, n[kind]) if n[kind] else None for kind, a in by_kind.items()} for m, by_kind in acc.items()}
+    docs_needed = {kind: {"mean": sum(v) / len(v), "max": max(v), "over_k": sum(x > args.k for x in v) / len(v)}
+                   if v else None for kind, v in needed.items()}
+    return {"acc": acc, "ci": ci, "n": n, "docs_needed": docs_needed, "questions": questions}
+
+
+def run(args) -> None:
+    """rag.py --graph: build (or reuse) the graph, then answer args.question and/or (--eval) score graph RAG against
+    chunk RAG on the global questions, writing <out>/graph/metrics.json."""
+    if args.question is not None:
+        parse(args.question)  # a question of no known kind fails now, not after a minute of extraction
+    docs = data.load_documents(args.world)
+    if not os.path.exists(args.adapter):
+        raise FileNotFoundError(f"no reader adapter at {args.adapter}: --graph extracts the graph with the rag-qa "
+                                f"reader; make it with python train_lora.py --task rag-qa (or give --adapter)")
+    model, tokenizer = cli.load_model(args.checkpoint, pick_device(args.device), args.adapter)
+    extracted = build(args, model, tokenizer, docs)
+    t0 = time.time()
+    graph = vote(extracted)
+    comms = communities(adjacency(graph))
+    reps = reports(graph, leaves(comms))
+    info = {"nodes": len(graph["nodes"]), "edges": len(graph["edges"]), "communities": len(comms),
+            "reports": len(reps), "levels": 1 + max((c["level"] for c in comms), default=0),
+            "modularity": modularity(adjacency(graph), [c["nodes"] for c in comms if c["level"] == 0]),
+            "extract_s": extracted["extract_s"], "cluster_s": time.time() - t0}
+    info["build_s"] = info["extract_s"] + info["cluster_s"]
+    print(f"graph: {info['nodes']:,} nodes, {info['edges']:,} edges from {len(docs):,} documents; "
+          f"{info['communities']} communities at {info['levels']} level(s) (modularity {info['modularity']:.3f}), "
+          f"{info['reports']} reports")
+    if args.question is not None:
+        print_answer(args.question, graph, reps)
+    if not args.eval:
+        return
+    truth = true_facts(*load_tables(args.world))
+    info["extraction"] = {"read": extraction_scores(extracted, truth), "voted": extraction_scores(graph, truth)}
+    r = evaluate(args, graph, reps, docs, model, tokenizer)
+    cell = lambda m, kind: ("-" if r["acc"][m][kind] is None else  # noqa: E731
+                            f"{100 * r['acc'][m][kind]:5.1f}% [{100 * r['ci'][m][kind][0]:.1f}-"
+                            f"{100 * r['ci'][m][kind][1]:.1f}]")
+    print(f"\nglobal questions about the whole collection: exact match (95% interval); documents an answer rests "
+          f"on (one per entity it uses) against k={args.k}")
+    print(f"{'kind':<12}{'n':>4}  {'graph-rag':<22}{f'chunk-rag (k={args.k})':<22}docs needed: mean, max, share > k")
+    for kind in (*KINDS, "overall"):
+        need = r["docs_needed"][kind]
+        print(f"{kind:<12}{r['n'][kind]:>4}  {cell('graph-rag', kind):<22}{cell('chunk-rag', kind):<22}"
+              + (f"{need['mean']:.1f}, {need['max']}, {100 * need['over_k']:.0f}%" if need else "-"))
+    for stage, e in info["extraction"].items():
+        print(f"extraction ({stage}): precision {e['precision']:.4f}, recall {e['recall']:.4f} ({e['edges']:,} edges, "
+              f"{e['true_edges']:,} in the world's tables); per relation " + ", ".join(
+                  f"{rel} {v['precision']:.3f}/{v['recall']:.3f}" for rel, v in e["by_relation"].items()))
+    print(f"built in {info['build_s']:.1f}s (reading {info['extract_s']:.1f}s, vote and communities "
+          f"{info['cluster_s']:.2f}s)")
+    metrics = {"k": args.k, "adapter": args.adapter, "fingerprints": cli.fingerprints(args), "graph": info, **r}
+    path = os.path.join(args.out, "graph", "metrics.json")
+    write_json(path, metrics)
+    print(f"wrote {shown(path)}")
