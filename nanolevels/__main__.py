@@ -1,6 +1,6 @@
 """`python -m nanolevels`: all four levels end to end on the tiny world, then the report card.
 
-    python -m nanolevels            # prepare, pretrain, prompt, RAG, LoRA, full FT, LoRA RAG-QA -> out/report.md
+    python -m nanolevels            # prepare, pretrain, prompt, RAG, LoRA, full FT, LoRA RAG-QA, graph -> out/report.md
     python -m nanolevels --fresh    # redo every step instead of reusing finished ones
     python -m nanolevels --tiny     # a seconds-long run at a toy size (what the tests run)
     python -m nanolevels --seed 7   # another world and other training seeds (bench/seeds.py runs several)
@@ -111,6 +111,11 @@ def plan(args) -> list[tuple]:
          os.path.join(agent, "metrics.json"),
          {"model": ckpt, "reader": os.path.join(lora_rag, "adapter.safetensors"),
           "adapter": os.path.join(agent, "adapter.safetensors")}),
+        # GraphRAG reads every document with the RAG-QA reader just trained
+        ("graph", 2, rag.main, ["--graph", "--eval", "--adapter", os.path.join(lora_rag, "adapter.safetensors"),
+                                "--out", os.path.join(out, "rag"), *common, *seed],
+         os.path.join(out, "rag", "graph", "metrics.json"),
+         {"model": ckpt, "adapter": os.path.join(lora_rag, "adapter.safetensors")}),
     ]
 
 
@@ -192,6 +197,8 @@ TARGETS = [
     ("agentic-rag new >= 90% and >= rag-2hop new + 40 points", lambda r, ret: r["agentic-rag"]["acc_new"] >= max(
         0.90, r["rag-2hop"]["acc_new"] + 0.40)),
     ("agentic-rag <= 2.5 retrievals per new question", lambda r, ret: r["agentic-rag"]["calls_new"] <= 2.5),
+    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points", lambda r, ret: r["graph-rag-global"]["acc_new"] >= max(
+        0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
 ]
 
 
@@ -240,6 +247,11 @@ def build_report(args, times: dict) -> dict:
     rows.append({**row("agentic-rag", 2, agentic["test"]["acc"], agentic["new"]["acc"], m["agent"]["trainable_params"],
                        "agent", questions="two-hop"), "calls_test": agentic["test"]["calls"],
                  "calls_new": agentic["new"]["calls"]})
+    g = m["graph"]  # questions about the whole collection (every split): in the new-people column
+    for method in ("chunk-rag", "graph-rag"):
+        acc, n_global = g["acc"][method]["overall"], g["n"]["overall"]
+        rows.append({**row(f"{method}-global", 2, None, None, 0, "graph", questions="global"), "acc_new": acc,
+                     "ci_new": wilson(acc, n_global), "n_new": n_global})
     models = {r["fingerprints"]["model"] for r in rows}
     if len(models) > 1:  # cannot happen through run_steps; a file changed while it ran
         raise ValueError(f"the report would mix {len(models)} models ({', '.join(sorted(models))}); run again")
@@ -253,7 +265,9 @@ def build_report(args, times: dict) -> dict:
     return {"total_wall_s": sum(times.values()), "peak_rss_mb": peak_rss_mb(), "machine": machine, "rows": rows,
             "retrieval": retrieval, "targets": targets, "stopped": stopped, "seed": args.seed, "prompt_k": 3,
             "rag_k": rg["k"], "base_params": params, "program": m["prompting"]["program"], "unsure": rg["unsure"],
-            "agentic": {split: agentic[split] for split in ("test", "new")}}
+            "agentic": {split: agentic[split] for split in ("test", "new")},
+            "graph": {key: g["graph"][key] for key in ("nodes", "edges", "communities", "build_s")}
+            | {key: g["graph"]["extraction"]["voted"][key] for key in ("precision", "recall")}}
 
 
 def main(argv=None):

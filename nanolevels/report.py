@@ -30,8 +30,10 @@ QUESTIONS = {
                 "A fact about the person, then a fact about that fact, e.g. \"In which year was the company that X "
                 "worked for founded?\": two documents are needed. Scored like the one-hop questions."),
     "global": ("Exact match on global questions",
-               "About the whole collection, e.g. \"How many people worked for X?\": no single document holds the "
-               "answer. Scored like the one-hop questions."),
+               "About the whole collection (every person of every split; shown in the new-people column), e.g. \"How "
+               "many people worked for X?\": no single document holds the answer. Right when the count or company is "
+               "the true one; a list must be the exact set of names; \"a person who worked for the same company as "
+               "X\" may be any such person."),
 }
 
 # Every method: (its question set, what it reads, what it trains and puts in the prompt). A row whose method is
@@ -63,10 +65,10 @@ METHODS = {
     "agentic-rag": ("two-hop", "with retrieval", "the rag-qa adapter trained further on Self-Ask traces about made-up "
                     "people at made-up companies; it writes \"Follow up:\" queries, a controller retrieves a document "
                     "for each and inserts it, until it writes \"So the final answer is:\""),
-    "chunk-rag-global": ("global", "with retrieval", "answered from the facts extracted from the top-k retrieved "
-                         "documents"),
+    "chunk-rag-global": ("global", "with retrieval", "the same exact aggregation as graph-rag-global, run in code "
+                         "over the facts the rag-qa adapter read from the top-k documents retrieved for the question"),
     "graph-rag-global": ("global", "with retrieval", "map-reduce over the community reports of an entity graph the "
-                         "model extracted from the whole collection"),
+                         "rag-qa adapter extracted from every document (nanolevels/graph.py; nothing trained here)"),
 }
 
 
@@ -161,6 +163,14 @@ def story(report: dict) -> str:
             f"adapter asks its own follow-up questions, {report['agentic']['new']['calls']:.1f} retrievals each on "
             f"average, and answers {pct(r['agentic-rag']['acc_new'])}; closed book, "
             f"{pct(r['closed-book-2hop']['acc_new'])}."]),
+        *([] if "graph-rag-global" not in r else [
+            f"The same reader, asked about every document's subject, built an entity graph of "
+            f"{report['graph']['nodes']:,} entities and {report['graph']['edges']:,} relations (precision "
+            f"{report['graph']['precision']:.3f}, recall {report['graph']['recall']:.3f} against the world's tables) in "
+            f"{report['graph']['communities']} communities; map-reduce over their reports answers "
+            f"{pct(r['graph-rag-global']['acc_new'])} of the questions about the whole collection (counts, "
+            f"superlatives, lists, shared neighbours), the same aggregation over the top {report['rag_k']} retrieved "
+            f"documents {pct(r['chunk-rag-global']['acc_new'])}."]),
     ])
 
 

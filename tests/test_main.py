@@ -16,7 +16,8 @@ from nanolevels.checkpoint import fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["pretrain-cloze", "zero-shot", "k-shot", "searched-demos", "prompt-program", "rag-base", "lora-qa",
-           "full-ft-qa", "lora-rag-qa", "closed-book-2hop", "rag-2hop", "oracle-2hop", "agentic-rag"]
+           "full-ft-qa", "lora-rag-qa", "closed-book-2hop", "rag-2hop", "oracle-2hop", "agentic-rag",
+           "chunk-rag-global", "graph-rag-global"]
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +42,23 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     for row in report["rows"]:
         assert {"method", "level", "acc_test", "acc_new", "ci_test", "ci_new", "n_test", "n_new", "trainable_params",
                 "wall_s"} <= set(row)
-        assert 0 <= row["acc_test"] <= 1 and 0 <= row["acc_new"] <= 1 and row["level"] in (1, 2, 3, 4)
-        for split in ("test", "new"):
+        assert row["level"] in (1, 2, 3, 4)
+        global_questions = row.get("questions") == "global"  # about the whole collection: the new column only
+        assert global_questions == row["method"].endswith("-global")
+        for split in ("new",) if global_questions else ("test", "new"):
             low, high = row[f"ci_{split}"]
             per_person = 3 if row["questions"] == "two-hop" else 6
-            assert 0 <= low <= row[f"acc_{split}"] <= high <= 1 and row[f"n_{split}"] == 3 * per_person  # 3 people
+            assert 0 <= low <= row[f"acc_{split}"] <= high <= 1
+            assert row[f"n_{split}"] == (row["n_new"] if global_questions else 3 * per_person)  # 3 people
+        if global_questions:
+            assert row["acc_test"] is row["ci_test"] is row["n_test"] is None and row["n_new"] >= 1
     assert set(report["targets"]) and set(report["stopped"]) == {"pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa",
                                                                  "agent"}
     assert set(report["agentic"]) == {"test", "new"} and "gap" in report["agentic"]["new"]
     assert set(report["retrieval"]) == {"tfidf", "gpt"}
+    assert set(report["graph"]) == {"nodes", "edges", "communities", "precision", "recall", "build_s"}
+    by_method = {row["method"]: row for row in report["rows"]}
+    assert by_method["graph-rag-global"]["fingerprints"]["adapter"] == by_method["lora-rag-qa"]["fingerprints"]["adapter"]
     assert all(set(r) == {"recall@1", "recall@5"} for r in report["retrieval"].values())
     markdown = open(os.path.join(out, "report.md")).read()
     assert all(f"| {m} |" in markdown for m in METHODS) and "Wilson" in markdown
@@ -57,7 +66,7 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     loss = open(os.path.join(out, "loss.svg")).read()
     assert all(f"<title>{run}</title>" in loss for run in ("pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa"))
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 8, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("reusing") == 9, again.stdout[-2000:]
     assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
     model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
     assert all(row["fingerprints"]["model"] == model for row in report["rows"])
@@ -72,7 +81,7 @@ def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step
     shutil.copytree(tiny_pipeline["out"], out)
     args = ["--tiny", "--out", out, "--world", world, "--device", "cpu"]
     orchestrate(args)
-    assert capsys.readouterr().out.count("reusing") == 8
+    assert capsys.readouterr().out.count("reusing") == 9
     # the scenario: train_pretrain.py started again into out/pretrain and cut short (Ctrl-C): the
     # checkpoint is rewritten, and the old metrics.json is put back as if the cut run had left it there
     metrics = os.path.join(out, "pretrain", "metrics.json")
@@ -87,12 +96,13 @@ def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step
     model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
     assert json.load(open(metrics))["fingerprints"]["model"] == model
     # pretraining is deterministic here: the rerun made the very model the later steps scored, so they stand
-    assert json.loads(old)["fingerprints"]["model"] == model and printed.count("reusing") == 7
+    assert json.loads(old)["fingerprints"]["model"] == model and printed.count("reusing") == 8
     # another model (other arguments): every step after pretraining runs again
     orchestrate([*args, "--pretrain-args", "--max-steps 12"])
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 1 and "pretrain (level 4; its arguments changed)" in printed
-    assert printed.count("changed since it ran") == 6  # the agent: "its model and reader changed"
+    assert printed.count("changed since it ran") == 7  # the agent: "its model and reader changed"
+    assert "graph (level 2; its model and adapter changed since it ran)" in printed  # a new reader too
     report = json.load(open(os.path.join(out, "report.json")))
     model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
     assert json.loads(old)["fingerprints"]["model"] != model
@@ -110,7 +120,7 @@ def test_extra_flags_reach_their_steps():
     assert "--people" not in argv["pretrain"] and "--max-steps" not in argv["prompting"]
     assert args.world == os.path.join("out", "world")  # not the shared data/world
     seeded = {name: a for name, _, _, a, _, _ in plan(parse_args(["--seed", "7"]))}
-    assert all(seeded[step][-2:] == ["--seed", "7"] for step in ("world", "pretrain", "prompting", "rag"))
+    assert all(seeded[step][-2:] == ["--seed", "7"] for step in ("world", "pretrain", "prompting", "rag", "graph"))
     assert all("--seed" in seeded[step] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa", "agent"))
     default = parse_args([])
     assert default.world == os.path.join(ROOT, "data", "world")
