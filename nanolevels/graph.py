@@ -321,11 +321,14 @@ def load_graph(path: str, wanted: dict, log=print) -> dict | None:
         return None
     try:
         graph = read_json(path)
-        got = graph["fingerprints"]
-        assert isinstance(graph["nodes"], dict) and isinstance(graph["edges"], list)
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
+    except ValueError as e:  # not JSON, not UTF-8
         log(f"{shown(path)} is not a readable graph ({e}): building it again")
         return None
+    if not (isinstance(graph, dict) and isinstance(graph.get("fingerprints"), dict)
+            and isinstance(graph.get("nodes"), dict) and isinstance(graph.get("edges"), list) and "extract_s" in graph):
+        log(f"{shown(path)} is not a graph file (no fingerprints, nodes, edges or extract_s): building it again")
+        return None
+    got = graph["fingerprints"]
     what = {"format": "another format", "docs": "other documents (another world)", "model": "another model",
             "adapter": "another reader adapter"}
     changed = [what[k] for k in what if got.get(k) != wanted[k]]
@@ -348,10 +351,14 @@ def global_questions(people: list[dict], per_kind: int, seed: int = 0) -> list[d
         staff[p["employer"]].append(p["name"])
         born[p["birth_city"]][p["employer"]] += 1
         pairs[p["major"], p["employer"]].append(p["name"])
+    superlatives = []
+    for city, counts in born.items():
+        (company, most), *runner_up = counts.most_common(2)
+        if not runner_up or most > runner_up[0][1]:
+            superlatives.append(({"city": city}, company))
     pool = {
         "count": [({"company": c}, str(len(names))) for c, names in staff.items()],
-        "superlative": [({"city": city}, top[0][0]) for city, counts in born.items()
-                        for top in [counts.most_common(2)] if len(top) == 1 or top[0][1] > top[1][1]],
+        "superlative": superlatives,
         "list": [({"major": m, "company": c}, sorted(names)) for (m, c), names in pairs.items()
                  if LIST_SIZES[0] <= len(names) <= LIST_SIZES[1]],
         "shared": [({"person": p["name"]}, sorted(n for n in staff[p["employer"]] if n != p["name"]))
