@@ -197,8 +197,8 @@ TARGETS = [
     ("agentic-rag new >= 90% and >= rag-2hop new + 40 points", lambda r, ret: r["agentic-rag"]["acc_new"] >= max(
         0.90, r["rag-2hop"]["acc_new"] + 0.40)),
     ("agentic-rag <= 2.5 retrievals per new question", lambda r, ret: r["agentic-rag"]["calls_new"] <= 2.5),
-    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points", lambda r, ret: r["graph-rag-global"]["acc_new"] >= max(
-        0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
+    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points",
+     lambda r, ret: r["graph-rag-global"]["acc_new"] >= max(0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
 ]
 
 

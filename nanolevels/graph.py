@@ -26,6 +26,13 @@ What each step is in microsoft/graphrag (Edge et al. 2024, arXiv 2404.16130), an
 
 The baseline, chunk RAG, retrieves the top k documents for the question and runs the SAME aggregation over the
 facts read from those k documents alone: the only difference is which documents are seen.
+
+    python rag.py --graph "How many people worked for Tidewater Group?"   # the answer and the reports it came from
+    python rag.py --graph --eval                                           # graph RAG against chunk RAG
+
+<out>/graph/graph.json holds what the reader extracted (before the vote), with the fingerprints of the documents,
+the model and the adapter: built on first use, reused while they match, built again (with a line saying why) when
+they do not. --eval writes <out>/graph/metrics.json.
 """
 
 import os
@@ -158,7 +165,8 @@ def load_tables(world_dir: str) -> tuple[list[dict], list[dict]]:
     for name in ("people.jsonl", "companies.jsonl"):
         path = os.path.join(world_dir, name)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py --out {world_dir}")
+            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py "
+                                    f"--out {world_dir}")
         tables.append(read_jsonl(path))
     return tables[0], tables[1]
 
@@ -541,7 +549,8 @@ def evaluate(args, graph: dict, reps: list[dict], docs: list[dict], model, token
         table["overall"] = [x for kind in KINDS for x in table[kind]]
     n = {kind: len(v) for kind, v in right["graph-rag"].items()}
     acc = {m: {kind: sum(v) / len(v) if v else None for kind, v in by_kind.items()} for m, by_kind in right.items()}
-    ci = {m: {kind: wilson(a, n[kind]) if n[kind] else None for kind, a in by_kind.items()} for m, by_kind in acc.items()}
+    ci = {m: {kind: wilson(a, n[kind]) if n[kind] else None for kind, a in by_kind.items()}
+          for m, by_kind in acc.items()}
     docs_needed = {kind: {"mean": sum(v) / len(v), "max": max(v), "over_k": sum(x > args.k for x in v) / len(v)}
                    if v else None for kind, v in needed.items()}
     return {"acc": acc, "ci": ci, "n": n, "docs_needed": docs_needed, "questions": questions}

@@ -166,8 +166,8 @@ def story(report: dict) -> str:
         *([] if "graph-rag-global" not in r else [
             f"The same reader, asked about every document's subject, built an entity graph of "
             f"{report['graph']['nodes']:,} entities and {report['graph']['edges']:,} relations (precision "
-            f"{report['graph']['precision']:.3f}, recall {report['graph']['recall']:.3f} against the world's tables) in "
-            f"{report['graph']['communities']} communities; map-reduce over their reports answers "
+            f"{report['graph']['precision']:.3f}, recall {report['graph']['recall']:.3f} against the world's "
+            f"tables) in {report['graph']['communities']} communities; map-reduce over their reports answers "
             f"{pct(r['graph-rag-global']['acc_new'])} of the questions about the whole collection (counts, "
             f"superlatives, lists, shared neighbours), the same aggregation over the top {report['rag_k']} retrieved "
             f"documents {pct(r['chunk-rag-global']['acc_new'])}."]),

@@ -58,7 +58,8 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     assert set(report["retrieval"]) == {"tfidf", "gpt"}
     assert set(report["graph"]) == {"nodes", "edges", "communities", "precision", "recall", "build_s"}
     by_method = {row["method"]: row for row in report["rows"]}
-    assert by_method["graph-rag-global"]["fingerprints"]["adapter"] == by_method["lora-rag-qa"]["fingerprints"]["adapter"]
+    reader = by_method["lora-rag-qa"]["fingerprints"]["adapter"]
+    assert by_method["graph-rag-global"]["fingerprints"]["adapter"] == reader
     assert all(set(r) == {"recall@1", "recall@5"} for r in report["retrieval"].values())
     markdown = open(os.path.join(out, "report.md")).read()
     assert all(f"| {m} |" in markdown for m in METHODS) and "Wilson" in markdown
