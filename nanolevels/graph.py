@@ -10,9 +10,10 @@ What each step is in microsoft/graphrag (Edge et al. 2024, arXiv 2404.16130), an
                  the document's title (its id before "#"), as every document of a real collection has a
                  title; whether it is a biography or a company profile says which questions to ask.
   merging        Entities of the same type with the same normalised name (evaluate.normalize) are one node;
-                 every node and edge keeps the ids of the documents that stated it. One step GraphRAG does not
-                 take: where a subject's documents disagree on a value that has one answer (a birth city), the
-                 value most of them state wins (vote), so one misread document does not leave a wrong edge.
+                 every node and edge keeps the ids of the documents that stated it. Two checks GraphRAG does not
+                 make, both in code: an answer must be quoted from its document (else the reader made it up), and
+                 where a subject's documents disagree on a value that has one answer (a birth city), the value
+                 most of them state wins (vote), so one misread document does not leave a wrong edge.
   communities    Hierarchical Leiden there; Louvain here, written out below (modularity-gain moves, then
                  aggregation), with communities above MAX_COMMUNITY entities clustered again, one level down.
   reports        There, the LLM writes each community's report (title, summary, findings) from descriptions
@@ -30,7 +31,8 @@ facts read from those k documents alone: the only difference is which documents 
     python rag.py --graph "How many people worked for Tidewater Group?"   # the answer and the reports it came from
     python rag.py --graph --eval                                           # graph RAG against chunk RAG
 
-<out>/graph/graph.json holds what the reader extracted (before the vote), with the fingerprints of the documents,
+<out>/graph/graph.json holds what the reader extracted (before the vote; the answers not quoted from their
+document listed apart), with the fingerprints of the documents,
 the model and the adapter: built on first use, reused while they match, built again (with a line saying why) when
 they do not. --eval writes <out>/graph/metrics.json.
 """
@@ -51,7 +53,7 @@ from nanolevels.retrieval import load_or_build_index
 from nanolevels.train import format_eta
 from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS
 
-GRAPH_FORMAT = "nanolevels-graph-1"  # in every graph file: change it when extraction changes
+GRAPH_FORMAT = "nanolevels-graph-2"  # in every graph file: change it when extraction changes
 READER = "out/lora/rag-qa/adapter.safetensors"  # where the pipeline writes the reader (rag.py --graph's default)
 MAX_COMMUNITY = 50  # a community with more entities is clustered again: a report should stay short enough to read
 SEED = 0  # Louvain's node order
@@ -95,13 +97,21 @@ def model_reader(model, tokenizer, batch_size: int = 128):
     return read
 
 
+def quoted(value: str, text: str) -> bool:
+    """Whether value appears in text as whole words (case and spacing aside)."""
+    return re.search(rf"(?<!\w){re.escape(normalize(value))}(?!\w)", normalize(text)) is not None
+
+
 def extract(docs: list[dict], read, chunk: int = 256, log=print) -> dict:
-    """The entity graph of docs: {"nodes": {id: {name, type, docs}}, "edges": [{source, relation, target, docs}]}.
+    """The entity graph of docs: {"nodes": {id: {name, type, docs}}, "edges": [{source, relation, target, docs}],
+    "asked": questions asked, "unquoted": [{doc, question, answer}]}.
 
     read(questions, documents) -> answers is asked every attribute question about each document's subject (the
     document's title: its id before "#"); an answer becomes an edge from the subject to a node of the relation's
-    type, an empty answer nothing. Documents are read `chunk` at a time, with a progress line after each."""
-    nodes, edges = {}, {}
+    type. An empty answer adds nothing, and neither does one the document does not contain: the reader is meant to
+    quote its document, so an answer it did not find there (a company name it made up, half a word) is a misreading,
+    kept in "unquoted" to be looked at. Documents are read `chunk` at a time, with a progress line after each."""
+    nodes, edges, unquoted, asked = {}, {}, [], 0
 
     def add_node(kind, name, doc_id):
         key = node_id(kind, name)
@@ -112,7 +122,7 @@ def extract(docs: list[dict], read, chunk: int = 256, log=print) -> dict:
 
     t0 = time.time()
     for start in range(0, len(docs), chunk):
-        asks = []  # (document, subject type, subject, attribute) per question
+        asks = []  # (document, subject type, subject, attribute, question) per question
         for doc in docs[start:start + chunk]:
             kind = next((k for k in RELATIONS if k in doc), None)
             if kind is None:
@@ -120,21 +130,25 @@ def extract(docs: list[dict], read, chunk: int = 256, log=print) -> dict:
                                  f"with: python data/world/prepare.py")
             subject = doc["id"].rpartition("#")[0] or doc["id"]
             add_node(kind, subject, doc["id"])
-            asks += [(doc, kind, subject, attribute) for attribute in RELATIONS[kind]]
-        answers = read([ASK[kind][a].format(name=s, company=s) for _, kind, s, a in asks],
-                       [doc["text"] for doc, *_ in asks])
-        for (doc, kind, subject, attribute), answer in zip(asks, answers):
+            asks += [(doc, kind, subject, a, ASK[kind][a].format(name=subject, company=subject))
+                     for a in RELATIONS[kind]]
+        answers = read([q for *_, q in asks], [doc["text"] for doc, *_ in asks])
+        asked += len(asks)
+        for (doc, kind, subject, attribute, question), answer in zip(asks, answers):
             value = answer.strip().rstrip(".")
             if not normalize(value):
+                continue
+            if not quoted(value, doc["text"]):
+                unquoted.append({"doc": doc["id"], "question": question, "answer": value})
                 continue
             relation, value_type = RELATIONS[kind][attribute]
             key = (node_id(kind, subject), relation, add_node(value_type, value, doc["id"]))
             edge = edges.setdefault(key, {"source": key[0], "relation": relation, "target": key[2], "docs": []})
             edge["docs"].append(doc["id"])
         done, elapsed = min(start + chunk, len(docs)), time.time() - t0
-        log(f"read {done:,}/{len(docs):,} documents ({len(edges):,} edges) in {format_eta(elapsed)}, "
-            f"ETA {format_eta(elapsed / done * (len(docs) - done))}")
-    return {"nodes": nodes, "edges": list(edges.values())}
+        log(f"read {done:,}/{len(docs):,} documents ({len(edges):,} edges, {len(unquoted):,} answers not in their "
+            f"document) in {format_eta(elapsed)}, ETA {format_eta(elapsed / done * (len(docs) - done))}")
+    return {"nodes": nodes, "edges": list(edges.values()), "asked": asked, "unquoted": unquoted}
 
 
 def vote(graph: dict) -> dict:
@@ -584,7 +598,8 @@ def run(args) -> None:
     if not args.eval:
         return
     truth = true_facts(*load_tables(args.world))
-    info["extraction"] = {"read": extraction_scores(extracted, truth), "voted": extraction_scores(graph, truth)}
+    info["extraction"] = {"asked": extracted["asked"], "unquoted": len(extracted["unquoted"]),
+                          "quoted": extraction_scores(extracted, truth), "voted": extraction_scores(graph, truth)}
     r = evaluate(args, graph, reps, docs, model, tokenizer)
     cell = lambda m, kind: ("-" if r["acc"][m][kind] is None else  # noqa: E731
                             f"{100 * r['acc'][m][kind]:5.1f}% [{100 * r['ci'][m][kind][0]:.1f}-"
@@ -596,8 +611,11 @@ def run(args) -> None:
         need = r["docs_needed"][kind]
         print(f"{kind:<12}{r['n'][kind]:>4}  {cell('graph-rag', kind):<22}{cell('chunk-rag', kind):<22}"
               + (f"{need['mean']:.1f}, {need['max']}, {100 * need['over_k']:.0f}%" if need else "-"))
-    for stage, e in info["extraction"].items():
-        print(f"extraction ({stage}): precision {e['precision']:.4f}, recall {e['recall']:.4f} ({e['edges']:,} edges, "
+    print(f"extraction: {info['extraction']['asked']:,} questions asked, {info['extraction']['unquoted']:,} answers "
+          f"not found in their document (dropped); the edges quoted, then those the vote keeps:")
+    for stage in ("quoted", "voted"):
+        e = info["extraction"][stage]
+        print(f"  {stage}: precision {e['precision']:.4f}, recall {e['recall']:.4f} ({e['edges']:,} edges, "
               f"{e['true_edges']:,} in the world's tables); per relation " + ", ".join(
                   f"{rel} {v['precision']:.3f}/{v['recall']:.3f}" for rel, v in e["by_relation"].items()))
     print(f"built in {info['build_s']:.1f}s (reading {info['extract_s']:.1f}s, vote and communities "

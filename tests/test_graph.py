@@ -3,6 +3,7 @@ stub reader, global questions against a brute-force count, map-reduce with perfe
 
 import json
 import os
+import random
 from collections import Counter
 from dataclasses import asdict
 
@@ -13,7 +14,7 @@ import rag
 from nanolevels import graph as g
 from nanolevels.checkpoint import load_model
 from nanolevels.lora import add_lora, save_adapter
-from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS, make_world
+from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS, biography, make_world, profile
 
 A, B = ["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"]
 
@@ -67,15 +68,20 @@ def stub_reader(answers: dict):
 
 
 def test_extraction_by_a_stub_reader_builds_typed_edges_with_their_sources():
-    docs = [{"id": "Ada Jo Crane#0", "person": "Ada Jo Crane", "text": "bio 0"},
-            {"id": "Ada Jo Crane#1", "person": "Ada Jo Crane", "text": "bio 1"},
-            {"id": "Tidewater Group#0", "company": "Tidewater Group", "text": "profile"}]
+    docs = [{"id": "Ada Jo Crane#0", "person": "Ada Jo Crane", "text": "Ada Jo Crane hails from Lyon. Ada Jo Crane "
+             "worked for Tidewater Group."},
+            {"id": "Ada Jo Crane#1", "person": "Ada Jo Crane", "text": "Ada Jo Crane had a career at Tidewater Group. "
+             "The birthplace of Ada Jo Crane is Lyon, not Porto."},
+            {"id": "Tidewater Group#0", "company": "Tidewater Group", "text": "Tidewater Group is led by Vera Lee "
+             "Thorne. The head office of Tidewater Group is in Hamburg."}]
     canned = {"What is the birth city of Ada Jo Crane?": " Lyon\n", "Which company did Ada Jo Crane work for?":
               " Tidewater Group", "Where is Tidewater Group headquartered?": " Hamburg",
-              "Who is the chief executive of Tidewater Group?": " Vera Lee Thorne"}
+              "Who is the chief executive of Tidewater Group?": " Vera Lee Thorne",
+              "Which industry is Tidewater Group in?": " shipping"}  # not in the profile: made up
 
-    def read(questions, documents):  # the second biography is misread: it names another birth city
-        return ["Porto" if d == "bio 1" and q.startswith("What is the birth city") else canned.get(q, "")
+    def read(questions, documents):  # the second biography is misread: it gives another birth city
+        assert len(questions) == len(documents)
+        return ["Porto" if "not Porto" in d and q.startswith("What is the birth city") else canned.get(q, "")
                 for q, d in zip(questions, documents)]
     graph = g.extract(docs, read, chunk=2, log=lambda *a: None)
     edges = {(e["source"], e["relation"], e["target"]): e["docs"] for e in graph["edges"]}
@@ -89,14 +95,23 @@ def test_extraction_by_a_stub_reader_builds_typed_edges_with_their_sources():
         "name": "Tidewater Group", "type": "company", "docs": ["Ada Jo Crane#0", "Ada Jo Crane#1", "Tidewater Group#0"]}
     assert graph["nodes"]["city:lyon"]["type"] == "city"
     assert graph["nodes"]["person:vera lee thorne"]["type"] == "person"  # a chief executive is a person
+    assert graph["asked"] == 6 + 6 + 4 and graph["unquoted"] == [
+        {"doc": "Tidewater Group#0", "question": "Which industry is Tidewater Group in?", "answer": "shipping"}]
+    assert "industry:shipping" not in graph["nodes"]
     # a tie (one document each) keeps both values; a third document saying Lyon decides
     assert len(g.vote(graph)["edges"]) == 5
-    docs.append({"id": "Ada Jo Crane#2", "person": "Ada Jo Crane", "text": "bio 2"})
+    docs.append({"id": "Ada Jo Crane#2", "person": "Ada Jo Crane", "text": "Ada Jo Crane was born in Lyon."})
     voted = g.vote(g.extract(docs, read, log=lambda *a: None))
     assert ("person:ada jo crane", "born_in", "city:porto") not in g.facts(voted) and "city:porto" not in voted["nodes"]
     assert len(voted["edges"]) == 4 and "person:ada jo crane" in voted["nodes"]
     with pytest.raises(ValueError, match="neither a person nor a company"):
         g.extract([{"id": "x#0", "text": "?"}], read, log=lambda *a: None)
+
+
+def test_an_answer_counts_as_quoted_only_as_whole_words():
+    text = "Ada Jo Crane was born on May 9, 1954. At university, Ada Jo Crane focused on Art History."
+    assert g.quoted("may 9, 1954", text) and g.quoted("Art  History.", text) and g.quoted("History", text)
+    assert not g.quoted("Hist", text) and not g.quoted("May 9, 195", text) and not g.quoted("Lyon", text)
 
 
 def tables(world):
@@ -136,8 +151,8 @@ def perfect_graph(world):
     answers = {QUESTIONS[a].format(name=p.name): p.value(a) for p in world.people for a in QUESTIONS}
     answers |= {COMPANY_QUESTIONS[a].format(company=c.name): c.value(a) for c in world.companies
                 for a in COMPANY_QUESTIONS}
-    docs = ([{"id": f"{p.name}#0", "person": p.name, "text": ""} for p in world.people]
-            + [{"id": f"{c.name}#0", "company": c.name, "text": ""} for c in world.companies])
+    docs = ([{"id": f"{p.name}#0", "person": p.name, "text": biography(p, random.Random(0))} for p in world.people]
+            + [{"id": f"{c.name}#0", "company": c.name, "text": profile(c, random.Random(0))} for c in world.companies])
     return g.vote(g.extract(docs, stub_reader(answers), log=lambda *a: None))
 
 
@@ -193,11 +208,12 @@ def test_cli_eval_writes_metrics_and_reuses_the_graph(tiny_run, reader, tmp_path
             tiny_run["world"], "--out", out, "--global-questions", "3"]
     code, printed, err = run_main(rag.main, *args)
     assert code == 0, err
-    assert "extracting the graph" in printed and "overall" in printed and "extraction (voted)" in printed
+    assert "extracting the graph" in printed and "overall" in printed and "  voted: precision" in printed
     m = json.load(open(os.path.join(out, "graph", "metrics.json")))
     assert set(m["acc"]) == {"graph-rag", "chunk-rag"} and set(m["acc"]["graph-rag"]) == {*g.KINDS, "overall"}
     assert m["n"]["overall"] == len(m["questions"]) >= 3 and m["n"]["count"] == 3
     assert {"nodes", "edges", "communities", "build_s", "extraction"} <= set(m["graph"])
+    assert m["graph"]["extraction"]["asked"] == 384 and {"quoted", "voted"} <= set(m["graph"]["extraction"])
     assert set(m["fingerprints"]) == {"model", "adapter"}
     code, again, err = run_main(rag.main, *args)
     assert code == 0 and "extracting" not in again
