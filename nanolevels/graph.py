@@ -438,17 +438,15 @@ def map_report(kind: str, fs: list[tuple], slots: dict):
 
 
 def reduce_partials(kind: str, partials: list, graph: dict):
-    """The answer's value from the partial answers: a sum (count), the argmax of summed counts (superlative:
-    None if nobody qualifies, all tied names if several share the most), a union (list, as sorted names)."""
+    """The answer's value from the partial answers: a sum (count), the argmax of summed counts (superlative: the
+    names sharing the most, one unless tied, none if nobody qualifies), a union (list, as sorted names)."""
     name = lambda n: graph["nodes"][n]["name"]  # noqa: E731
     if kind == "count":
         return sum(partials)
     if kind == "superlative":
         total = sum(partials, Counter())
-        if not total:
-            return None
-        most = max(total.values())
-        return " or ".join(sorted(name(c) for c, n in total.items() if n == most))
+        most = max(total.values(), default=0)
+        return sorted(name(c) for c, n in total.items() if n == most)
     return sorted(name(n) for n in set().union(*partials))
 
 
@@ -481,8 +479,12 @@ def answer(question: str, graph: dict, reps: list[dict]) -> dict:
     value = reduce_partials(kind, [m[2] for m in mapped], graph)
     if kind == "list":
         text = ", ".join(value) or "no one in the collection"
+    elif kind == "superlative":
+        text = (f"no one in the collection was born in {asked['city']}" if not value else value[0] if len(value) == 1
+                else f"a tie between {', '.join(value)}")
+        value = value[0] if len(value) == 1 else None  # a tie names no one company
     else:
-        text = f"no one in the collection was born in {asked['city']}" if value is None else str(value)
+        text = str(value)
     return {"kind": kind, "value": value, "text": text, "reports": [m[:3] for m in mapped],
             "facts": set().union(*(m[3] for m in mapped))}
 

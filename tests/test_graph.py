@@ -191,6 +191,25 @@ def test_unknown_kind_and_unknown_entity():
         assert a["value"] is None and a["text"] == f"{name} is not in the collection" and not a["reports"]
 
 
+def test_a_superlative_tie_names_no_company():
+    # two people born in Lyon, at two companies: one each
+    triples = [("Ada", "born_in", "Lyon"), ("Ada", "worked_for", "Acme"), ("Bo", "born_in", "Lyon"),
+               ("Bo", "worked_for", "Zeta")]
+    types = {"born_in": "city", "worked_for": "company"}
+    graph = {"nodes": {}, "edges": []}
+    for s, r, t in triples:
+        for kind, name in (("person", s), (types[r], t)):
+            graph["nodes"][g.node_id(kind, name)] = {"name": name, "type": kind, "docs": [f"{s}#0"]}
+        graph["edges"].append({"source": g.node_id("person", s), "relation": r, "target": g.node_id(types[r], t),
+                               "docs": [f"{s}#0"]})
+    question, whole = "Which company employs the most people born in Lyon?", [
+        {"id": "0", "level": 0, "parent": None, "nodes": sorted(graph["nodes"])}]
+    a = g.answer(question, graph, g.reports(graph, whole))
+    assert a["value"] is None and a["text"] == "a tie between Acme, Zeta"
+    graph["edges"].pop()  # Bo's employer unknown: Acme alone
+    assert g.answer(question, graph, g.reports(graph, whole))["value"] == "Acme"
+
+
 @pytest.fixture(scope="module")
 def reader(tiny_run, tmp_path_factory):
     """An adapter for the tiny model (B = 0: the base model's answers), as train_lora.py would save it."""
