@@ -4,6 +4,7 @@ stub reader, global questions against a brute-force count, map-reduce with perfe
 import json
 import os
 import random
+import shutil
 from collections import Counter
 from dataclasses import asdict
 
@@ -221,7 +222,7 @@ def reader(tiny_run, tmp_path_factory):
     return path
 
 
-def test_cli_eval_writes_metrics_and_reuses_the_graph(tiny_run, reader, tmp_path, run_main):
+def test_cli_eval_writes_metrics_reuses_the_graph_and_reads_other_documents_again(tiny_run, reader, tmp_path, run_main):
     out = str(tmp_path / "rag")
     args = ["--graph", "--eval", "--checkpoint", tiny_run["checkpoint"], "--adapter", reader, "--world",
             tiny_run["world"], "--out", out, "--global-questions", "3"]
@@ -241,6 +242,12 @@ def test_cli_eval_writes_metrics_and_reuses_the_graph(tiny_run, reader, tmp_path
     code, printed, err = run_main(rag.main, "--graph", f"How many people worked for {company}?", *args[2:-2])
     assert code == 0, err
     assert "answer: " in printed and "extracting" not in printed
+    other = tmp_path / "world"  # the same world but for one document: the graph is read again
+    shutil.copytree(tiny_run["world"], other)
+    docs = (other / "docs.jsonl").read_text().splitlines()
+    (other / "docs.jsonl").write_text("\n".join(docs[:-1] + [docs[-1].replace(".", "!", 1)]) + "\n")
+    code, printed, err = run_main(rag.main, *[str(other) if a == tiny_run["world"] else a for a in args])
+    assert code == 0 and "was built from other documents (another world): building it again" in printed, err
 
 
 def test_a_graph_file_from_another_world_or_model_is_built_again(tmp_path):
