@@ -3,12 +3,13 @@ graph into communities, and questions about the whole collection are answered by
 communities' reports.
 
 What each step is in microsoft/graphrag (Edge et al. 2024, arXiv 2404.16130), and what it is here:
-  extraction     There, a large LLM lists the entities and relationships of every text chunk. Here the reader
-                 of level 3 (the rag-qa LoRA adapter on a ~1M-parameter GPT) is asked every attribute question
-                 about a document's subject with that one document as context, and each answer becomes a typed
-                 edge: person -worked_for-> company, company -headquartered_in-> city. The subject's name is
-                 the document's title (its id before "#"), as every document of a real collection has a
-                 title; whether it is a biography or a company profile says which questions to ask.
+  extraction     There, a large LLM lists the entities and relationships (and claims) of every text chunk. Here
+                 a document is one chunk, and the reader of level 3 (the rag-qa LoRA adapter on a ~1M-parameter
+                 GPT) is asked every attribute question about the document's subject with that one document as
+                 context; each answer becomes a typed edge: person -worked_for-> company, company
+                 -headquartered_in-> city. The subject's name is the document's title (its id before "#"), as
+                 every document of a real collection has a title; whether it is a biography or a company profile
+                 says which questions to ask.
   merging        Entities of the same type with the same normalised name (evaluate.normalize) are one node;
                  every node and edge keeps the ids of the documents that stated it. Two checks GraphRAG does not
                  make, both in code: an answer must be quoted from its document (else the reader made it up), and
@@ -32,9 +33,9 @@ facts read from those k documents alone: the only difference is which documents 
     python rag.py --graph --eval                                           # graph RAG against chunk RAG
 
 <out>/graph/graph.json holds what the reader extracted (before the vote; the answers not quoted from their
-document listed apart), with the fingerprints of the documents,
-the model and the adapter: built on first use, reused while they match, built again (with a line saying why) when
-they do not. --eval writes <out>/graph/metrics.json.
+document listed apart) with the fingerprints of the documents, the model and the adapter: built on first use,
+reused while they match, built again (with a line saying why) when they do not. --eval writes
+<out>/graph/metrics.json.
 """
 
 import os
