@@ -6,10 +6,10 @@ What each step is in microsoft/graphrag (Edge et al. 2024, arXiv 2404.16130), an
   extraction     There, a large LLM lists the entities and relationships (and claims) of every text chunk. Here
                  a document is one chunk, and the reader of level 3 (the rag-qa LoRA adapter on a ~1M-parameter
                  GPT) is asked every attribute question about the document's subject with that one document as
-                 context; each answer becomes a typed edge: person -worked_for-> company, company
-                 -headquartered_in-> city. The subject's name is the document's title (its id before "#"), as
-                 every document of a real collection has a title; whether it is a biography or a company profile
-                 says which questions to ask.
+                 context (given twice, see COPIES); each answer becomes a typed edge: person -worked_for->
+                 company, company -headquartered_in-> city. The subject's name is the document's title (its id
+                 before "#"), as every document of a real collection has a title; whether it is a biography or a
+                 company profile says which questions to ask.
   merging        Entities of the same type with the same normalised name (evaluate.normalize) are one node;
                  every node and edge keeps the ids of the documents that stated it. Two checks GraphRAG does not
                  make, both in code: an answer must be quoted from its document (else the reader made it up), and
@@ -54,10 +54,14 @@ from nanolevels.retrieval import load_or_build_index
 from nanolevels.train import format_eta
 from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS
 
-GRAPH_FORMAT = "nanolevels-graph-2"  # in every graph file: change it when extraction changes
+GRAPH_FORMAT = "nanolevels-graph-3"  # in every graph file: change it when extraction changes
 READER = "out/lora/rag-qa/adapter.safetensors"  # where the pipeline writes the reader (rag.py --graph's default)
 MAX_COMMUNITY = 50  # a community with more entities is clustered again: a report should stay short enough to read
 SEED = 0  # Louvain's node order
+# The document twice in each prompt: read once, left to right, no token of it has seen what follows it; on the
+# second copy every token can attend to the whole document (as "echo" embeddings do, arXiv 2402.15449). It lets the
+# reader copy names it never saw whole, such as a retrieval-only company's.
+COPIES = 2
 
 # What the reader is asked about a document's subject: attribute -> (relation, type of the answer's node).
 # A value's type follows from the relation it came by, so "Lyon" from born_in is a city.
@@ -87,13 +91,13 @@ def node_id(kind: str, name: str) -> str:
 
 # --- extraction: documents -> typed edges ---------------------------------------------------------------------
 
-def model_reader(model, tokenizer, batch_size: int = 128):
-    """read(questions, documents) -> answers: each question asked with its document alone as context, the way
-    rag.py asks (prompting.rag_prompt, greedy completion)."""
+def model_reader(model, tokenizer, copies: int = COPIES, batch_size: int = 128):
+    """read(questions, documents) -> answers: each question asked with its document alone as context (`copies`
+    times over, as far as the block allows), the way rag.py asks (prompting.rag_prompt, greedy completion)."""
     budget = model.config.block_size - ANSWER_TOKENS
 
     def read(questions, documents):
-        prompts = [rag_prompt(q, [d], tokenizer, budget)[0] for q, d in zip(questions, documents)]
+        prompts = [rag_prompt(q, [d] * copies, tokenizer, budget)[0] for q, d in zip(questions, documents)]
         return complete(model, tokenizer, prompts, batch_size=batch_size)
     return read
 
