@@ -519,8 +519,8 @@ def build(args, model, tokenizer, docs: list[dict], log=print) -> dict:
     graph = load_graph(path, wanted, log)
     if graph is None:
         n_questions = sum(len(RELATIONS[k]) for d in docs for k in RELATIONS if k in d)
-        log(f"extracting the graph: {n_questions:,} questions about the subjects of {len(docs):,} documents, "
-            f"each read alone by the reader {shown(args.adapter)}")
+        log(f"extracting the graph: {n_questions:,} questions about the subjects of {len(docs):,} documents, each "
+            f"asked with its document alone ({COPIES} copies) to the reader {shown(args.adapter)}")
         t0 = time.time()
         graph = extract(docs, model_reader(model, tokenizer), log=log)
         graph = {"fingerprints": wanted, "extract_s": time.time() - t0, **graph}
