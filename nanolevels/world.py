@@ -248,10 +248,14 @@ class Company:
         return getattr(self, attribute)
 
 
+def unused_names(taken: set[str]) -> int:
+    """How many full names the pools can still make."""
+    return len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(LAST_NAMES) - len(taken)
+
+
 def new_name(rng: random.Random, taken: set[str]) -> str:
     """A full name not in `taken` (which is updated)."""
-    room = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(LAST_NAMES) - len(taken)
-    if room < 1:
+    if unused_names(taken) < 1:
         raise ValueError("no unused full names remain; ask for fewer people")
     while True:
         name = f"{rng.choice(FIRST_NAMES)} {rng.choice(MIDDLE_NAMES)} {rng.choice(LAST_NAMES)}"
@@ -263,9 +267,8 @@ def new_name(rng: random.Random, taken: set[str]) -> str:
 def make_people(rng: random.Random, n: int, split: str, taken: set[str], companies: list[Company]) -> list[Person]:
     """n people with full names not in `taken` (which is updated), attributes drawn uniformly, each working
     at one of `companies`."""
-    room = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(LAST_NAMES) - len(taken)
-    if n > room:
-        raise ValueError(f"asked for {n} people but only {room} unused full names remain")
+    if n > unused_names(taken):
+        raise ValueError(f"asked for {n} people but only {unused_names(taken)} unused full names remain")
     people = []
     for _ in range(n):
         name = new_name(rng, taken)
