@@ -389,8 +389,11 @@ def test_a_client_that_disconnects_frees_its_slot(server, monkeypatch):
 
 def test_serve_py_starts_answers_and_stops_on_ctrl_c(tiny_run, adapter, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # SIGINT as a terminal delivers it: a suite started in the background (`cmd &` in a script) ignores SIGINT,
+    # its children inherit that, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "serve.py", *serve_args(tiny_run, adapter, tmp_path)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = threading.Timer(300, proc.kill)  # whatever goes wrong, the test ends (a loaded machine is slow)
     deadline.start()
     try:
