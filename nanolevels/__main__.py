@@ -159,9 +159,11 @@ def why_run(record: dict | None, argv: list[str], now: dict) -> str | None:
 
 
 def run_steps(args) -> dict:
-    """Run (or reuse, see why_run) every step; return {name: wall seconds} (reused steps keep their first timing).
+    """Run (or reuse, see why_run) every step; return their records (reused steps keep those of their own run).
 
-    out/steps.json remembers each step's arguments (paths relative to <out> and <world>), fingerprints and wall time."""
+    out/steps.json remembers each step's arguments (paths relative to <out> and <world>), fingerprints, wall time,
+    torch threads and the process's peak memory when it ended: a report built later, by a process that only
+    reuses steps, still says how they ran."""
     record_path = os.path.join(args.out, "steps.json")
     record = read_json(record_path) if os.path.exists(record_path) and not args.fresh else {}
     steps = plan(args)
@@ -176,12 +178,12 @@ def run_steps(args) -> dict:
         t0 = time.time()
         main(argv)
         record[name] = {"argv": portable(argv, args), "fingerprints": fingerprints(output, paths),
-                        "wall_s": time.time() - t0}
+                        "wall_s": time.time() - t0, "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
         write_json(record_path, record)
         left = sum(record.get(n, {}).get("wall_s", 0) for n, *_ in steps[i:])  # ETA from the last run, if any
         print(f"[{i}/{len(steps)}] {name} took {format_eta(record[name]['wall_s'])}; "
               f"elapsed {format_eta(time.time() - t_start)}" + (f", about {format_eta(left)} to go" if left else ""))
-    return {name: r["wall_s"] for name, r in record.items()}
+    return {name: record[name] for name, *_ in steps}
 
 
 # What the report card claims, each judged on one run here and at the MIN over seeds in bench/seeds.py:
@@ -202,7 +204,9 @@ TARGETS = [
 ]
 
 
-def build_report(args, times: dict) -> dict:
+def build_report(args, steps: dict) -> dict:
+    """The report card's numbers from the steps' metrics.json files and their records (run_steps)."""
+    times = {name: r["wall_s"] for name, r in steps.items()}
     m = {name: read_json(path) for name, _, _, _, path, _ in plan(args) if name != "world"}
     pre, pr, rg = m["pretrain"], m["prompting"]["acc"], m["rag"]
     params = pre["params"]
@@ -255,14 +259,16 @@ def build_report(args, times: dict) -> dict:
     models = {r["fingerprints"]["model"] for r in rows}
     if len(models) > 1:  # cannot happen through run_steps; a file changed while it ran
         raise ValueError(f"the report would mix {len(models)} models ({', '.join(sorted(models))}); run again")
-    machine = {"device": str(pick_device(args.device)), "threads": torch.get_num_threads(),
+    threads = sorted({r.get("threads", torch.get_num_threads()) for r in steps.values()})  # older records: this one's
+    machine = {"device": str(pick_device(args.device)), "threads": ", ".join(map(str, threads)),
                "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                "platform": platform.platform()}
     retrieval = {name: {k: v["new"][k] for k in ("recall@1", "recall@5")} for name, v in rg["retrieval"].items()}
     stopped = {name: m[name]["stopped"] for name in ("pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa", "agent")}
     by_method = {r["method"]: r for r in rows}
     targets = {name: bool(check(by_method, retrieval)) for name, check in TARGETS}
-    return {"total_wall_s": sum(times.values()), "peak_rss_mb": peak_rss_mb(), "machine": machine, "rows": rows,
+    peak = max([peak_rss_mb(), *(r["peak_rss_mb"] for r in steps.values() if "peak_rss_mb" in r)])
+    return {"total_wall_s": sum(times.values()), "peak_rss_mb": peak, "machine": machine, "rows": rows,
             "retrieval": retrieval, "targets": targets, "stopped": stopped, "seed": args.seed, "prompt_k": 3,
             "rag_k": rg["k"], "base_params": params, "program": m["prompting"]["program"], "unsure": rg["unsure"],
             "agentic": {split: agentic[split] for split in ("test", "new")},
@@ -272,8 +278,7 @@ def build_report(args, times: dict) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    times = run_steps(args)
-    report = build_report(args, times)
+    report = build_report(args, run_steps(args))
     # the kept seeds table was measured at the default sizes: its ranges say nothing about a run at others
     default_sizes = not (args.tiny or args.world_args or args.pretrain_args or args.finetune_args)
     seeds_path = os.path.join(KEPT_DIR, "seeds.json")

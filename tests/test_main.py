@@ -75,6 +75,10 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     assert "adapter" in by_method["agentic-rag"] and "finetuned" in by_method["full-ft-qa"]
     steps = open(os.path.join(out, "steps.json")).read()
     assert str(tmp_path) not in steps and "<out>" in steps  # no absolute paths
+    # how each step ran (threads, peak memory), kept for a report that a later process builds from reused steps
+    records = json.loads(steps).values()
+    assert all(r["threads"] == 1 and r["peak_rss_mb"] > 0 for r in records)
+    assert report["machine"]["threads"] == "1" and report["peak_rss_mb"] >= max(r["peak_rss_mb"] for r in records)
 
 
 def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step(tiny_pipeline, tmp_path, capsys):
