@@ -4,6 +4,7 @@
     python -m nanolevels --fresh    # redo every step instead of reusing finished ones
     python -m nanolevels --tiny     # a seconds-long run at a toy size (what the tests run)
     python -m nanolevels --seed 7   # another world and other training seeds (bench/seeds.py runs several)
+    python -m nanolevels --device cuda --dtype bfloat16   # on a GPU: the training steps under bf16 autocast
     python -m nanolevels --device cuda --out out/big --world-args "--people 2000" --pretrain-args "--n-layer 8"
 
 Each step is one of the level scripts, run in this process with its defaults (plus --*-args). A step is
@@ -33,7 +34,7 @@ import train_pretrain  # noqa: E402
 from data.world import prepare  # noqa: E402
 from nanolevels import checkpoint, cli  # noqa: E402
 from nanolevels.data import load_questions  # noqa: E402
-from nanolevels.device import peak_rss_mb, pick_device  # noqa: E402
+from nanolevels.device import DTYPES, peak_rss_mb, pick_device  # noqa: E402
 from nanolevels.evaluate import wilson  # noqa: E402
 from nanolevels.files import atomic_write, fingerprint_files, read_json, read_jsonl, shown, write_json  # noqa: E402
 from nanolevels.report import KEPT_DIR, loss_svg, markdown, report_svg  # noqa: E402
@@ -65,6 +66,9 @@ def parse_args(argv):
                    help='extra flags for the three train_lora.py steps (full fine-tuning included: a --lr here '
                         'replaces its own), e.g. "--max-steps 1500"')
     cli.add_device_flags(p, dtype=False)  # --device --threads
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
+                   help="compute dtype of the training steps (autocast), e.g. bfloat16 on a GPU; the other steps "
+                        "run in float32 (default: each script's own, float32)")
     args = p.parse_args(argv)
     own_world = args.tiny or args.world_args or args.seed is not None  # never rewrite the shared data/world with other settings
     args.world = args.world or (os.path.join(args.out, "world") if own_world else os.path.join(ROOT, "data", "world"))
@@ -80,14 +84,15 @@ def plan(args) -> list[tuple]:
     lora_qa, lora_rag, agent = (os.path.join(out, "lora", name) for name in ("qa", "rag-qa", "agent"))
     full_qa = os.path.join(out, "full", "qa")
     seed = [] if args.seed is None else ["--seed", str(args.seed)]
+    dtype = [] if args.dtype is None else ["--dtype", args.dtype]  # only when given: default steps keep their argv
     world_args, pretrain_args = shlex.split(args.world_args), shlex.split(args.pretrain_args)
     # --overwrite: a training step runs only when it is meant to start again
-    finetune = ["--overwrite", *seed, *(TINY_FINETUNE if tiny else []), *shlex.split(args.finetune_args)]
+    finetune = ["--overwrite", *dtype, *seed, *(TINY_FINETUNE if tiny else []), *shlex.split(args.finetune_args)]
     return [
         ("world", 4, prepare.main, ["--out", world, *seed, *(TINY_WORLD if tiny else []), *world_args],
          os.path.join(world, "meta.json"), {"data": world}),
         ("pretrain", 4, train_pretrain.main,
-         ["--world", world, "--out", os.path.join(out, "pretrain"), "--overwrite", *dev, *seed,
+         ["--world", world, "--out", os.path.join(out, "pretrain"), "--overwrite", *dev, *dtype, *seed,
           *(TINY_PRETRAIN if tiny else []), *pretrain_args],
          os.path.join(out, "pretrain", "metrics.json"), {"data": world, "model": ckpt}),
         ("prompting", 1, prompt.main, ["--eval", "--out", os.path.join(out, "prompt"), *common, *seed],

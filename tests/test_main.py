@@ -127,6 +127,11 @@ def test_extra_flags_reach_their_steps():
     seeded = {name: a for name, _, _, a, _, _ in plan(parse_args(["--seed", "7"]))}
     assert all(seeded[step][-2:] == ["--seed", "7"] for step in ("world", "pretrain", "prompting", "rag", "graph"))
     assert all("--seed" in seeded[step] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa", "agent"))
+    # --dtype reaches the training steps only, and only when given: a default run's steps keep their arguments
+    bf16 = {name: a for name, _, _, a, _, _ in plan(parse_args(["--dtype", "bfloat16"]))}
+    training = ("pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa", "agent")
+    assert all(" ".join(bf16[step]).count("--dtype bfloat16") == 1 for step in training)
+    assert not any("--dtype" in a for step, a in bf16.items() if step not in training)
     default = parse_args([])
     assert default.world == os.path.join(ROOT, "data", "world")
     assert plan(default)[1][3] == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--overwrite",
