@@ -50,7 +50,7 @@ def parse_args(argv):
                    help="the model (default: out/pretrain/model.safetensors)")
     p.add_argument("--adapter", default=None,
                    help=f"a LoRA adapter to load onto the model (from train_lora.py; default: none, {AGENT} with "
-                        f"--agentic, {graph.READER} with --graph: the reader that extracts the graph)")
+                        f"--agentic, {data.READER} with --graph: the reader that extracts the graph)")
     p.add_argument("--agentic", action="store_true",
                    help="agentic RAG: the model asks follow-up questions and reads a document for each (see "
                         "nanolevels/agent.py)")
@@ -83,7 +83,7 @@ def parse_args(argv):
         if args.demos:
             raise ValueError("--demos are for one-shot RAG; the agent learned its format and takes none")
     if args.graph:
-        args.adapter = args.adapter or graph.READER
+        args.adapter = args.adapter or data.READER
     if args.global_questions < 1:
         raise ValueError(f"--global-questions must be at least 1, got {args.global_questions}")
     if args.demos < 0:

@@ -37,7 +37,6 @@ FULL_LR = (1e-4, 1e-5)
 # arrive by a phase change whose step varies by machine and world, so training stops on the skill.
 # qa's cap is short: trained on, it memorises the train people's answers and extracts worse.
 TASK_DEFAULTS = {"qa": (0.97, 750), "rag-qa": (0.98, 2500), "agent": (0.95, 1500)}
-READER = "out/lora/rag-qa/adapter.safetensors"  # the agent starts from the reader: it already reads documents
 
 
 def parse_args(argv):
@@ -59,7 +58,7 @@ def parse_args(argv):
     p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
     p.add_argument("--init-adapter", default=None,
                    help=f"start from this adapter's weights (its r, alpha and targets) instead of a fresh adapter; "
-                        f"'none' for a fresh one (default: {READER} for --task agent, none otherwise)")
+                        f"'none' for a fresh one (default: {data.READER} for --task agent, none otherwise)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the adapter/model in --out (with the same flags: r, alpha, targets...)")
     p.add_argument("--overwrite", action="store_true",
@@ -103,7 +102,7 @@ def parse_args(argv):
         raise ValueError(f"--stop-acc must be above 0 (above 1 turns the dev check off), got {args.stop_acc}")
     args.out = args.out or os.path.join("out", "full" if args.full else "lora", "custom" if args.data else args.task)
     if args.init_adapter is None:
-        args.init_adapter = READER if args.task == "agent" and not args.data else "none"
+        args.init_adapter = data.READER if args.task == "agent" and not args.data else "none"
     if args.init_adapter != "none" and (args.full or args.resume):
         raise ValueError("--init-adapter starts a new LoRA adapter: not with --full or --resume")
     if args.init_adapter != "none" and not os.path.exists(args.init_adapter):

@@ -23,6 +23,8 @@ from nanolevels.world import ATTRIBUTES, FOLLOW_UP, SPLITS, TWO_HOP, make_corpus
 
 IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
 WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "world")
+# where `train_lora.py --task rag-qa` writes the reader: the agent starts from it, GraphRAG extracts with it
+READER = "out/lora/rag-qa/adapter.safetensors"
 
 
 def save_tokens(ids, path: str) -> None:

@@ -55,7 +55,6 @@ from nanolevels.train import format_eta
 from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS
 
 GRAPH_FORMAT = "nanolevels-graph-3"  # in every graph file: change it when extraction changes
-READER = "out/lora/rag-qa/adapter.safetensors"  # where the pipeline writes the reader (rag.py --graph's default)
 MAX_COMMUNITY = 50  # a community with more entities is clustered again: a report should stay short enough to read
 SEED = 0  # Louvain's node order
 # The document twice in each prompt: read once, left to right, no token of it has seen what follows it; on the
@@ -551,10 +550,10 @@ def print_answer(question: str, graph: dict, reps: list[dict]) -> None:
         print(f"entities ({len(entities)}): {', '.join(entities)}")
 
 
-def evaluate(args, graph: dict, reps: list[dict], docs: list[dict], model, tokenizer, log=print) -> dict:
-    """Graph RAG and chunk RAG (rag.py's --embedder and --k) on the global questions, and how many documents each
-    graph answer rests on."""
-    people, _ = load_tables(args.world)
+def evaluate(args, graph: dict, reps: list[dict], docs: list[dict], people: list[dict], model, tokenizer,
+             log=print) -> dict:
+    """Graph RAG and chunk RAG (rag.py's --embedder and --k) on the global questions about `people` (the world's
+    table), and how many documents each graph answer rests on."""
     questions = global_questions(people, args.global_questions, args.seed)
     index, embedder = load_or_build_index(args.out, docs, args.embedder, model, tokenizer, log=log)
     hits = index.search(embedder.embed([q["question"] for q in questions]), args.k)
@@ -590,11 +589,12 @@ def run(args) -> None:
     extracted = build(args, model, tokenizer, docs)
     t0 = time.time()
     graph = vote(extracted)
-    comms = communities(adjacency(graph))
+    adj = adjacency(graph)
+    comms = communities(adj)
     reps = reports(graph, leaves(comms))
     info = {"nodes": len(graph["nodes"]), "edges": len(graph["edges"]), "communities": len(comms),
             "reports": len(reps), "levels": 1 + max((c["level"] for c in comms), default=0),
-            "modularity": modularity(adjacency(graph), [c["nodes"] for c in comms if c["level"] == 0]),
+            "modularity": modularity(adj, [c["nodes"] for c in comms if c["level"] == 0]),
             "extract_s": extracted["extract_s"], "cluster_s": time.time() - t0}
     info["build_s"] = info["extract_s"] + info["cluster_s"]
     print(f"graph: {info['nodes']:,} nodes, {info['edges']:,} edges from {len(docs):,} documents; "
@@ -604,10 +604,11 @@ def run(args) -> None:
         print_answer(args.question, graph, reps)
     if not args.eval:
         return
-    truth = true_facts(*load_tables(args.world))
+    people, companies = load_tables(args.world)
+    truth = true_facts(people, companies)
     info["extraction"] = {"asked": extracted["asked"], "unquoted": len(extracted["unquoted"]),
                           "quoted": extraction_scores(extracted, truth), "voted": extraction_scores(graph, truth)}
-    r = evaluate(args, graph, reps, docs, model, tokenizer)
+    r = evaluate(args, graph, reps, docs, people, model, tokenizer)
     cell = lambda m, kind: ("-" if r["acc"][m][kind] is None else  # noqa: E731
                             f"{100 * r['acc'][m][kind]:5.1f}% [{100 * r['ci'][m][kind][0]:.1f}-"
                             f"{100 * r['ci'][m][kind][1]:.1f}]")
