@@ -11,18 +11,20 @@ and out/prompt/metrics.json; --ask runs that program. The QA layout is in nanole
 
 import argparse
 import codecs
-import math
 import os
 import sys
 
 import torch
 
-from nanolevels import cli, data
+from nanolevels import cli, data, provenance
 from nanolevels.device import pick_device, seed_everything
-from nanolevels.evaluate import complete, eval_prompting
+from nanolevels.evaluate import complete, report_row
 from nanolevels.files import shown, write_json
-from nanolevels.program import describe, eval_program, load_program, parse_question, prompt_text, run_program
-from nanolevels.prompting import qa_prompt
+from nanolevels.lora import load_adapted
+from nanolevels.model import check_sampling
+from nanolevels.program import (describe, eval_program, eval_prompting, load_program, parse_question, prompt_text,
+                                run_program)
+from nanolevels.prompting import prompt_ids, qa_prompt
 
 
 def parse_args(argv):
@@ -35,31 +37,24 @@ def parse_args(argv):
                    "with the compiled program, e.g. \"Where was Liesl Sage Keswick born?\"")
     p.add_argument("--raw", action="store_true", help="with --ask: a plain greedy completion of the question instead")
     p.add_argument("--verbose", action="store_true", help="with --ask: print the prompt(s) the program ran")
-    p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
-                   help="the model (default: out/pretrain/model.safetensors)")
+    p.add_argument("--checkpoint", default=cli.MODEL, help=f"the model (default: {cli.MODEL})")
     p.add_argument("--adapter", default=None, help="a LoRA adapter to load onto the model (from train_lora.py)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default: 100)")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help="sampling temperature; 0 or less means greedy (default: 0.8)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the smallest set of tokens whose probability reaches p, in (0, 1]")
     p.add_argument("--seed", type=int, default=1337, help="sampling seed (default: 1337)")
-    p.add_argument("--world", default=data.WORLD_DIR,
+    p.add_argument("--world", default=cli.WORLD_DIR,
                    help="the prepared world, for --eval and --ask (default: data/world)")
     p.add_argument("--out", default="out/prompt",
                    help="where --eval writes metrics.json and program.json, and --ask reads program.json "
                         "(default: out/prompt)")
     cli.add_device_flags(p, dtype=False)  # --device --threads
     args = p.parse_args(argv)
-    if not math.isfinite(args.temperature):
-        raise ValueError(f"--temperature must be a number (0 or less: greedy), got {args.temperature}")
+    check_sampling(args.temperature, args.top_k, args.top_p, names=("--temperature", "--top-k", "--top-p"))
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     if not (args.prompt is not None or args.interactive or args.eval or args.ask is not None):
         raise ValueError('give a prompt to continue (python prompt.py "Once upon"), --interactive, --eval or --ask')
     if (args.raw or args.verbose) and args.ask is None:
@@ -71,7 +66,7 @@ def stream(model, tokenizer, text: str, args, warned: list) -> None:
     """Print the continuation of text token by token, as it is generated (with the KV cache)."""
     if not text.strip():
         raise ValueError("the prompt is empty; type some text to continue")
-    ids = [tokenizer.eot_id] + tokenizer.encode(text)
+    ids = prompt_ids(tokenizer, text)
     block = model.config.block_size
     if len(ids) > block and not warned:
         print(f"note: the prompt is {len(ids)} tokens; the model sees only the last {block}", file=sys.stderr)
@@ -88,7 +83,7 @@ def stream(model, tokenizer, text: str, args, warned: list) -> None:
 
 def evaluate(model, tokenizer, args) -> None:
     """The table: question prompts and the compiled program, each with its dev score, on test and new."""
-    scored = cli.fingerprints(args)  # the model (and adapter) these numbers are of
+    scored = provenance.current({"model": args.checkpoint, "adapter": args.adapter})  # what these numbers are of
     qa = data.load_questions(args.world, "train", "dev", "test", "new")
     heldout = {"test": qa["test"], "new": qa["new"]}
     result = eval_prompting(model, tokenizer, qa["train"], qa["dev"], heldout, seed=args.seed)
@@ -99,8 +94,14 @@ def evaluate(model, tokenizer, args) -> None:
     result["program"] = {a: {"template": e["prompts"][0]["template"], "demos": len(e["prompts"][0]["demos"]),
                              "templates": len(e["prompts"]), "ranked": bool(e["values"]), "dev": e["dev"]}
                          for a, e in program["attributes"].items()}
+    n = {split: len(questions) for split, questions in heldout.items()}
+    rows = [report_row(method, 1, "one-hop", result["acc"][key], n, 0, scored,
+                       {s: result["example"][key][s] for s in ("test", "new")})
+            for method, key in (("zero-shot", "zero-shot"), ("k-shot", "3-shot"), ("searched-demos", "searched-demos"),
+                                ("prompt-program", "prompt-program"))]
     write_json(os.path.join(args.out, "program.json"), program)
-    write_json(os.path.join(args.out, "metrics.json"), {**result, "fingerprints": scored})
+    write_json(os.path.join(args.out, "metrics.json"), {**result, "fingerprints": scored, "rows": rows,
+                                                        "report": {"program": result["program"], "prompt_k": 3}})
     print(f"wrote {shown(os.path.join(args.out, 'metrics.json'))} and {shown(os.path.join(args.out, 'program.json'))}")
 
 
@@ -129,7 +130,7 @@ def ask(model, tokenizer, args) -> None:
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
-    model, tokenizer = cli.load_model(args.checkpoint, device, args.adapter)
+    model, tokenizer = load_adapted(args.checkpoint, args.adapter, device)
     seed_everything(args.seed)
     if args.eval:
         evaluate(model, tokenizer, args)

@@ -17,23 +17,21 @@ import sys
 
 from nanolevels import cli, data
 from nanolevels.device import pick_device
-from nanolevels.lora import merge_lora
+from nanolevels.lora import load_adapted, merge_lora
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.server import Reader, Server
 from nanolevels.serving import POLICIES, Engine
 
-ADAPTER = os.path.join("out", "lora", "rag-qa", "adapter.safetensors")
-
 
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
-                   help="the model (default: out/pretrain/model.safetensors)")
+    p.add_argument("--checkpoint", default=cli.MODEL, help=f"the model (default: {cli.MODEL})")
     p.add_argument("--adapter", default=None,
-                   help=f"the rag-qa LoRA adapter that reads for /v1/answer (default: {ADAPTER}, if it exists)")
-    p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world whose documents /v1/answer searches "
-                                                      "(default: data/world)")
-    p.add_argument("--index-dir", default="out/rag", help="where the retrieval index is cached (default: out/rag)")
+                   help=f"the rag-qa LoRA adapter that reads for /v1/answer (default: {cli.READER}, if it exists)")
+    p.add_argument("--world", default=cli.WORLD_DIR, help="the prepared world whose documents /v1/answer searches "
+                                                         "(default: data/world)")
+    p.add_argument("--index-dir", default=cli.RAG_OUT,
+                   help=f"where the retrieval index is cached (default: {cli.RAG_OUT})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 opens it to the network (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: 8000)")
@@ -55,11 +53,11 @@ def parse_args(argv):
 
 def make_reader(args, device):
     """(Reader for /v1/answer, None) or (None, the reason there is none)."""
-    adapter = args.adapter or (ADAPTER if os.path.exists(ADAPTER) else None)
+    adapter = args.adapter or (cli.READER if os.path.exists(cli.READER) else None)
     if adapter is None:
-        return None, (f"/v1/answer needs the rag-qa adapter and there is none at {ADAPTER}: make it with "
+        return None, (f"/v1/answer needs the rag-qa adapter and there is none at {cli.READER}: make it with "
                       "python train_lora.py --task rag-qa, or start serve.py with --adapter PATH")
-    model, tokenizer = cli.load_model(args.checkpoint, device, adapter)
+    model, tokenizer = load_adapted(args.checkpoint, adapter, device)
     docs_path = os.path.join(args.world, "docs.jsonl")
     if not os.path.exists(docs_path):
         return None, f"/v1/answer needs documents and there are none at {docs_path}: run python data/world/prepare.py"
@@ -72,7 +70,7 @@ def make_reader(args, device):
 def build(args) -> Server:
     """The server for parsed arguments: the model's engine, and the reader's if there is an adapter."""
     device = pick_device(args.device)
-    model, tokenizer = cli.load_model(args.checkpoint, device)
+    model, tokenizer = load_adapted(args.checkpoint, None, device)
     engine = Engine(model, tokenizer, args.slots, args.policy, args.max_queue)
     reader, no_reader = make_reader(args, device)
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
@@ -86,7 +84,7 @@ def main(argv=None):
     args = parse_args(argv)
     server = build(args)
     print(f"serving on {server.url} ({args.slots} slots, {args.policy} batching, "
-          f"{server.engine.cache_bytes / 2**20:.1f} MB of KV cache per engine); "
+          f"{server.engine.cache.nbytes / 2**20:.1f} MB of KV cache per engine); "
           f"/v1/answer: {'ready' if server.reader else server.no_reader}", flush=True)
     try:
         server.serve_forever()

@@ -8,7 +8,8 @@
     torchrun --nproc_per_node=2 train_lora.py
 
 The loss is on the answer tokens only. The training loop is the one pretraining uses
-(nanolevels/train.py). Writes out/lora/<task>/ (out/full/<task>/ with --full; <task> is "custom" with
+(nanolevels/train.py). A task is a row of TASKS: its examples, the dev check that stops it, and
+its final scores. Writes out/lora/<task>/ (out/full/<task>/ with --full; <task> is "custom" with
 --data): adapter.safetensors (model.safetensors with --full), log.jsonl and metrics.json with exact
 match on held-out questions.
 """
@@ -17,39 +18,139 @@ import argparse
 import os
 import random
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
-from nanolevels import cli, data
+from nanolevels import cli, data, provenance
 from nanolevels.agent import evaluate_agent, retriever, two_hop_baselines
-from nanolevels.checkpoint import fingerprint, save_model
+from nanolevels.checkpoint import save_model
+from nanolevels.corpus import agent_examples, reading_examples
 from nanolevels.device import pick_dtype, seed_everything
-from nanolevels.evaluate import eval_qa, eval_rag, qa_accuracy
+from nanolevels.evaluate import eval_qa, eval_rag, qa_accuracy, report_row
 from nanolevels.files import shown, write_json
-from nanolevels.lora import DEFAULT_TARGETS, add_lora, covers, load_adapter, merge_lora, remove_lora, save_adapter
+from nanolevels.lora import (DEFAULT_TARGETS, add_lora, covers, load_adapted, load_adapter, merge_lora, remove_lora,
+                             save_adapter)
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.train import TrainConfig, check_out_dir, setup, train
-from nanolevels.world import SPLITS, agent_examples, reading_examples
+from nanolevels.world import SPLITS
 
 # Full fine-tuning's (lr, min_lr): LoRA's rate erases what the weights know. Chosen on the dev people
 # (closed-book exact match); bench/full_lr.py prints the comparison.
 FULL_LR = (1e-4, 1e-5)
-# Each task's dev check and step cap: (--stop-acc, --max-steps). Extraction (qa) and reading (rag-qa)
-# arrive by a phase change whose step varies by machine and world, so training stops on the skill.
-# qa's cap is short: trained on, it memorises the train people's answers and extracts worse.
-TASK_DEFAULTS = {"qa": (0.97, 750), "rag-qa": (0.98, 2500), "agent": (0.95, 1500)}
 
+
+# --- the tasks: what each trains on, the dev check that stops it, what it reports -------------------------------
+
+def closed_book_examples(args, world):
+    """The train people's questions, each alone: the model learns to answer from what it stored."""
+    qa = data.load_questions(args.world, *SPLITS)
+    return [[(qa_prompt(q["question"]), answer_text(q["answer"]))] for q in qa["train"]], qa
+
+
+def reading(args, world):
+    """Documents about fresh people and companies, then every question about the last one (corpus.py)."""
+    return reading_examples(world, args.examples, seed=args.seed), data.load_questions(args.world, *SPLITS)
+
+
+def traces(args, world):
+    """Self-Ask traces about fresh people at fresh companies, the retrieved documents inserted (corpus.py)."""
+    return agent_examples(world, args.examples, seed=args.seed), data.load_questions(args.world, *SPLITS, hops=2)
+
+
+def closed_book_check(model, tokenizer, heldout, index):
+    return qa_accuracy(model, tokenizer, heldout["dev"], lambda q: qa_prompt(q["question"])), "dev, closed book"
+
+
+def reading_check(model, tokenizer, heldout, index):
+    r = eval_rag(model, tokenizer, *index, heldout["dev-new"], k=2)
+    return r["acc"], "dev-new with retrieval; " + ", ".join(f"{a} {v:.2f}" for a, v in r["by_attribute"].items())
+
+
+def agent_check(model, tokenizer, heldout, index):
+    r = evaluate_agent(model, tokenizer, retriever(*index, k=1), heldout["dev-new"])
+    return r["acc"], (f"dev-new two-hop questions, agent loop; {r['calls']:.2f} retrievals each; ended: "
+                      + ", ".join(f"{why} {n}" for why, n in r["ended"].items()))
+
+
+def closed_book_scores(model, tokenizer, heldout, index, args, row, log):
+    """Closed book (no documents in the prompt) on every split: (acc, example, extra metrics, report rows)."""
+    acc, example = {}, {}
+    for split in ("train", "dev", "test", "new"):
+        r = eval_qa(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
+        acc[split], example[split] = r["acc"], r["example"]
+    return acc, example, {}, [row("qa", 3, "one-hop", acc, example)]
+
+
+def reading_scores(model, tokenizer, heldout, index, args, row, log):
+    """Closed book, then with retrieval; the two-hop questions without the agent's loop (agent.py)."""
+    acc, example, _, _ = closed_book_scores(model, tokenizer, heldout, index, args, row, log)
+    for split in ("dev-new", "test", "new"):
+        r = eval_rag(model, tokenizer, *index, heldout[split], k=2, log=log)
+        acc[f"{split}_rag"], example[f"{split}_rag"] = r["acc"], r["example"]
+    two_hop_questions = data.load_questions(args.world, "test", "new", hops=2)
+    two_hop = two_hop_baselines(model, tokenizer, *index, index[0].docs, two_hop_questions)
+    log("two-hop questions: " + "; ".join(f"{name} " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items())
+                                          for name, accs in two_hop.items()))
+    n = {split: len(questions) for split, questions in two_hop_questions.items()}
+    rows = [row("rag-qa", 3, "one-hop", {s: acc[f"{s}_rag"] for s in ("test", "new")},
+                {s: example[f"{s}_rag"] for s in ("test", "new")})]
+    rows += [row("closed-book-2hop", 2, "two-hop", two_hop["closed-book"], n=n, trainable=0),  # the adapter off
+             row("rag-2hop", 2, "two-hop", two_hop["rag"], n=n), row("oracle-2hop", 2, "two-hop", two_hop["oracle"], n=n)]
+    return acc, example, {"two_hop": two_hop}, rows
+
+
+def agent_scores(model, tokenizer, heldout, index, args, row, log):
+    """The agent's loop on the two-hop questions, with retrieval and (its closed-book baseline) without."""
+    acc, agentic = {}, {}
+    for split in ("dev-new", "test", "new"):
+        r = evaluate_agent(model, tokenizer, retriever(*index, k=1), heldout[split], gap=split != "dev-new")
+        r["closed_book"] = evaluate_agent(model, tokenizer, lambda query: [], heldout[split])["acc"]  # retrieval off
+        acc[split], agentic[split] = r["acc"], r
+        log(f"agentic {split}: exact match {r['acc']:.3f}, {r['calls']:.2f} retrievals each, both documents "
+            f"found {r['recall_both']:.3f}, ended: " + ", ".join(f"{why} {n}" for why, n in r["ended"].items())
+            + (f"; compositionality gap {r['gap']:.3f}" if "gap" in r else "") + f"; retrieval off {r['closed_book']:.3f}")
+    rows = [row("agentic-rag", 2, "two-hop", acc, calls_test=agentic["test"]["calls"], calls_new=agentic["new"]["calls"])]
+    return acc, {}, {"agentic": agentic, "report": {"agentic": {s: agentic[s] for s in ("test", "new")}}}, rows
+
+
+@dataclass
+class Task:
+    examples: Callable  # (args, world) -> (training examples as (prompt, answer) turns, {split: questions})
+    check: Callable  # (model, tokenizer, questions, index) -> (exact match on a dev split, what it was)
+    scores: Callable  # the final evaluation: -> (acc, example, extra metrics, report rows)
+    stop_acc: float  # the dev check's default threshold: the skill arrives by a phase change, so stop on it
+    max_steps: int  # the default step cap: qa's is short, trained on it memorises and extracts worse
+    retrieval: bool  # whether the check and the scores read retrieved documents
+
+
+TASKS = {
+    "qa": Task(closed_book_examples, closed_book_check, closed_book_scores, 0.97, 750, False),
+    "rag-qa": Task(reading, reading_check, reading_scores, 0.98, 2500, True),
+    "agent": Task(traces, agent_check, agent_scores, 0.95, 1500, True),
+}
+
+
+def custom_examples(args):
+    """--data: the user's pairs, a tenth held out for one exact-match score."""
+    pairs = data.read_pairs(args.data)
+    random.Random(0).shuffle(pairs)
+    n_val = max(1, len(pairs) // 10)
+    return [[(p["prompt"], answer_text(p["answer"]))] for p in pairs[n_val:]], pairs[:n_val]
+
+
+# --- flags ------------------------------------------------------------------------------------------------------
 
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="qa", choices=tuple(TASK_DEFAULTS),
+    p.add_argument("--task", default="qa", choices=tuple(TASKS),
                    help="qa: closed-book QA pairs of train people; rag-qa: a fresh person's biography (or a fresh "
                         "company's profile), after a distractor's or alone, then every question about it; agent: "
                         "Self-Ask traces about fresh people at fresh companies, the retrieved documents inserted, "
                         "see nanolevels/agent.py (default: qa)")
     p.add_argument("--data", default=None, help="a JSONL file of your own {prompt, answer} pairs instead")
-    p.add_argument("--checkpoint", default="out/pretrain/model.safetensors",
-                   help="the base model (default: out/pretrain/model.safetensors)")
-    p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world (default: data/world)")
+    p.add_argument("--checkpoint", default=cli.MODEL, help=f"the base model (default: {cli.MODEL})")
+    p.add_argument("--world", default=cli.WORLD_DIR, help="the prepared world (default: data/world)")
     p.add_argument("--out", default=None,
                    help="output folder (default: out/lora/<task>, out/full/<task> with --full; <task> is custom with --data)")
     p.add_argument("--full", action="store_true",
@@ -58,7 +159,7 @@ def parse_args(argv):
     p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
     p.add_argument("--init-adapter", default=None,
                    help=f"start from this adapter's weights (its r, alpha and targets) instead of a fresh adapter; "
-                        f"'none' for a fresh one (default: {data.READER} for --task agent, none otherwise)")
+                        f"'none' for a fresh one (default: {cli.READER} for --task agent, none otherwise)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the adapter/model in --out (with the same flags: r, alpha, targets...)")
     p.add_argument("--overwrite", action="store_true",
@@ -67,17 +168,17 @@ def parse_args(argv):
     p.add_argument("--examples", type=int, default=20000,
                    help="rag-qa and agent: examples to make, each about a different fresh person or company "
                         "(default: 20000)")
-    p.add_argument("--rag-out", default="out/rag",
-                   help="rag-qa and agent: where the retrieval index is cached (default: out/rag)")
+    p.add_argument("--rag-out", default=cli.RAG_OUT,
+                   help=f"rag-qa and agent: where the retrieval index is cached (default: {cli.RAG_OUT})")
     p.add_argument("--stop-acc", type=float, default=None,
                    help="stop once the dev check reaches this exact match, checked at each evaluation (--max-steps "
                         "is then the cap): closed-book questions about the dev people for qa, retrieval-augmented "
                         "questions about the dev-new people for rag-qa, their two-hop questions answered by the "
                         "agent loop for agent; above 1 turns it off; none with --data "
-                        "(default: " + ", ".join(f"{t} {a:g}" for t, (a, _) in TASK_DEFAULTS.items()) + ")")
+                        "(default: " + ", ".join(f"{name} {t.stop_acc:g}" for name, t in TASKS.items()) + ")")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="optimizer steps at most (default: " + ", ".join(f"{t} {n}" for t, (_, n) in
-                                                                        TASK_DEFAULTS.items()) + ")")
+                   help="optimizer steps at most (default: " + ", ".join(f"{name} {t.max_steps}" for name, t in
+                                                                        TASKS.items()) + ")")
     g = p.add_argument_group("LoRA")
     g.add_argument("--r", type=int, default=16, help="adapter rank (default: 16)")
     g.add_argument("--alpha", type=float, default=32.0, help="the update is scaled by alpha / r (default: 32)")
@@ -93,8 +194,7 @@ def parse_args(argv):
                          warmup_steps=30, weight_decay=0.0, eval_interval=100, log_interval=50, ckpt_interval=200)
     cli.add_device_flags(p)  # --device --threads --dtype
     known = p.parse_known_args(argv)[0]
-    stop_acc, max_steps = TASK_DEFAULTS[known.task]
-    p.set_defaults(stop_acc=stop_acc, max_steps=max_steps)
+    p.set_defaults(stop_acc=TASKS[known.task].stop_acc, max_steps=TASKS[known.task].max_steps)
     if known.full:
         p.set_defaults(lr=FULL_LR[0], min_lr=FULL_LR[1])
     args = p.parse_args(argv)
@@ -102,18 +202,13 @@ def parse_args(argv):
         raise ValueError(f"--stop-acc must be above 0 (above 1 turns the dev check off), got {args.stop_acc}")
     args.out = args.out or os.path.join("out", "full" if args.full else "lora", "custom" if args.data else args.task)
     if args.init_adapter is None:
-        args.init_adapter = data.READER if args.task == "agent" and not args.data else "none"
+        args.init_adapter = cli.READER if args.task == "agent" and not args.data else "none"
     if args.init_adapter != "none" and (args.full or args.resume):
         raise ValueError("--init-adapter starts a new LoRA adapter: not with --full or --resume")
     if args.init_adapter != "none" and not os.path.exists(args.init_adapter):
         raise ValueError(f"no adapter at {args.init_adapter}: train the reader first (python train_lora.py --task "
                          f"rag-qa), or pass --init-adapter none to start from a fresh adapter")
     return args
-
-
-def add_adapter(model, args) -> None:
-    """Wrap the model's target layers in the LoRA adapter the flags describe."""
-    add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout, rslora=args.rslora)
 
 
 def check_loaded_adapter(meta: dict, path: str, args) -> None:
@@ -132,19 +227,20 @@ def check_loaded_adapter(meta: dict, path: str, args) -> None:
                          f"give the flags it was trained with")
 
 
-def make_examples(args, world) -> tuple[list[list[tuple[str, str]]], dict]:
-    """(training examples, each a list of (prompt, answer text) turns; held-out question sets to score)."""
-    if args.data is not None:
-        pairs = data.read_pairs(args.data)
-        random.Random(0).shuffle(pairs)
-        n_val = max(1, len(pairs) // 10)
-        return [[(p["prompt"], answer_text(p["answer"]))] for p in pairs[n_val:]], {"heldout": pairs[:n_val]}
-    qa = data.load_questions(args.world, *SPLITS)
-    if args.task == "qa":
-        return [[(qa_prompt(q["question"]), answer_text(q["answer"]))] for q in qa["train"]], qa
-    if args.task == "agent":
-        return agent_examples(world, args.examples, seed=args.seed), data.load_questions(args.world, *SPLITS, hops=2)
-    return reading_examples(world, args.examples, seed=args.seed), qa
+def make_trainable(model, args, device, weights_path, log):
+    """What this run trains: all weights (--full, restored by train() on --resume), a saved adapter (--resume,
+    --init-adapter) or a fresh one; the model to train."""
+    if args.full and args.resume:
+        model, _ = load_adapted(weights_path, None, device)
+    elif args.resume or args.init_adapter != "none":
+        path = weights_path if args.resume else args.init_adapter
+        check_loaded_adapter(load_adapter(path, model), path, args)
+        if not args.resume:
+            log(f"starting from the adapter {path}")
+    elif not args.full:
+        add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
+                 rslora=args.rslora)
+    return model.train()
 
 
 def main(argv=None):
@@ -155,12 +251,12 @@ def main(argv=None):
     log = print if ddp.is_main else (lambda *a, **k: None)
     weights_name = "model.safetensors" if args.full else "adapter.safetensors"
     check_out_dir(args.out, weights_name, args.resume, args.overwrite, extra=("merged.safetensors",), ddp=ddp)
-    model, tokenizer = cli.load_model(args.checkpoint, device)
-    base_checkpoint = fingerprint(args.checkpoint)
-    model.train()
+    model, tokenizer = load_adapted(args.checkpoint, None, device)
+    base_checkpoint = provenance.checkpoint(args.checkpoint)
     base_params = model.num_params()
-    world = data.load_world(args.world) if args.data is None else None
-    turns, heldout = make_examples(args, world)
+    task = None if args.data else TASKS[args.task]
+    world = None if task is None else data.load_world(args.world)
+    turns, heldout = custom_examples(args) if task is None else task.examples(args, world)
     examples = [data.encode_example(tokenizer, t, model.config.block_size) for t in turns]
     n_val = max(1, len(examples) // 20)
     val, train_examples = examples[:n_val], examples[n_val:]
@@ -168,16 +264,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     weights_path = os.path.join(args.out, weights_name)
     seed_everything(cfg.seed)
-    if args.full and args.resume:  # train() restores the trained weights from the training state
-        model, _ = cli.load_model(weights_path, device)
-        model.train()
-    elif args.resume or args.init_adapter != "none":
-        path = weights_path if args.resume else args.init_adapter
-        check_loaded_adapter(load_adapter(path, model), path, args)
-        if not args.resume:
-            log(f"starting from the adapter {path}")
-    elif not args.full:
-        add_adapter(model, args)
+    model = make_trainable(model, args, device, weights_path, log)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{args.task if args.data is None else args.data}: {len(train_examples):,} training examples, "
         f"{len(val)} for validation; training {trainable:,} of {base_params:,} parameters "
@@ -194,32 +281,16 @@ def main(argv=None):
         else:
             save_adapter(weights_path, model, step=step, task=args.task)
 
-    if args.data is None and args.task != "qa" and ddp.is_main:
-        docs = data.load_documents(args.world)
-        index, embedder = load_or_build_index(args.rag_out, docs, "tfidf", log=log)
-        search = retriever(index, embedder, k=1)  # the agent's follow-ups: one document each fits the block
-
-    def rag_accuracy(split):
-        return eval_rag(model, tokenizer, index, embedder, heldout[split], k=2, log=log)
+    index = None  # (index, embedder) of every document, for the tasks that read retrieved ones
+    if task is not None and task.retrieval and ddp.is_main:
+        index = load_or_build_index(args.rag_out, data.load_documents(args.world), "tfidf", log=log)
 
     def dev_check(step):
-        """Exact match on a dev split, the way the skill is used: closed-book questions about the dev
-        people (qa), retrieved biographies of the dev-new people (rag-qa), the dev-new people's two-hop
-        questions through the agent loop (agent). Never test or new."""
-        if step == 0 or args.data is not None:
+        """Exact match on a dev split, the way the skill is used (Task.check); never test or new."""
+        if step == 0 or task is None:
             return None
         model.eval()
-        if args.task == "qa":
-            acc, what = qa_accuracy(model, tokenizer, heldout["dev"], lambda q: qa_prompt(q["question"])), "dev, closed book"
-        elif args.task == "agent":
-            r = evaluate_agent(model, tokenizer, search, heldout["dev-new"])
-            acc = r["acc"]
-            what = (f"dev-new two-hop questions, agent loop; {r['calls']:.2f} retrievals each; ended: "
-                    + ", ".join(f"{why} {n}" for why, n in r["ended"].items()))
-        else:
-            r = rag_accuracy("dev-new")
-            acc = r["acc"]
-            what = "dev-new with retrieval; " + ", ".join(f"{a} {v:.2f}" for a, v in r["by_attribute"].items())
+        acc, what = task.check(model, tokenizer, heldout, index)
         model.train()
         log(f"  dev check: exact match {acc:.3f} (stop at {args.stop_acc}) on {what}")
         return f"dev exact match {acc:.3f} >= {args.stop_acc}" if acc >= args.stop_acc else None
@@ -228,40 +299,26 @@ def main(argv=None):
                     resume=args.resume, ddp=ddp, log=log)
     if not ddp.is_main:
         return
+    # the base it started from and what it trained, so its numbers are never read for other weights
+    fingerprints = {"model": base_checkpoint, "finetuned" if args.full else "adapter": provenance.checkpoint(weights_path)}
+    n = {split: len(questions) for split, questions in ({"heldout": heldout} if task is None else heldout).items()}
+
+    def row(method, level, questions, acc, example=None, n=n, trainable=trainable, **extra):
+        """A report row of this run ("qa" is lora-qa, or full-ft-qa with --full)."""
+        name = f"{'full-ft' if args.full else 'lora'}-{method}" if method in TASKS else method
+        example = example and {s: example[s] for s in ("test", "new")}
+        return report_row(name, level, questions, acc, n, trainable, fingerprints, example, **extra)
+
     model.eval()
-    acc, example = {}, {}  # example: the first question of a split with the answer given, for the report card
-    if args.data is not None:
-        acc["heldout"] = qa_accuracy(model, tokenizer, [{"question": p["prompt"], "answer": p["answer"]}
-                                                         for p in heldout["heldout"]], lambda q: q["question"])
-    elif args.task == "agent":
-        metrics["agentic"] = {}
-        for split in ("dev-new", "test", "new"):
-            r = evaluate_agent(model, tokenizer, search, heldout[split], gap=split != "dev-new")
-            r["closed_book"] = evaluate_agent(model, tokenizer, lambda query: [], heldout[split])["acc"]  # retrieval off
-            acc[split] = r["acc"]
-            metrics["agentic"][split] = r
-            log(f"agentic {split}: exact match {r['acc']:.3f}, {r['calls']:.2f} retrievals each, both documents "
-                f"found {r['recall_both']:.3f}, ended: " + ", ".join(f"{why} {n}" for why, n in r["ended"].items())
-                + (f"; compositionality gap {r['gap']:.3f}" if "gap" in r else "") + f"; retrieval off {r['closed_book']:.3f}")
+    if task is None:
+        acc, example, extra, rows = {"heldout": qa_accuracy(model, tokenizer, [
+            {"question": p["prompt"], "answer": p["answer"]} for p in heldout], lambda q: q["question"])}, {}, {}, []
     else:
-        for split in ("train", "dev", "test", "new"):  # closed book: no documents in the prompt
-            r = eval_qa(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
-            acc[split], example[split] = r["acc"], r["example"]
-        if args.task == "rag-qa":
-            for split in ("dev-new", "test", "new"):
-                r = rag_accuracy(split)
-                acc[f"{split}_rag"], example[f"{split}_rag"] = r["acc"], r["example"]
-            metrics["two_hop"] = two_hop_baselines(model, tokenizer, index, embedder, docs,
-                                                   data.load_questions(args.world, "test", "new", hops=2))
-            log("two-hop questions: " + "; ".join(f"{row} " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items())
-                                                  for row, accs in metrics["two_hop"].items()))
+        acc, example, extra, rows = task.scores(model, tokenizer, heldout, index, args, row, log)
     metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,
-                    "trainable_pct": 100 * trainable / base_params, "acc": acc, "example": example,
-                    "n": {split: len(questions) for split, questions in heldout.items()},
+                    "trainable_pct": 100 * trainable / base_params, "acc": acc, "example": example, "n": n,
                     "adapter_bytes": os.path.getsize(weights_path), "base_bytes": os.path.getsize(args.checkpoint),
-                    # the base it started from and what it trained, so its numbers are never read for other weights
-                    "fingerprints": {"model": base_checkpoint,
-                                     "finetuned" if args.full else "adapter": fingerprint(weights_path)}})
+                    "fingerprints": fingerprints, **extra, "rows": rows})
     if args.merge and not args.full:
         merge_lora(model)
         remove_lora(model)  # the merged weights stay; the model is a plain GPT again

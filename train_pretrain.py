@@ -17,26 +17,26 @@ import sys
 import torch
 import torch.distributed as dist
 
-from nanolevels import cli, data
-from nanolevels.checkpoint import fingerprint, load_model, save_model
+from nanolevels import cli, data, provenance
+from nanolevels.checkpoint import load_model, save_model
 from nanolevels.device import pick_dtype, seed_everything
-from nanolevels.evaluate import cloze_accuracy, eval_rag
-from nanolevels.files import fingerprint_files, shown, write_json
+from nanolevels.evaluate import cloze_accuracy, eval_rag, report_row
+from nanolevels.files import shown, write_json
 from nanolevels.model import GPT, GPTConfig, download_gpt2
+from nanolevels.prompting import prompt_ids
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.tokenizer import Tokenizer
 from nanolevels.train import TrainConfig, check_out_dir, setup, train
-from nanolevels.world import SPLITS
-
+from nanolevels.world import ATTRIBUTES, SPLITS
 
 
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None,
                    help="a UTF-8 text file to pretrain on instead of the tiny world")
-    p.add_argument("--world", default=data.WORLD_DIR,
+    p.add_argument("--world", default=cli.WORLD_DIR,
                    help="the prepared world's folder; prepared with defaults if missing (default: data/world)")
-    p.add_argument("--out", default="out/pretrain", help="output folder (default: out/pretrain)")
+    p.add_argument("--out", default=os.path.dirname(cli.MODEL), help="output folder (default: out/pretrain)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (with --data: on the text prepared then)")
     p.add_argument("--overwrite", action="store_true",
@@ -75,22 +75,14 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device, ddp = setup(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    cfg = cli.config_from_args(TrainConfig, args)
-    check_out_dir(args.out, "model.safetensors", args.resume, args.overwrite, ddp=ddp)
-    os.makedirs(args.out, exist_ok=True)
-    log = print if ddp.is_main else (lambda *a, **k: None)
-
-    # data: the tiny world (prepared on first use) or the user's text, prepared into --out/data
+def prepare_data(args, ddp, log) -> str:
+    """The folder of token files to train on: the tiny world (prepared on first use), or the user's text
+    prepared into <out>/data. Rank 0 writes it (and fetches GPT-2's files for --init); the others wait."""
     data_dir = args.world if args.data is None else os.path.join(args.out, "data")
-    gpt2_dir = os.path.join(args.out, "gpt2")
     if ddp.is_main:
         if args.init != "scratch" and not args.resume:
             if args.init == "gpt2":
-                download_gpt2(gpt2_dir)  # once, here: the other ranks read the file
+                download_gpt2(os.path.join(args.out, "gpt2"))  # once, here: the other ranks read the file
             Tokenizer.gpt2()  # fills tiktoken's cache
         prepared = os.path.exists(os.path.join(data_dir, "meta.json"))
         if args.data is not None and args.resume and prepared:
@@ -102,61 +94,58 @@ def main(argv=None):
             data.prepare_world(data_dir, log=log)
     if ddp.world_size > 1:
         dist.barrier()  # the other ranks wait until rank 0 has written the data and the weights
+    return data_dir
 
-    model_path = os.path.join(args.out, "model.safetensors")
+
+def make_model(args, cfg, data_dir, model_path):
+    """(model, tokenizer, train tokens, val tokens): the saved run's architecture for --resume (train()
+    restores its weights), GPT-2's for --init, else a new GPT of the flags' size, seeded."""
     if args.resume:
-        model, tokenizer, _ = load_model(model_path)  # the architecture and tokenizer; train() restores the weights
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f"nothing to resume in {args.out}: no model.safetensors; start a run there "
+                                    f"without --resume")
+        model, tokenizer, _ = load_model(model_path)
     elif args.init != "scratch":
         tokenizer = Tokenizer.gpt2()
-        model = GPT.from_hf_gpt2(download_gpt2(gpt2_dir) if args.init == "gpt2" else args.init)
+        init = download_gpt2(os.path.join(args.out, "gpt2")) if args.init == "gpt2" else args.init
+        model = GPT.from_hf_gpt2(init)
     else:
-        tokenizer = None
+        tokenizer = None  # the data folder's own
     tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)
-    data_fingerprint = fingerprint_files(data_dir)
     if not args.resume and args.init == "scratch":
         seed_everything(cfg.seed)  # the same initial weights for the same seed
-        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size,
-                              n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                              dropout=args.dropout))
-    block = model.config.block_size
-    log(f"model: {model.num_params():,} parameters ({model.config}); data: {len(train_tokens):,} "
-        f"train / {len(val_tokens):,} val tokens; device {device}, {dtype}, {ddp.world_size} process(es)")
+        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout))
+    return model, tokenizer, train_tokens, val_tokens
 
-    def get_batch(split, step, micro):
-        tokens = train_tokens if split == "train" else val_tokens
-        return data.get_lm_batch(tokens, cfg.batch_size, block, cfg.seed, step, micro,
-                                 ddp.rank, ddp.world_size)
 
-    def save_weights(step):
-        save_model(model_path, model, tokenizer, step=step)
-
-    world = data.load_world(data_dir) if args.data is None else None
-
+def dev_check(model, tokenizer, world, data_dir, args, log):
+    """on_eval(step) for train(): a sample, and on the tiny world the dev checks. Stored facts and reading
+    (from the reading pages) arrive late, each at a pace that varies by machine, so training stops on both
+    skills, checked on dev splits, not on a step count."""
+    device = next(model.parameters()).device
     dev_new = None if world is None else data.load_questions(data_dir, "dev-new")["dev-new"]
+    index = []  # the retrieval index, built the first time the reading check runs
 
-    index = {}  # the retrieval index, built the first time the reading check runs
-
-    def reading(questions) -> float:
-        """Exact match on questions with the top-2 retrieved biographies in the prompt, as rag.py asks."""
+    def reading() -> float:
+        """Exact match on the dev-new people's questions with the top-2 retrieved biographies in the prompt,
+        as rag.py asks."""
         if not index:
-            index["tfidf"] = load_or_build_index(args.out, data.load_documents(data_dir), "tfidf", log=log)
-        return eval_rag(model, tokenizer, *index["tfidf"], questions, k=2, log=lambda *a: None)["acc"]
+            index.extend(load_or_build_index(args.out, data.load_documents(data_dir), "tfidf", log=log))
+        return eval_rag(model, tokenizer, *index, dev_new, k=2, log=lambda *a: None)["acc"]
 
     def on_eval(step):
-        """A sample, and on the tiny world the dev check. Stored facts and reading (from the reading
-        pages) arrive late, each at a pace that varies by machine, so training stops on both skills,
-        checked on dev splits, not on a step count."""
         prompt = "" if world is None else f"{world.split('dev')[0].name} was born in"
-        idx = torch.tensor([[tokenizer.eot_id] + tokenizer.encode(prompt)], device=device)
         model.eval()
-        out = model.generate(idx, 40, temperature=0, stop_tokens=(tokenizer.eot_id,))
+        out = model.generate(torch.tensor([prompt_ids(tokenizer, prompt)], device=device), 40, temperature=0,
+                             stop_tokens=(tokenizer.eot_id,))
         log(f"  sample: {tokenizer.decode(out[0, 1:].tolist())!r}")
         if world is None or step == 0:
             model.train()
             return None
         dev = cloze_accuracy(model, tokenizer, world.split("dev"))
         log(f"  dev check: cloze accuracy of the dev people {dev:.3f} (stop at {args.stop_cloze})")
-        read = reading(dev_new) if dev >= args.stop_cloze else None  # only then: it takes longer
+        read = reading() if dev >= args.stop_cloze else None  # only then: it takes longer
         model.train()
         if read is None:
             return None
@@ -165,16 +154,45 @@ def main(argv=None):
         if read < args.stop_reading:
             return None
         return f"dev cloze {dev:.3f} >= {args.stop_cloze} and dev-new reading {read:.3f} >= {args.stop_reading}"
+    return on_eval
 
-    metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval, args.resume, ddp, log)
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, ddp = setup(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    cfg = cli.config_from_args(TrainConfig, args)
+    check_out_dir(args.out, "model.safetensors", args.resume, args.overwrite, ddp=ddp)
+    os.makedirs(args.out, exist_ok=True)
+    log = print if ddp.is_main else (lambda *a, **k: None)
+    data_dir = prepare_data(args, ddp, log)
+    model_path = os.path.join(args.out, "model.safetensors")
+    model, tokenizer, train_tokens, val_tokens = make_model(args, cfg, data_dir, model_path)
+    data_fingerprint = provenance.files(data_dir)
+    log(f"model: {model.num_params():,} parameters ({model.config}); data: {len(train_tokens):,} "
+        f"train / {len(val_tokens):,} val tokens; device {device}, {dtype}, {ddp.world_size} process(es)")
+
+    def get_batch(split, step, micro):
+        tokens = train_tokens if split == "train" else val_tokens
+        return data.get_lm_batch(tokens, cfg.batch_size, model.config.block_size, cfg.seed, step, micro,
+                                 ddp.rank, ddp.world_size)
+
+    world = data.load_world(data_dir) if args.data is None else None
+    metrics = train(model, cfg, get_batch, args.out, device, dtype,
+                    lambda step: save_model(model_path, model, tokenizer, step=step),
+                    dev_check(model, tokenizer, world, data_dir, args, log), args.resume, ddp, log)
     if not ddp.is_main:
         return
     # what this run trained on and produced, so that its numbers are never read for another model's
     metrics = {"params": model.num_params(), **metrics,
-               "fingerprints": {"data": data_fingerprint, "model": fingerprint(model_path)}}
+               "fingerprints": {"data": data_fingerprint, "model": provenance.checkpoint(model_path)}}
     if world is not None:
         model.eval()
-        metrics["cloze_acc"] = {s: cloze_accuracy(model, tokenizer, world.split(s)) for s in SPLITS}
+        cloze = {s: cloze_accuracy(model, tokenizer, world.split(s)) for s in SPLITS}
+        n = {s: len(world.split(s)) * len(ATTRIBUTES) for s in ("test", "new")}
+        metrics |= {"cloze_acc": cloze, "report": {"base_params": model.num_params()},
+                    "rows": [report_row("pretrain-cloze", 4, "cloze", cloze, n, model.num_params(),
+                                        metrics["fingerprints"])]}
     write_json(os.path.join(args.out, "metrics.json"), metrics)
     log(f"done: {metrics['steps']} steps in {metrics['wall_s']:.0f}s, val loss {metrics['val_loss']:.4f}"
         + (f", cloze accuracy {metrics['cloze_acc']}" if world is not None else ""))

@@ -146,7 +146,7 @@ def measure(quick: bool, checkpoint_path: str | None) -> dict:
         for server in servers.values():
             server.shutdown()
             server.close()
-    r["cache_mb"] = servers["continuous"].engine.cache_bytes / 2**20
+    r["cache_mb"] = servers["continuous"].engine.cache.nbytes / 2**20
     return r
 
 

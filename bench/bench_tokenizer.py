@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # so `python bench/bench_tokenizer.py` works without installing the package
 
 from nanolevels.tokenizer import Tokenizer  # noqa: E402
-from nanolevels.world import make_corpus, make_world  # noqa: E402
+from nanolevels.corpus import make_corpus  # noqa: E402
+from nanolevels.world import make_world  # noqa: E402
 
 def world_text() -> str:
     """What data/world/prepare.py trains the tokenizer on: the default world's distinct documents."""

@@ -17,14 +17,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train_lora  # noqa: E402
-from nanolevels import cli, data  # noqa: E402
+from nanolevels import cli  # noqa: E402
 from nanolevels.files import read_json  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="out/pretrain/model.safetensors", help="the base model")
-    p.add_argument("--world", default=data.WORLD_DIR, help="the prepared world (default: data/world)")
+    p.add_argument("--world", default=cli.WORLD_DIR, help="the prepared world (default: data/world)")
     p.add_argument("--rates", default="3e-3,1e-3,3e-4,1e-4,3e-5", help="comma-separated peak learning rates")
     p.add_argument("--out", default="out/bench/full_lr", help="one run per rate goes to <out>/lr-R")
     args = p.parse_args(argv)

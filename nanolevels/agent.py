@@ -32,10 +32,10 @@ has token embeddings nobody trained, and an adapter on the attention layers coul
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nanolevels.evaluate import ANSWER_TOKENS, complete, eval_rag, exact_match, qa_accuracy
+from nanolevels.evaluate import complete, eval_rag, exact_match, qa_accuracy
 from nanolevels.lora import set_lora_enabled
-from nanolevels.prompting import qa_prompt, rag_prompt
-from nanolevels.world import FINAL, FOLLOW_UP, question_line
+from nanolevels.corpus import FINAL, FOLLOW_UP, question_line
+from nanolevels.prompting import context_budget, qa_prompt, rag_prompt
 
 MAX_HOPS = 3  # retrievals per question at most: two-hop questions need two
 LINE_TOKENS = 48  # generated per step: room for an intermediate answer and the next follow-up line
@@ -156,7 +156,7 @@ def two_hop_baselines(model, tokenizer, index, embedder, docs: list[dict], quest
     gold = {}
     for d in docs:  # each person's and company's first document
         gold.setdefault(d.get("person") or d.get("company"), d["text"])
-    budget = model.config.block_size - ANSWER_TOKENS
+    budget = context_budget(model)
     out = {"closed-book": {}, "rag": {}, "oracle": {}}
     for split, qs in questions.items():
         set_lora_enabled(model, False)

@@ -8,7 +8,6 @@ tokenizer there as JSON. Names are saved without torch.compile's `_orig_mod.` pr
 stripped on load), so compiled and plain models read each other's files.
 """
 
-import hashlib
 import json
 import os
 
@@ -72,6 +71,8 @@ def load_weights(model: torch.nn.Module, state: dict, path: str) -> None:
 
 def load_model(path: str, device="cpu"):
     """(model, tokenizer, metadata) from a file written by save_model."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model at {path}; make one with: python train_pretrain.py")
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != "nanolevels-gpt":
         raise ValueError(f"{path} is not a nanolevels model checkpoint (no config in its metadata)")
@@ -131,17 +132,3 @@ def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.O
             state.setdefault(int(i), {})[key] = t
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return int(metadata["step"]), json.loads(metadata["meta"])
-
-
-def fingerprint(path: str) -> str:
-    """16 hex digits of a sha256 over a safetensors file's content: each tensor (name, dtype, shape,
-    bytes) in name order, then the metadata sorted by key. Not over the file's bytes: safetensors
-    writes the metadata in another order in each process, so two saves of one model would differ."""
-    tensors, metadata = read_safetensors(path)
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes: bfloat16 has no numpy dtype
-    h.update(json.dumps(sorted(metadata.items())).encode())
-    return h.hexdigest()[:16]

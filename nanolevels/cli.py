@@ -14,9 +14,15 @@ import sys
 
 import torch
 
-from nanolevels import checkpoint
 from nanolevels.device import DEVICES, DTYPES
-from nanolevels.lora import load_adapter
+
+# The scripts' default paths: where each one writes, and where the next one looks (relative to the working
+# directory, the repository's root when a learner runs them; the world is kept beside its prepare.py).
+WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "world")
+MODEL = "out/pretrain/model.safetensors"  # train_pretrain.py's
+RAG_OUT = "out/rag"  # rag.py's: the retrieval index, metrics.json, the graph
+READER = "out/lora/rag-qa/adapter.safetensors"  # train_lora.py --task rag-qa's: the agent starts from it
+AGENT = "out/lora/agent/adapter.safetensors"  # train_lora.py --task agent's
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -84,24 +90,3 @@ def add_config_flags(parser, config_cls, title: str, exclude=(), **defaults) -> 
 
 def config_from_args(config_cls, args):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
-
-
-def load_model(path: str, device, adapter: str | None = None):
-    """(model in eval mode on device, tokenizer) for a level script, with one-line errors that say
-    which command makes the missing file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no model at {path}; make one with: python train_pretrain.py")
-    model, tokenizer, _ = checkpoint.load_model(path, device)
-    if adapter is not None:
-        if not os.path.exists(adapter):
-            raise FileNotFoundError(f"no adapter at {adapter}; make one with: python train_lora.py")
-        load_adapter(adapter, model)
-    return model.eval(), tokenizer
-
-
-def fingerprints(args) -> dict:
-    """For a scoring script's metrics.json: the fingerprints of the model (and adapter) it scored."""
-    out = {"model": checkpoint.fingerprint(args.checkpoint)}
-    if args.adapter is not None:
-        out["adapter"] = checkpoint.fingerprint(args.adapter)
-    return out

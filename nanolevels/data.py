@@ -19,12 +19,10 @@ import torch
 
 from nanolevels.files import atomic_write, read_json, read_jsonl, read_text, write_json, write_jsonl
 from nanolevels.tokenizer import EOT, Tokenizer
-from nanolevels.world import ATTRIBUTES, FOLLOW_UP, SPLITS, TWO_HOP, make_corpus, make_world, qa_pair, two_hop_question
+from nanolevels.corpus import FOLLOW_UP, make_corpus
+from nanolevels.world import ATTRIBUTES, SPLITS, TWO_HOP, make_world, qa_pair, two_hop_question
 
 IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
-WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "world")
-# where `train_lora.py --task rag-qa` writes the reader: the agent starts from it, GraphRAG extracts with it
-READER = "out/lora/rag-qa/adapter.safetensors"
 
 
 def save_tokens(ids, path: str) -> None:
@@ -175,6 +173,18 @@ def load_documents(world_dir: str) -> list[dict]:
     return docs
 
 
+def load_tables(world_dir: str) -> tuple[list[dict], list[dict]]:
+    """The world's ground truth: (people.jsonl, companies.jsonl) rows."""
+    tables = []
+    for name in ("people.jsonl", "companies.jsonl"):
+        path = os.path.join(world_dir, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py "
+                                    f"--out {world_dir}")
+        tables.append(read_jsonl(path))
+    return tables[0], tables[1]
+
+
 def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_size: int, log):
     """Train the tokenizer on the pretraining text, then write tokenizer.json, train.bin, val.bin."""
     t0 = time.time()
@@ -229,7 +239,7 @@ def prepare_world(out_dir: str = "data/world", people: int = 340, bios_per_perso
     write_jsonl(os.path.join(out_dir, "companies.jsonl"), [asdict(c) for c in world.companies])
     n_pages = sum("\nQ: " in d and not d.startswith("Q: ") for d in corpus.train_docs)  # not mixed QA
     n_traces = sum(d.startswith("Q: ") and FOLLOW_UP in d for d in corpus.train_docs)
-    log(f"world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people at "
+    log("world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people at "
         + " / ".join(f"{sum(c.split == s for c in world.companies)} {s}" for s in ("known", "dev-new", "new"))
         + " companies; "
         f"{len(corpus.train_docs):,} pretraining documents "

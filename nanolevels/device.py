@@ -59,7 +59,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_mb(usage=None) -> float:
+    """The peak resident memory in MB of this process, or of the one whose resource usage is given
+    (os.wait4's); ru_maxrss is KB on Linux, bytes on macOS."""
+    rss = (usage or resource.getrusage(resource.RUSAGE_SELF)).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024

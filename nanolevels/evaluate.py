@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import torch
 
-from nanolevels.prompting import candidate_demo_sets, few_shot, rag_prompt, search_demos
+from nanolevels.prompting import ANSWER_TOKENS, context_budget, prompt_ids, rag_prompt
 from nanolevels.retrieval import retrieval_recall
 from nanolevels.world import ATTRIBUTES, cloze_prompt
 
@@ -26,9 +26,6 @@ def exact_match(prediction: str, answer: str) -> bool:
     return normalize(prediction) == normalize(answer)
 
 
-ANSWER_TOKENS = 16  # the longest answer generated: room every prompt leaves in the block
-
-
 @torch.no_grad()
 def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_TOKENS, stops=("\n",),
              batch_size: int = 64) -> list[str]:
@@ -39,7 +36,7 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_
     """
     model.eval()
     device = next(model.parameters()).device
-    encoded = [[tokenizer.eot_id] + tokenizer.encode(p) for p in prompts]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     by_length = defaultdict(list)
     for i, ids in enumerate(encoded):
         by_length[len(ids)].append(i)
@@ -77,6 +74,20 @@ def wilson(acc: float, n: int, z: float = 1.96) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def report_row(method: str, level: int, questions: str, acc: dict, n: dict, trainable_params: int,
+               fingerprints: dict, example: dict | None = None, **extra) -> dict:
+    """One row of the report card, as a scoring script writes it into its metrics.json ("rows"): the
+    method's exact match on the test and new people's questions (acc, a split left out where it does not
+    apply), with the question counts (n) and 95% intervals; what it trained; the model (and adapter) it
+    scored; the first question of each split answered (example: {split: {question, answer, prediction}})."""
+    row = {"method": method, "level": level, "questions": questions}
+    for split in ("test", "new"):
+        a = acc.get(split)
+        row |= {f"acc_{split}": a, f"ci_{split}": None if a is None else wilson(a, n[split]),
+                f"n_{split}": None if a is None else n[split]}
+    return {**row, "trainable_params": trainable_params, "example": example, "fingerprints": fingerprints, **extra}
+
+
 def cloze_accuracy(model, tokenizer, people) -> float:
     """Share of (person, attribute) the model completes exactly from a biography sentence's start,
     e.g. '<|endoftext|>Ada Jo Crane was born in' -> ' Lyon.'"""
@@ -104,54 +115,14 @@ def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
     return eval_qa(model, tokenizer, questions, make_prompt)["acc"]
 
 
-def show_row(name: str, row: dict, log=print) -> None:
-    """One line of level 1's table: a prompt's dev score (what chose it), then its held-out scores."""
-    log(f"{name:<50}" + "  ".join(f"{split} {acc:.3f}" for split, acc in row.items()))
-
-
-def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout: dict, ks=(1, 3), draws: int = 2,
-                   seed: int = 0, log=print) -> dict:
-    """Level 1's question prompts on held-out questions ({split: questions}): zero-shot, random k-shot,
-    searched demos.
-
-    The candidates are zero-shot and `draws` random demo sets of each k, drawn from `pool` (the train
-    people's questions); each is scored on `dev` (the dev people's) and on the held-out splits, and
-    the search picks by dev alone. Random k-shot is the mean over its k's sets; every row asks the
-    same question template with greedy decoding, so the rows differ only in the demos.
-    """
-    candidates = candidate_demo_sets(pool, (0, *ks), draws, seed)
-
-    def ask(questions, demos):
-        return eval_qa(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
-
-    best, dev_scores = search_demos(lambda demos: ask(dev, demos)["acc"], candidates)
-    results = [{split: ask(questions, demos) for split, questions in heldout.items()} for demos in candidates]
-    scored = [{"dev": d, **{split: r["acc"] for split, r in res.items()}} for d, res in zip(dev_scores, results)]
-    answers = [{split: r["example"] for split, r in res.items()} for res in results]
-    rows, examples = {"zero-shot": scored[0]}, {"zero-shot": answers[0]}
-    show_row("zero-shot question", rows["zero-shot"], log)
-    for j, k in enumerate(ks):
-        runs = scored[1 + j * draws:1 + (j + 1) * draws]
-        rows[f"{k}-shot"] = {split: sum(r[split] for r in runs) / len(runs) for split in runs[0]}
-        examples[f"{k}-shot"] = answers[1 + j * draws]  # the row is a mean over sets: the first set's answers
-        show_row(f"{k}-shot question (mean of {draws} random demo sets)", rows[f"{k}-shot"], log)
-    rows["searched-demos"] = scored[candidates.index(best)]
-    examples["searched-demos"] = answers[candidates.index(best)]
-    show_row(f"searched demos (best of {len(candidates)} sets on dev: k={len(best)})", rows["searched-demos"], log)
-    return {"acc": rows, "example": examples,
-            "search": {"candidates": len(candidates), "dev_questions": len(dev), "dev_scores": dev_scores,
-                       "best_dev": max(dev_scores), "best_demos": best}}
-
-
-def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(),
-             max_new_tokens: int = ANSWER_TOKENS, log=print) -> dict:
+def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(), log=print) -> dict:
     """Level 2 on questions: retrieve k documents per question, put them in the prompt, answer.
 
     Returns exact-match accuracy and its example (see score_answers), the share per attribute (a reader
     learns attributes one at a time), and recall@1 / recall@5: how often the asked-about person's
     biography was among the top 1 / top 5 documents (retrieval can only help when it was)."""
     hits, recall = retrieval_recall(index, embedder, questions, k)
-    budget = model.config.block_size - max_new_tokens  # room for the answer inside the block
+    budget = context_budget(model)
     prompts, dropped = [], 0
     for q, top in zip(questions, hits):
         prompt, n = rag_prompt(q["question"], [doc["text"] for _, doc in top[:k]], tokenizer, budget, demos)
@@ -160,7 +131,7 @@ def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, d
     if dropped:
         log(f"note: {dropped} of {len(prompts)} prompts did not fit the {model.config.block_size}-token block; "
             f"their lowest-ranked documents were dropped")
-    predictions = complete(model, tokenizer, prompts, max_new_tokens)
+    predictions = complete(model, tokenizer, prompts)
     by_attribute = defaultdict(list)
     for p, q in zip(predictions, questions):
         by_attribute[q["attribute"]].append(exact_match(p, q["answer"]))

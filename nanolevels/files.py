@@ -1,7 +1,6 @@
 """File helpers every level uses: atomic writes (temp file + rename), JSON / JSONL and UTF-8 text
-read with errors that name the file and line, and fingerprints of files and folders."""
+read with errors that name the file and line."""
 
-import hashlib
 import json
 import os
 
@@ -59,18 +58,3 @@ def read_jsonl(path: str) -> list:
             except json.JSONDecodeError as e:
                 raise ValueError(f"line {n} of {path} is not JSON ({e.msg}); fix or regenerate the file") from None
     return rows
-
-
-def fingerprint_files(path: str) -> str:
-    """16 hex digits of a sha256 over a file's bytes, or over the files directly in a folder (names and
-    bytes, in name order; temp files left by a kill are not part of it)."""
-    h = hashlib.sha256()
-    names = sorted(n for n in os.listdir(path) if not n.endswith(".tmp")) if os.path.isdir(path) else [""]
-    for name in names:
-        file = os.path.join(path, name) if name else path
-        if os.path.isfile(file):
-            with open(file, "rb") as f:
-                h.update(f"{name}\0{os.path.getsize(file)}\0".encode())
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]

@@ -44,15 +44,12 @@ import re
 import time
 from collections import Counter, defaultdict
 
-from nanolevels import cli, data
-from nanolevels.checkpoint import fingerprint
-from nanolevels.device import pick_device
-from nanolevels.evaluate import ANSWER_TOKENS, complete, normalize, wilson
-from nanolevels.files import fingerprint_files, read_json, read_jsonl, shown, write_json
-from nanolevels.prompting import rag_prompt
-from nanolevels.retrieval import load_or_build_index
+from nanolevels import provenance
+from nanolevels.evaluate import complete, normalize, wilson
+from nanolevels.files import read_json, shown, write_json
+from nanolevels.prompting import context_budget, rag_prompt
 from nanolevels.train import format_eta
-from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS
+from nanolevels.world import COMPANY_QUESTIONS, QUESTIONS, match_template
 
 GRAPH_FORMAT = "nanolevels-graph-3"  # in every graph file: change it when extraction changes
 MAX_COMMUNITY = 50  # a community with more entities is clustered again: a report should stay short enough to read
@@ -93,7 +90,7 @@ def node_id(kind: str, name: str) -> str:
 def model_reader(model, tokenizer, copies: int = COPIES, batch_size: int = 128):
     """read(questions, documents) -> answers: each question asked with its document alone as context (`copies`
     times over, as far as the block allows), the way rag.py asks (prompting.rag_prompt, greedy completion)."""
-    budget = model.config.block_size - ANSWER_TOKENS
+    budget = context_budget(model)
 
     def read(questions, documents):
         prompts = [rag_prompt(q, [d] * copies, tokenizer, budget)[0] for q, d in zip(questions, documents)]
@@ -175,18 +172,6 @@ def vote(graph: dict) -> dict:
 def facts(graph: dict) -> set[tuple]:
     """The graph's edges as (source, relation, target) node ids."""
     return {(e["source"], e["relation"], e["target"]) for e in graph["edges"]}
-
-
-def load_tables(world_dir: str) -> tuple[list[dict], list[dict]]:
-    """The world's ground truth: (people.jsonl, companies.jsonl) rows."""
-    tables = []
-    for name in ("people.jsonl", "companies.jsonl"):
-        path = os.path.join(world_dir, name)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py "
-                                    f"--out {world_dir}")
-        tables.append(read_jsonl(path))
-    return tables[0], tables[1]
 
 
 def true_facts(people: list[dict], companies: list[dict]) -> set[tuple]:
@@ -334,33 +319,32 @@ def reports(graph: dict, comms: list[dict], top: int = 5) -> list[dict]:
 
 # --- the graph file ---------------------------------------------------------------------------------------------
 
-def wanted_fingerprints(world_dir: str, checkpoint: str, adapter: str) -> dict:
-    """What a graph depends on: the documents (docs.jsonl), the model and the reader adapter, the format."""
-    return {"format": GRAPH_FORMAT, "docs": fingerprint_files(os.path.join(world_dir, "docs.jsonl")),
-            "model": fingerprint(checkpoint), "adapter": fingerprint(adapter)}
-
-
-def load_graph(path: str, wanted: dict, log=print) -> dict | None:
-    """The graph in path if it was built from exactly these documents by this model and reader; else None, with
-    a line saying why (the caller builds it again, as retrieval.load_or_build_index does with its index)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        graph = read_json(path)
-    except ValueError as e:  # not JSON, not UTF-8
-        log(f"{shown(path)} is not a readable graph ({e}): building it again")
-        return None
-    if not (isinstance(graph, dict) and isinstance(graph.get("fingerprints"), dict)
-            and isinstance(graph.get("nodes"), dict) and isinstance(graph.get("edges"), list) and "extract_s" in graph):
-        log(f"{shown(path)} is not a graph file (no fingerprints, nodes, edges or extract_s): building it again")
-        return None
-    got = graph["fingerprints"]
-    what = {"format": "another format", "docs": "other documents (another world)", "model": "another model",
-            "adapter": "another reader adapter"}
-    changed = [what[k] for k in what if got.get(k) != wanted[k]]
-    if changed:
-        log(f"{shown(path)} was built from {' and '.join(changed)}: building it again")
-        return None
+def load_or_extract(path: str, wanted: dict, docs: list[dict], read, log=print) -> dict:
+    """The extracted graph of docs (every document's answers, before the vote): the one in path if it was made
+    from `wanted` (the fingerprints of the documents, the model and the reader), else extracted again with read
+    (see extract) and written there, with a line saying why."""
+    wanted = {"format": GRAPH_FORMAT, **wanted}
+    why = "there is none yet"
+    if os.path.exists(path):
+        try:
+            graph = read_json(path)
+            well_formed = (isinstance(graph, dict) and isinstance(graph.get("fingerprints"), dict)
+                           and isinstance(graph.get("nodes"), dict) and isinstance(graph.get("edges"), list)
+                           and "extract_s" in graph)
+            why = provenance.stale(graph["fingerprints"], wanted) if well_formed else "it is not a graph file"
+        except ValueError as e:  # not JSON, not UTF-8
+            why = f"it is not readable ({e})"
+        if why is None:
+            return graph
+        log(f"{shown(path)}: {why}; building it again")
+    n_questions = sum(len(RELATIONS[k]) for d in docs for k in RELATIONS if k in d)
+    log(f"extracting the graph: {n_questions:,} questions about the subjects of {len(docs):,} documents, each "
+        f"asked with its document alone ({COPIES} copies)")
+    t0 = time.time()
+    graph = extract(docs, read, log=log)
+    graph = {"fingerprints": wanted, "extract_s": time.time() - t0, **graph}
+    write_json(path, graph)
+    log(f"wrote {shown(path)}")
     return graph
 
 
@@ -414,13 +398,10 @@ def is_right(question: dict, value) -> bool:
 def parse(question: str) -> tuple[str, dict]:
     """(kind, {entity type: name as asked}) of a question written like one of KINDS' templates (any case,
     either final punctuation); anything else is a one-line ValueError listing the kinds understood."""
-    text = " ".join(question.split()).rstrip("?.")
     for kind, template in KINDS.items():
-        parts = re.split(r"\{(\w+)\}", template.rstrip("?."))  # literal, placeholder, literal, ...
-        pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+)" for i, p in enumerate(parts))
-        match = re.fullmatch(pattern, text, flags=re.IGNORECASE)
-        if match:
-            return kind, match.groupdict()
+        found = match_template(question, template)
+        if found:
+            return kind, found
     shapes = "; ".join(f"{kind}: " + template.replace("{", "<").replace("}", ">") for kind, template in KINDS.items())
     raise ValueError(f"not a question the graph answers: {question!r}; it understands {shapes}")
 
@@ -508,60 +489,15 @@ def chunk_answer(question: str, graph: dict, doc_ids: set) -> dict:
                                                 "nodes": sorted(sub["nodes"])}]))
 
 
-# --- rag.py --graph --------------------------------------------------------------------------------------------
-
-def build(args, model, tokenizer, docs: list[dict], log=print) -> dict:
-    """The extracted graph (every document's answers, before the vote) for rag.py's flags: <out>/graph/graph.json
-    when it is current, else read again from the documents and written there."""
-    path = os.path.join(args.out, "graph", "graph.json")
-    wanted = wanted_fingerprints(args.world, args.checkpoint, args.adapter)
-    graph = load_graph(path, wanted, log)
-    if graph is None:
-        n_questions = sum(len(RELATIONS[k]) for d in docs for k in RELATIONS if k in d)
-        log(f"extracting the graph: {n_questions:,} questions about the subjects of {len(docs):,} documents, each "
-            f"asked with its document alone ({COPIES} copies) to the reader {shown(args.adapter)}")
-        t0 = time.time()
-        graph = extract(docs, model_reader(model, tokenizer), log=log)
-        graph = {"fingerprints": wanted, "extract_s": time.time() - t0, **graph}
-        write_json(path, graph)
-        log(f"wrote {shown(path)}")
-    return graph
-
-
-def print_answer(question: str, graph: dict, reps: list[dict]) -> None:
-    """The answer, then the community reports it came from (partial answer, relevance) and its entities."""
-    a = answer(question, graph, reps)
-    name = lambda n: graph["nodes"][n]["name"]  # noqa: E731
-    print(f"answer: {a['text']}")
-    if a["kind"] == "shared":
-        print("from the neighbourhood of the person (local search): " + "; ".join(
-            f"{name(s)} -{r}-> {name(t)}" for s, r, t in sorted(a["facts"])))
-        return
-    print(f"from {len(a['reports'])} of {len(reps)} community reports (partial answer, relevance = facts used):")
-    for report, score, partial in a["reports"]:
-        if isinstance(partial, Counter):
-            partial = ", ".join(f"{name(c)} {n}" for c, n in partial.most_common())
-        elif isinstance(partial, set):
-            partial = ", ".join(sorted(name(n) for n in partial))
-        print(f"  community {report['id']} ({len(report['nodes'])} entities; top: {', '.join(report['top'][:3])}): "
-              f"{partial} ({score})")
-    entities = sorted({name(f[0]) for f in a["facts"]})
-    if entities:
-        print(f"entities ({len(entities)}): {', '.join(entities)}")
-
-
-def evaluate(args, graph: dict, reps: list[dict], docs: list[dict], people: list[dict], model, tokenizer,
-             log=print) -> dict:
-    """Graph RAG and chunk RAG (rag.py's --embedder and --k) on the global questions about `people` (the world's
-    table), and how many documents each graph answer rests on."""
-    questions = global_questions(people, args.global_questions, args.seed)
-    index, embedder = load_or_build_index(args.out, docs, args.embedder, model, tokenizer, log=log)
-    hits = index.search(embedder.embed([q["question"] for q in questions]), args.k)
+def evaluate(questions: list[dict], retrieved: list[list[str]], graph: dict, reps: list[dict], k: int) -> dict:
+    """Graph RAG and chunk RAG on global questions (global_questions), chunk RAG reading the documents retrieved
+    for each question (their ids); exact match and its interval per kind, and how many documents each graph
+    answer rests on (one per entity it uses) against k. Each question gets its two answers and its documents."""
     right = defaultdict(lambda: defaultdict(list))  # method -> kind -> [bool]
-    needed = defaultdict(list)  # kind -> documents each graph answer rests on (one per entity it uses)
-    for q, top in zip(questions, hits):
-        a, chunk = answer(q["question"], graph, reps), chunk_answer(q["question"], graph, {d["id"] for _, d in top})
-        q.update({"graph-rag": a["value"], "chunk-rag": chunk["value"], "retrieved": [d["id"] for _, d in top]})
+    needed = defaultdict(list)  # kind -> documents each graph answer rests on
+    for q, doc_ids in zip(questions, retrieved):
+        a, chunk = answer(q["question"], graph, reps), chunk_answer(q["question"], graph, set(doc_ids))
+        q.update({"graph-rag": a["value"], "chunk-rag": chunk["value"], "retrieved": doc_ids})
         for method in ("graph-rag", "chunk-rag"):
             right[method][q["kind"]].append(is_right(q, q[method]))
         needed[q["kind"]].append(len({f[0] for f in a["facts"]}))
@@ -571,64 +507,6 @@ def evaluate(args, graph: dict, reps: list[dict], docs: list[dict], people: list
     acc = {m: {kind: sum(v) / len(v) if v else None for kind, v in by_kind.items()} for m, by_kind in right.items()}
     ci = {m: {kind: wilson(a, n[kind]) if n[kind] else None for kind, a in by_kind.items()}
           for m, by_kind in acc.items()}
-    docs_needed = {kind: {"mean": sum(v) / len(v), "max": max(v), "over_k": sum(x > args.k for x in v) / len(v)}
+    docs_needed = {kind: {"mean": sum(v) / len(v), "max": max(v), "over_k": sum(x > k for x in v) / len(v)}
                    if v else None for kind, v in needed.items()}
     return {"acc": acc, "ci": ci, "n": n, "docs_needed": docs_needed, "questions": questions}
-
-
-def run(args) -> None:
-    """rag.py --graph: build (or reuse) the graph, then answer args.question and/or (--eval) score graph RAG against
-    chunk RAG on the global questions, writing <out>/graph/metrics.json."""
-    if args.question is not None:
-        parse(args.question)  # a question of no known kind fails now, not after a minute of extraction
-    docs = data.load_documents(args.world)
-    if not os.path.exists(args.adapter):
-        raise FileNotFoundError(f"no reader adapter at {args.adapter}: --graph extracts the graph with the rag-qa "
-                                f"reader; make it with python train_lora.py --task rag-qa (or give --adapter)")
-    model, tokenizer = cli.load_model(args.checkpoint, pick_device(args.device), args.adapter)
-    extracted = build(args, model, tokenizer, docs)
-    t0 = time.time()
-    graph = vote(extracted)
-    adj = adjacency(graph)
-    comms = communities(adj)
-    reps = reports(graph, leaves(comms))
-    info = {"nodes": len(graph["nodes"]), "edges": len(graph["edges"]), "communities": len(comms),
-            "reports": len(reps), "levels": 1 + max((c["level"] for c in comms), default=0),
-            "modularity": modularity(adj, [c["nodes"] for c in comms if c["level"] == 0]),
-            "extract_s": extracted["extract_s"], "cluster_s": time.time() - t0}
-    info["build_s"] = info["extract_s"] + info["cluster_s"]
-    print(f"graph: {info['nodes']:,} nodes, {info['edges']:,} edges from {len(docs):,} documents; "
-          f"{info['communities']} communities at {info['levels']} level(s) (modularity {info['modularity']:.3f}), "
-          f"{info['reports']} reports")
-    if args.question is not None:
-        print_answer(args.question, graph, reps)
-    if not args.eval:
-        return
-    people, companies = load_tables(args.world)
-    truth = true_facts(people, companies)
-    info["extraction"] = {"asked": extracted["asked"], "unquoted": len(extracted["unquoted"]),
-                          "quoted": extraction_scores(extracted, truth), "voted": extraction_scores(graph, truth)}
-    r = evaluate(args, graph, reps, docs, people, model, tokenizer)
-    cell = lambda m, kind: ("-" if r["acc"][m][kind] is None else  # noqa: E731
-                            f"{100 * r['acc'][m][kind]:5.1f}% [{100 * r['ci'][m][kind][0]:.1f}-"
-                            f"{100 * r['ci'][m][kind][1]:.1f}]")
-    print(f"\nglobal questions about the whole collection: exact match (95% interval); documents an answer rests "
-          f"on (one per entity it uses) against k={args.k}")
-    print(f"{'kind':<12}{'n':>4}  {'graph-rag':<22}{f'chunk-rag (k={args.k})':<22}docs needed: mean, max, share > k")
-    for kind in (*KINDS, "overall"):
-        need = r["docs_needed"][kind]
-        print(f"{kind:<12}{r['n'][kind]:>4}  {cell('graph-rag', kind):<22}{cell('chunk-rag', kind):<22}"
-              + (f"{need['mean']:.1f}, {need['max']}, {100 * need['over_k']:.0f}%" if need else "-"))
-    print(f"extraction: {info['extraction']['asked']:,} questions asked, {info['extraction']['unquoted']:,} answers "
-          f"not found in their document (dropped); the edges quoted, then those the vote keeps:")
-    for stage in ("quoted", "voted"):
-        e = info["extraction"][stage]
-        print(f"  {stage}: precision {e['precision']:.4f}, recall {e['recall']:.4f} ({e['edges']:,} edges, "
-              f"{e['true_edges']:,} in the world's tables); per relation " + ", ".join(
-                  f"{rel} {v['precision']:.3f}/{v['recall']:.3f}" for rel, v in e["by_relation"].items()))
-    print(f"built in {info['build_s']:.1f}s (reading {info['extract_s']:.1f}s, vote and communities "
-          f"{info['cluster_s']:.2f}s)")
-    metrics = {"k": args.k, "adapter": args.adapter, "fingerprints": cli.fingerprints(args), "graph": info, **r}
-    path = os.path.join(args.out, "graph", "metrics.json")
-    write_json(path, metrics)
-    print(f"wrote {shown(path)}")

@@ -22,15 +22,16 @@ The API follows cccntu/minLoRA: add_lora, merge_lora / unmerge_lora, set_lora_en
 lora_state_dict, and save_adapter / load_adapter, whose file records which base model it belongs to.
 """
 
-import hashlib
 import json
 import math
+import os
 
 import torch
 import torch.nn as nn
 from safetensors.torch import save
 
-from nanolevels.checkpoint import COMPILE_PREFIX, read_safetensors
+from nanolevels import provenance
+from nanolevels.checkpoint import COMPILE_PREFIX, load_model, read_safetensors
 from nanolevels.files import atomic_write
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj")  # module-name suffixes; add "mlp.c_fc", "mlp.c_proj" for the MLP
@@ -186,12 +187,7 @@ def base_fingerprint(model: nn.Module) -> str:
         params[f"{name}.weight"] = layer.weight_before_merge if layer.merged else layer.base.weight
         if layer.base.bias is not None:
             params[f"{name}.bias"] = layer.base.bias
-    digest = hashlib.sha256()
-    for name in sorted(params):
-        t = params[name].detach().float().cpu().contiguous()
-        digest.update(f"{name}{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return provenance.tensors(params)
 
 
 def save_adapter(path: str, model: nn.Module, **meta) -> None:
@@ -220,6 +216,8 @@ def load_adapter(path: str, model: nn.Module) -> dict:
     Refuses a file made for another base model. A model without adapters gets them first (add_lora with
     the file's settings); a model that has some gets their tensors replaced, which swaps adapters.
     """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no LoRA adapter at {path}; make one with: python train_lora.py")
     tensors, raw = read_safetensors(path, "LoRA adapter")
     if raw.get("format") != "nanolevels-lora":
         raise ValueError(f"{path} is not a nanolevels LoRA adapter (a full model checkpoint? use load_model)")
@@ -245,3 +243,11 @@ def load_adapter(path: str, model: nn.Module) -> dict:
         for key, t in tensors.items():
             own[key].copy_(t)
     return meta
+
+
+def load_adapted(path: str, adapter: str | None = None, device="cpu"):
+    """(model in eval mode, tokenizer): the checkpoint at path, with the adapter file on it if one is given."""
+    model, tokenizer, _ = load_model(path, device)
+    if adapter is not None:
+        load_adapter(adapter, model)
+    return model.eval(), tokenizer

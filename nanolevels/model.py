@@ -5,6 +5,7 @@ model, sampling, and loading OpenAI's GPT-2 weights from a Hugging Face safetens
 References: karpathy/nanoGPT's model.py, and Hugging Face's modeling_gpt2.py for the weight names.
 """
 
+import copy
 import math
 import os
 import shutil
@@ -52,7 +53,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, positions=None):
         B, T, C = x.size()  # batch, sequence length, embedding width
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -62,10 +63,7 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
-            pos = cache.pos
-            k, v = cache.update(layer, k, v)  # (B, nh, pos + T, hs): every token so far
-            # new query i sits at position pos + i and may see keys 0..pos + i; one new token sees all
-            mask = None if T == 1 else torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+            k, v, mask = cache.update(layer, k, v, positions)  # (B, nh, L, hs): every token so far
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
@@ -93,15 +91,20 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, positions=None):
         # pre-LayerNorm: each sublayer reads a normalised copy and adds its result to the residual stream
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, positions)
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, so that a new token costs one position."""
+    """Keys and values of the tokens seen so far, per layer, so that a new token costs one position.
+
+    One sequence per row. In generate() every row is at the same position, `pos`. A serving engine
+    keeps sequences of different lengths in one cache and passes each row's position to
+    GPT.forward(positions=...): a row's new tokens go to its own place, and it sees its own keys only.
+    """
 
     def __init__(self, config, batch_size, device=None, dtype=None):
         shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
@@ -109,17 +112,64 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # positions filled so far; GPT.forward advances it after all layers have written
 
-    def update(self, layer, k, v):
-        """Write k, v (B, nh, T, hs) at [pos, pos + T) and return the keys and values of [0, pos + T)."""
-        end = self.pos + k.size(2)
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A cache over rows [start, stop) of this one, sharing its memory, at position 0."""
+        view = copy.copy(self)
+        view.k, view.v = [k[start:stop] for k in self.k], [v[start:stop] for v in self.v]
+        view.pos = 0
+        return view
+
+    def expand(self, n: int) -> "KVCache":
+        """n copies of this one-row cache at its position, e.g. to continue one prompt n ways."""
+        copies = copy.copy(self)
+        copies.k, copies.v = [k.repeat(n, 1, 1, 1) for k in self.k], [v.repeat(n, 1, 1, 1) for v in self.v]
+        return copies
+
+    def update(self, layer, k, v, positions=None):
+        """Write k, v (B, nh, T, hs) after what each row holds; return (keys, values, mask) for attention.
+
+        Without positions the tokens go to [pos, pos + T) of every row. With positions (B,), row i's go
+        to [positions[i], positions[i] + T). The keys are those of [0, L), L the furthest end; the mask
+        lets a query see the keys up to its own position (None: one token seeing all of them).
+        """
+        T = k.size(2)
+        if positions is None:
+            end = self.pos + T
+            self.k[layer][:, :, self.pos:end] = k
+            self.v[layer][:, :, self.pos:end] = v
+            # new query i sits at position pos + i and may see keys 0..pos + i; one new token sees all
+            mask = None if T == 1 else torch.ones(T, end, dtype=torch.bool, device=k.device).tril(self.pos)
+            return self.k[layer][:, :, :end], self.v[layer][:, :, :end], mask
+        at = positions[:, None] + torch.arange(T, device=k.device)  # (B, T): where each new token goes
+        rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
+        self.k[layer][rows, :, at] = k.transpose(1, 2)  # cache[rows[i], :, at[i, j]] is (nh, hs)
+        self.v[layer][rows, :, at] = v.transpose(1, 2)
+        L = int(at.max()) + 1  # keys up to the furthest row's end; the rest of the block is not read
+        mask = torch.arange(L, device=k.device) <= at[:, :, None]  # (B, T, L): query j of row i sees 0..at[i, j]
+        return self.k[layer][:, :, :L], self.v[layer][:, :, :L], mask[:, None]  # mask (B, 1, T, L)
+
+
+GREEDY_BELOW = 1e-5  # a temperature under this samples as greedy: logits / 1e-45 overflow, and it is the argmax anyway
+
+
+def check_sampling(temperature: float, top_k=None, top_p=None, names=("temperature", "top_k", "top_p")) -> None:
+    """The one check of sampling arguments (generate, prompt.py, the serving engine): a ValueError that
+    names the argument as the caller's user knows it (names: prompt.py's are flags)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"{names[0]} must be 0 (greedy) or a positive number, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{names[1]} must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"{names[2]} must be in (0, 1], got {top_p}")
 
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next token from logits (B, V) -> (B, 1): greedy if temperature <= 0, else sampled."""
-    if temperature <= 0:
+    """Pick the next token from logits (B, V) -> (B, 1): greedy below GREEDY_BELOW, else sampled."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1, keepdim=True)
     return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
 
@@ -186,33 +236,39 @@ class GPT(nn.Module):
         weight = self.lm_head.weight
         return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
 
-    def hidden_states(self, idx, cache=None):
+    def hidden_states(self, idx, cache=None, positions=None):
         """idx (B, T) token ids -> (B, T, C): the final LayerNorm's output, what lm_head reads.
 
         The trunk of forward() without the head; retrieval.GPTEmbedder averages these into text vectors.
-        With a cache, the tokens sit at positions cache.pos onwards and cache.pos advances by T.
+        With a cache, the tokens sit at positions cache.pos onwards and cache.pos advances by T; or, with
+        positions (B,), row i's tokens sit at positions[i] onwards (KVCache.update) and the caller keeps count.
         """
         B, T = idx.size()
-        start = 0 if cache is None else cache.pos
+        if positions is None:
+            start = 0 if cache is None else cache.pos
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        else:
+            start = int(positions.max())
+            pos = positions[:, None] + torch.arange(T, device=idx.device)  # (B, T)
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}; "
                              "crop it to the last block_size tokens (generate() slides the window itself)")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
-        if cache is not None:
+            x = block(x, cache, layer, positions)
+        if cache is not None and positions is None:
             cache.pos += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, positions=None):
         """idx (B, T) token ids -> (logits, loss).
 
         With targets (B, T): logits (B, T, V) and the mean cross-entropy over targets that are not -100.
-        With a cache: logits (B, T, V) for the new tokens, placed at positions cache.pos onwards.
+        With a cache: logits (B, T, V) for the new tokens, placed at positions cache.pos onwards (or at
+        each row's own positions, see hidden_states).
         Otherwise: logits (B, 1, V) of the last position only, all that generation needs.
         """
-        x = self.hidden_states(idx, cache)  # (B, T, C)
+        x = self.hidden_states(idx, cache, positions)  # (B, T, C)
         if targets is None and cache is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, V): list index keeps the time dimension
         logits = self.lm_head(x)  # (B, T, V)
@@ -225,10 +281,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def _generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, use_cache, generator):
         """Yield the next token of every sequence, (B, 1), max_new_tokens times; the loop of generate()."""
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        check_sampling(temperature, top_k, top_p)
         cache = None
         for _ in range(max_new_tokens):
             if not use_cache or idx.size(1) > self.config.block_size:
@@ -261,7 +314,7 @@ class GPT(nn.Module):
                  use_cache=True, generator=None):
         """Continue the sequences idx (B, T) by up to max_new_tokens tokens; return them appended, (B, T + n).
 
-        temperature <= 0 is greedy (argmax); otherwise sample, from the top_k most likely tokens and/or the
+        temperature 0 is greedy (argmax); otherwise sample, from the top_k most likely tokens and/or the
         smallest set whose probability reaches top_p (in (0, 1]). With batch size 1, generation stops after
         a token in stop_tokens, which is included in the output; a batch never stops early. Sequences may
         grow past block_size: the model then sees their last block_size tokens. Put the model in eval() mode

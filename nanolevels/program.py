@@ -9,18 +9,17 @@ attribute, and freeze it to a small JSON file that `prompt.py --ask` runs. The p
 (person, attribute), parsed from a question; its output type is the attribute's set of values.
 """
 
-import hashlib
-import json
 import os
 import re
 from collections import Counter, defaultdict
 
 import torch
 
-from nanolevels.evaluate import accuracy, complete, exact_match, score_answers, show_row
+from nanolevels import provenance
+from nanolevels.evaluate import accuracy, complete, eval_qa, exact_match, score_answers
 from nanolevels.files import read_json
-from nanolevels.prompting import best_index, candidate_demo_sets, qa_prompt
-from nanolevels.world import ATTRIBUTES, CITIES, EMPLOYERS, MAJORS, QUESTIONS, UNIVERSITIES
+from nanolevels.prompting import best_index, candidate_demo_sets, few_shot, prompt_ids, qa_prompt, search_demos
+from nanolevels.world import ATTRIBUTES, CITIES, EMPLOYERS, MAJORS, QUESTIONS, UNIVERSITIES, match_template
 
 FORMAT = "nanolevels-prompt-program"
 MINED = 4  # templates kept per attribute, the most frequent in the corpus
@@ -115,13 +114,10 @@ def answer_logprobs(model, tokenizer, prompt: str, answers: list[str]) -> torch.
     answer_ids = [tokenizer.encode(" " + a) for a in answers]
     n, width = len(answers), max(map(len, answer_ids))
     keep = model.config.block_size - width  # a long prompt loses its start, as in generation
-    prompt_ids = torch.tensor([([tokenizer.eot_id] + tokenizer.encode(prompt))[-keep:]], device=device)  # (1, P)
-    length = prompt_ids.size(1)
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)[-keep:]], device=device)  # (1, P)
     cache = model.new_cache(1)
-    logits, _ = model(prompt_ids, cache=cache)  # (1, P, V); the last row predicts every answer's first token
-    for layer in range(len(cache.k)):  # n copies of the prompt's keys and values, room for the answers
-        cache.k[layer] = cache.k[layer][:, :, :length + width].repeat(n, 1, 1, 1)
-        cache.v[layer] = cache.v[layer][:, :, :length + width].repeat(n, 1, 1, 1)
+    logits, _ = model(ids, cache=cache)  # (1, P, V); the last row predicts every answer's first token
+    cache = cache.expand(n)  # n copies of the prompt's keys and values, one per answer
     x = torch.zeros(n, width, dtype=torch.long, device=device)  # answers, right-padded: padding sees nothing real
     for i, ids in enumerate(answer_ids):
         x[i, :len(ids)] = torch.tensor(ids)
@@ -151,14 +147,9 @@ def rank_on_dev(model, tokenizer, candidates: list[dict], scores: list[float], d
     return top, [accuracy([values[i] for i in logps[:, :m].sum(1).argmax(1)], answers) for m in range(1, len(top) + 1)]
 
 
-def fingerprint(model, tokenizer) -> dict:
-    """What a program was compiled for: the model's config, and hashes of its tokenizer and weights."""
-    weights = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    tok = hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
-    return {"tokenizer": tok.hexdigest()[:16], "config": vars(model.config), "weights": weights.hexdigest()[:16]}
+def fingerprints(model, tokenizer) -> dict:
+    """What a program was compiled for: the model (config and weights) and its tokenizer."""
+    return {"model": provenance.model(model), "tokenizer": provenance.value(tokenizer.to_dict())}
 
 
 def compile_program(model, tokenizer, text: str, dev: list[dict], pool: list[dict], seed: int = 0, log=print) -> dict:
@@ -188,8 +179,8 @@ def compile_program(model, tokenizer, text: str, dev: list[dict], pool: list[dic
                                for c, d in zip(cs, scores[a])]
         attributes[a] = entry
     dev_acc = sum(attributes[a]["dev"] * len(by_attribute[a]) for a in attributes) / len(dev)
-    return {"format": FORMAT, "model": fingerprint(model, tokenizer), "dev": dev_acc, "dev_questions": len(dev),
-            "attributes": attributes}
+    return {"format": FORMAT, "fingerprints": fingerprints(model, tokenizer), "dev": dev_acc,
+            "dev_questions": len(dev), "attributes": attributes}
 
 
 def run_program(model, tokenizer, program: dict, questions: list[dict]) -> list[str]:
@@ -219,6 +210,45 @@ def describe(entry: dict) -> str:
     return f"{how}; dev {entry['dev']:.3f}"
 
 
+def show_row(name: str, row: dict, log=print) -> None:
+    """One line of level 1's table: a prompt's dev score (what chose it), then its held-out scores."""
+    log(f"{name:<50}" + "  ".join(f"{split} {acc:.3f}" for split, acc in row.items()))
+
+
+def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout: dict, ks=(1, 3), draws: int = 2,
+                   seed: int = 0, log=print) -> dict:
+    """Level 1's question prompts on held-out questions ({split: questions}): zero-shot, random k-shot,
+    searched demos.
+
+    The candidates are zero-shot and `draws` random demo sets of each k, drawn from `pool` (the train
+    people's questions); each is scored on `dev` (the dev people's) and on the held-out splits, and
+    the search picks by dev alone. Random k-shot is the mean over its k's sets; every row asks the
+    same question template with greedy decoding, so the rows differ only in the demos.
+    """
+    candidates = candidate_demo_sets(pool, (0, *ks), draws, seed)
+
+    def ask(questions, demos):
+        return eval_qa(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
+
+    best, dev_scores = search_demos(lambda demos: ask(dev, demos)["acc"], candidates)
+    results = [{split: ask(questions, demos) for split, questions in heldout.items()} for demos in candidates]
+    scored = [{"dev": d, **{split: r["acc"] for split, r in res.items()}} for d, res in zip(dev_scores, results)]
+    answers = [{split: r["example"] for split, r in res.items()} for res in results]
+    rows, examples = {"zero-shot": scored[0]}, {"zero-shot": answers[0]}
+    show_row("zero-shot question", rows["zero-shot"], log)
+    for j, k in enumerate(ks):
+        runs = scored[1 + j * draws:1 + (j + 1) * draws]
+        rows[f"{k}-shot"] = {split: sum(r[split] for r in runs) / len(runs) for split in runs[0]}
+        examples[f"{k}-shot"] = answers[1 + j * draws]  # the row is a mean over sets: the first set's answers
+        show_row(f"{k}-shot question (mean of {draws} random demo sets)", rows[f"{k}-shot"], log)
+    rows["searched-demos"] = scored[candidates.index(best)]
+    examples["searched-demos"] = answers[candidates.index(best)]
+    show_row(f"searched demos (best of {len(candidates)} sets on dev: k={len(best)})", rows["searched-demos"], log)
+    return {"acc": rows, "example": examples,
+            "search": {"candidates": len(candidates), "dev_questions": len(dev), "dev_scores": dev_scores,
+                       "best_dev": max(dev_scores), "best_demos": best}}
+
+
 def eval_program(model, tokenizer, text: str, pool: list[dict], dev: list[dict], heldout: dict, seed: int = 0,
                  log=print) -> tuple[dict, dict, dict]:
     """(row {dev, <split>: accuracy}, {<split>: example} (see score_answers), program): compile on dev, then
@@ -237,7 +267,7 @@ def eval_program(model, tokenizer, text: str, pool: list[dict], dev: list[dict],
 def well_formed(program) -> bool:
     """Whether a loaded JSON value has every field run_program reads (KeyError/TypeError if far off)."""
     entries = program["attributes"].values()
-    return (program["format"] == FORMAT and isinstance(program["model"], dict)
+    return (program["format"] == FORMAT and isinstance(program["fingerprints"], dict)
             and set(program["attributes"]) <= set(ATTRIBUTES)
             and all(e["prompts"] and (e["values"] is None or isinstance(e["values"], list)) for e in entries)
             and all(isinstance(p["template"], str) and p["stop"] in (".", "\n") and all(len(d) == 2 for d in p["demos"])
@@ -256,11 +286,10 @@ def load_program(path: str, model, tokenizer, recompile: str) -> dict:
         ok = False
     if not ok:
         raise ValueError(f"{path} is not a readable prompt program (corrupt?); recompile it with: {recompile}")
-    ours = fingerprint(model, tokenizer)
-    differ = [k for k in ours if program["model"].get(k) != ours[k]]
-    if differ:
-        raise ValueError(f"{path} was compiled for another model (other {differ[0]}); recompile it for this one "
-                         f"with: {recompile}")
+    why = provenance.stale(program["fingerprints"], fingerprints(model, tokenizer))
+    if why:
+        raise ValueError(f"{path} was compiled for another model ({why}); recompile it for this one with: "
+                         f"{recompile}")
     return program
 
 
@@ -275,10 +304,9 @@ def parse_question(question: str, people: list[str]) -> tuple[str, str]:
     known = {n.lower(): n for n in people}
     named = None
     for attribute, form in question_forms():
-        pattern = "(.+)".join(re.escape(part) for part in form.split("{name}"))
-        found = re.fullmatch(pattern, question.strip(), flags=re.IGNORECASE)
+        found = match_template(question, form)
         if found:
-            named = found.group(1).strip()
+            named = found["name"]
             if named.lower() in known:
                 return known[named.lower()], attribute
     forms = " | ".join(form.format(name="<name>") for _, form in question_forms())

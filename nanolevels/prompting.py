@@ -14,6 +14,18 @@ included), score each on a dev set with the same metric as the final evaluation,
 
 import random
 
+ANSWER_TOKENS = 16  # the longest answer generated: room every prompt leaves in the block
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """The token ids a prompt is fed as: <|endoftext|> first, as before every document in pretraining."""
+    return [tokenizer.eot_id] + tokenizer.encode(text)
+
+
+def context_budget(model) -> int:
+    """Tokens a prompt may take: the block, less the room its answer needs."""
+    return model.config.block_size - ANSWER_TOKENS
+
 
 def qa_prompt(question: str, context=()) -> str:
     """Context documents (one per line), then 'Q: <question>\\nA:'."""

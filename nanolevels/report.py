@@ -72,6 +72,30 @@ METHODS = {
 }
 
 
+# What the report card claims, each judged on one run here and at the MIN over seeds in bench/seeds.py:
+# (description, test on {method: row} and the retrieval table).
+TARGETS = [
+    ("pretrain-cloze test >= 90%", lambda r, ret: r["pretrain-cloze"]["acc_test"] >= 0.90),
+    ("prompt-program test >= 85% and >= 0.9 x cloze", lambda r, ret: r["prompt-program"]["acc_test"] >= max(
+        0.85, 0.9 * r["pretrain-cloze"]["acc_test"])),
+    ("lora-qa test >= 90%", lambda r, ret: r["lora-qa"]["acc_test"] >= 0.90),
+    ("lora-rag-qa new >= 95%", lambda r, ret: r["lora-rag-qa"]["acc_new"] >= 0.95),
+    ("rag-base new > zero-shot new (closed book)", lambda r, ret: r["rag-base"]["acc_new"] > r["zero-shot"]["acc_new"]),
+    ("tfidf recall@1 >= 0.98", lambda r, ret: ret["tfidf"]["recall@1"] >= 0.98),
+    ("agentic-rag new >= 90% and >= rag-2hop new + 40 points", lambda r, ret: r["agentic-rag"]["acc_new"] >= max(
+        0.90, r["rag-2hop"]["acc_new"] + 0.40)),
+    ("agentic-rag <= 2.5 retrievals per new question", lambda r, ret: r["agentic-rag"]["calls_new"] <= 2.5),
+    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points",
+     lambda r, ret: r["graph-rag-global"]["acc_new"] >= max(0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
+]
+
+
+def judge(rows: list[dict], retrieval: dict) -> dict[str, bool]:
+    """{target: whether this run meets it} (TARGETS)."""
+    by_method = {row["method"]: row for row in rows}
+    return {name: bool(check(by_method, retrieval)) for name, check in TARGETS}
+
+
 def ordered(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     """[(question set, its rows by level)] in the report's order; a row with no description is an error."""
     missing = [row["method"] for row in rows if row["method"] not in METHODS]

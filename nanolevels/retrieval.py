@@ -41,7 +41,6 @@ of texts has a high cosine and the differences that matter are small. Embedding 
 well (Sentence-BERT, DPR, E5) are trained for it, contrastively, on pairs of texts that belong together.
 """
 
-import hashlib
 import io
 import json
 import os
@@ -53,9 +52,10 @@ import zlib
 import numpy as np
 import torch
 
-from .files import atomic_write, shown
+from nanolevels import provenance
+from nanolevels.files import atomic_write, shown
 
-INDEX_FORMAT = "nanolevels-index-2"  # in every index file and fingerprint: change it when the embedders change
+INDEX_FORMAT = "nanolevels-index-3"  # in every index file: change it when the embedders or the file change
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -93,10 +93,10 @@ def top_k_unordered(scores: np.ndarray, k: int) -> np.ndarray:
 class VectorIndex:
     """Unit-length document vectors (N, dim) and their documents: exact cosine-similarity search."""
 
-    def __init__(self, dim: int, embedder_name: str = "", fingerprint: str = ""):
+    def __init__(self, dim: int, embedder_name: str = "", fingerprints: dict | None = None):
         self.dim = dim
         self.embedder_name = embedder_name  # which embedder made the vectors, e.g. "tfidf"
-        self.fingerprint = fingerprint  # what the caller needs to recognise that embedder (e.g. a model hash)
+        self.fingerprints = fingerprints or {}  # what the vectors were made from (see retrieval.fingerprints)
         self.embeddings = np.zeros((0, dim), dtype=np.float32)  # (N, dim), rows of length 1 (or 0)
         self.docs: list[dict] = []  # docs[i] belongs to embeddings[i]; each has at least "id" and "text"
 
@@ -138,11 +138,11 @@ class VectorIndex:
 
     def save(self, path: str) -> None:
         """Write ONE .npz file, atomically: the vectors, the documents (as JSON), the dimension, the
-        embedder's name and the fingerprint. One file, so a crash never pairs vectors with other documents."""
+        embedder's name and the fingerprints. One file, so a crash never pairs vectors with other documents."""
         buffer = io.BytesIO()
         docs = np.frombuffer(json.dumps(self.docs, ensure_ascii=False).encode(), dtype=np.uint8)
         np.savez(buffer, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs, dim=np.int64(self.dim),
-                 embedder_name=np.str_(self.embedder_name), fingerprint=np.str_(self.fingerprint))
+                 embedder_name=np.str_(self.embedder_name), fingerprints=np.str_(json.dumps(self.fingerprints)))
         atomic_write(path, buffer.getvalue())
 
     @classmethod
@@ -156,11 +156,12 @@ class VectorIndex:
             with np.load(path, allow_pickle=False) as f:
                 if f["format"] != INDEX_FORMAT:
                     raise ValueError(f"format {f['format']}, not {INDEX_FORMAT}")
-                index = cls(int(f["dim"]), str(f["embedder_name"]), str(f["fingerprint"]))
+                index = cls(int(f["dim"]), str(f["embedder_name"]), json.loads(str(f["fingerprints"])))
                 embeddings, docs = f["embeddings"], json.loads(f["docs"].tobytes().decode())
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} is not a readable index ({e})") from None
         if (embeddings.dtype != np.float32 or embeddings.shape != (len(docs), index.dim)
+                or not isinstance(index.fingerprints, dict)
                 or not all(isinstance(d, dict) and "id" in d and "text" in d for d in docs)):
             raise ValueError(f"{path} is inconsistent: {embeddings.shape} vectors for {len(docs)} documents")
         index.embeddings, index.docs = embeddings, docs
@@ -285,19 +286,12 @@ def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
     return float(cuts[best[len(best) // 2]])
 
 
-def fingerprint(docs: list[dict], embedder) -> str:
-    """What an index's vectors depend on: the documents in order, the embedder and its settings (the
-    hashing dimension; the GPT's config and weights), and the file format."""
-    h = hashlib.sha256(f"{INDEX_FORMAT}\0{embedder.name}\0".encode())
-    for doc in docs:
-        h.update(f"{doc['id']}\0{doc['text']}\0".encode())
-    if isinstance(embedder, TfidfEmbedder):
-        h.update(f"dim {embedder.dim}".encode())
-    else:
-        h.update(json.dumps(vars(embedder.model.config), sort_keys=True).encode())
-        for name, tensor in sorted(embedder.model.state_dict().items()):
-            h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+def fingerprints(docs: list[dict], embedder) -> dict:
+    """What an index's vectors depend on: the file format, the documents in order, and the embedder with
+    its settings (the hashing dimension; the GPT's config and weights)."""
+    setting = embedder.dim if isinstance(embedder, TfidfEmbedder) else provenance.model(embedder.model)
+    return {"format": INDEX_FORMAT, "docs": provenance.value([[d["id"], d["text"]] for d in docs]),
+            "embedder": provenance.value([embedder.name, setting])}
 
 
 def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, model=None, tokenizer=None,
@@ -308,13 +302,16 @@ def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, mode
     texts = [d["text"] for d in docs]
     embedder = make_embedder(embedder_name, texts, model, tokenizer)
     path = os.path.join(out_dir, f"index_{embedder_name}.npz")
-    wanted = fingerprint(docs, embedder)
+    wanted = fingerprints(docs, embedder)
     if os.path.exists(path):
         try:
             index = VectorIndex.load(path)
-            if index.fingerprint == wanted and index.docs == docs:
+            why = provenance.stale(index.fingerprints, wanted)
+            if why is None and index.docs != docs:
+                why = "it holds other documents than it was built from"
+            if why is None:
                 return index, embedder
-            log(f"{path} was built from other documents or another embedder: building it again")
+            log(f"{shown(path)}: {why}; building it again")
         except ValueError as e:
             log(f"{e}: building it again")
     t0 = time.time()

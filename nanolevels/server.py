@@ -17,8 +17,7 @@ import secrets
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from nanolevels.evaluate import ANSWER_TOKENS
-from nanolevels.prompting import rag_prompt
+from nanolevels.prompting import ANSWER_TOKENS, context_budget, prompt_ids, rag_prompt
 from nanolevels.serving import Request
 
 MAX_BODY = 64 * 1024  # bytes; a prompt fills the block long before this
@@ -61,8 +60,7 @@ def completion_request(body: dict, tokenizer) -> Request:
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise HTTPError(400, f"stop must be a string or a list of strings, got {json.dumps(body['stop'])}")
     return Request(
-        # every document began with <|endoftext|> in pretraining: so does every prompt
-        prompt=[tokenizer.eot_id] + tokenizer.encode(field(body, "prompt", str)),
+        prompt=prompt_ids(tokenizer, field(body, "prompt", str)),
         max_tokens=field(body, "max_tokens", int, 16),
         temperature=field(body, "temperature", float, 1.0),
         top_k=field(body, "top_k", int),
@@ -82,10 +80,10 @@ class Reader:
     def submit(self, question: str):
         """(the engine's Sequence for the answer, ids of the documents in the prompt, best first)."""
         hits = self.index.search(self.embedder.embed([question]), self.k)[0]
-        budget = self.engine.model.config.block_size - ANSWER_TOKENS  # room for the answer inside the block
+        budget = context_budget(self.engine.model)
         prompt, dropped = rag_prompt(question, [doc["text"] for _, doc in hits], self.tokenizer, budget)
         # a document too long for the block keeps its end, nearest the question, as generate() would
-        ids = ([self.tokenizer.eot_id] + self.tokenizer.encode(prompt))[-budget:]
+        ids = prompt_ids(self.tokenizer, prompt)[-budget:]
         seq = self.engine.submit(Request(ids, ANSWER_TOKENS, temperature=0, stop=("\n",)))
         return seq, [doc["id"] for _, doc in hits[:len(hits) - dropped]]
 

@@ -12,7 +12,7 @@ and every step of the loop (one background thread) does three things:
   1. cancelled sequences leave their slots (finished ones left as they finished);
   2. waiting requests are prefilled into free slots, one at a time: the model's forward writes the
      prompt's keys and values into the slot's rows, and the last position's logits give the first token;
-  3. ONE forward pass (decode_step) decodes one token for every running sequence, each at its own
+  3. ONE forward pass of the model (Engine.decode) decodes one token for every running sequence, each at its own
      position: row i feeds its last token at position pos[i] and attends to keys 0..pos[i] only.
 
 Nothing leaks between requests: a slot's rows past its sequence's length still hold an earlier
@@ -28,7 +28,6 @@ Three policies, so that bench/bench_serve.py can compare them on the same engine
 """
 
 import codecs
-import copy
 import queue
 import random
 import threading
@@ -38,9 +37,8 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
-from nanolevels.model import sampling_probs
+from nanolevels.model import GREEDY_BELOW, check_sampling, sampling_probs
 
 POLICIES = ("continuous", "static", "one")
 RATE_WINDOW_S = 10.0  # /stats reports tokens/s over this many recent seconds
@@ -66,12 +64,7 @@ def check_request(r: Request, block_size: int) -> None:
         raise ValueError(f"the prompt is {len(r.prompt)} tokens; the model reads at most {block_size}: shorten it")
     if not 1 <= r.max_tokens <= block_size:
         raise ValueError(f"max_tokens must be between 1 and {block_size}, got {r.max_tokens}")
-    if r.temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or more, got {r.temperature}")
-    if r.top_k is not None and r.top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {r.top_k}")
-    if r.top_p is not None and not 0 < r.top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {r.top_p}")
+    check_sampling(r.temperature, r.top_k, r.top_p)
     if len(r.stop) > 4 or any(not s for s in r.stop):
         raise ValueError(f"stop must be at most 4 non-empty strings, got {list(r.stop)}")
 
@@ -125,7 +118,7 @@ def next_tokens(seqs: list, logits) -> list[int]:
     groups = defaultdict(list)  # (temperature, top_k, top_p) -> row indices
     for i, seq in enumerate(seqs):
         r = seq.request
-        if r.temperature > 0:
+        if r.temperature >= GREEDY_BELOW:
             groups[r.temperature, r.top_k, r.top_p].append(i)
     for (temperature, top_k, top_p), rows in groups.items():
         cdf = sampling_probs(logits[rows], temperature, top_k, top_p).cumsum(dim=-1)  # (n, V)
@@ -135,36 +128,6 @@ def next_tokens(seqs: list, logits) -> list[int]:
         for i, token in zip(rows, picks.clamp(max=cdf.size(1) - 1)[:, 0].tolist()):
             tokens[i] = token
     return tokens
-
-
-@torch.no_grad()
-def decode_step(model, cache, tokens, pos):
-    """Feed tokens (B,) at positions pos (B,), row i into cache slot i; return the next logits (B, V).
-
-    GPT.forward with a cache, except that every row has its own position, hence its own mask.
-    Rows are slots 0..B-1 of the cache, a view (no copy); a free slot among them computes a row
-    nobody reads (token 0 at position 0, which the next prefill of that slot overwrites).
-    """
-    cfg = model.config
-    B, C, nh = tokens.size(0), cfg.n_embd, cfg.n_head
-    hs = C // nh
-    L = int(pos.max()) + 1  # keys up to the furthest row's position; the rest of the block is not read
-    rows = torch.arange(B, device=tokens.device)
-    visible = torch.arange(L, device=tokens.device)[None, :] <= pos[:, None]  # (B, L): row i sees 0..pos[i]
-    visible = visible.view(B, 1, 1, L)  # broadcast over heads and the one query
-    tr = model.transformer
-    x = (tr.wte(tokens) + tr.wpe(pos)).view(B, 1, C)  # (B, 1, C)
-    for layer, block in enumerate(tr.h):
-        q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)  # each (B, 1, C)
-        q = q.view(B, 1, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
-        # write each row's key and value at its own position: cache[layer][rows[i], :, pos[i]] is (nh, hs)
-        cache.k[layer][rows, :, pos] = k.view(B, nh, hs)
-        cache.v[layer][rows, :, pos] = v.view(B, nh, hs)
-        keys, values = cache.k[layer][:B, :, :L], cache.v[layer][:B, :, :L]  # (B, nh, L, hs)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (B, nh, 1, hs)
-        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))
-        x = x + block.mlp(block.ln_2(x))
-    return model.lm_head(tr.ln_f(x))[:, 0]  # (B, V)
 
 
 class Engine:
@@ -198,10 +161,6 @@ class Engine:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread = None
-
-    @property
-    def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.cache.k + self.cache.v)
 
     def submit(self, request: Request) -> Sequence:
         """Queue a request; its Sequence streams the tokens. ValueError if the request is invalid,
@@ -244,11 +203,8 @@ class Engine:
         seq.slot = min(self.free)
         self.free.remove(seq.slot)
         self.running.append(seq)
-        # a KVCache over this slot's rows only (views): the model writes the prompt straight into them
-        view = copy.copy(self.cache)
-        view.k = [k[seq.slot:seq.slot + 1] for k in self.cache.k]
-        view.v = [v[seq.slot:seq.slot + 1] for v in self.cache.v]
-        view.pos = 0
+        # the model writes the prompt's keys and values straight into the slot's rows (a view)
+        view = self.cache.rows(seq.slot, seq.slot + 1)
         r = seq.request
         x = self.model.hidden_states(torch.tensor([r.prompt], device=self.device), cache=view)  # (1, T, C)
         logits = self.model.lm_head(x[:, -1])  # (1, V): only the last position's next token is needed
@@ -257,13 +213,16 @@ class Engine:
 
     @torch.no_grad()
     def decode(self) -> None:
-        """One token for every running sequence, in one forward pass."""
+        """One token for every running sequence, in one forward pass of the model: slot i feeds its last
+        token at its own position, into rows 0..B-1 of the cache. A free slot among them computes a row
+        nobody reads (token 0 at position 0, which the next prefill of that slot overwrites)."""
         B = max(seq.slot for seq in self.running) + 1
         tokens, pos = [0] * B, [0] * B
         for seq in self.running:
             tokens[seq.slot], pos[seq.slot] = seq.tokens[-1], seq.length
-        logits = decode_step(self.model, self.cache, torch.tensor(tokens, device=self.device),
-                             torch.tensor(pos, device=self.device))  # (B, V)
+        logits, _ = self.model(torch.tensor(tokens, device=self.device)[:, None], cache=self.cache.rows(0, B),
+                               positions=torch.tensor(pos, device=self.device))
+        logits = logits[:, 0]  # (B, V)
         batch = sorted(self.running, key=lambda seq: seq.slot)  # emit() may finish some: they leave self.running
         for seq, token in zip(batch, next_tokens(batch, logits[[seq.slot for seq in batch]])):
             seq.length += 1
@@ -323,7 +282,7 @@ class Engine:
                 "waiting": self.waiting.qsize(),
                 "tokens_per_s": round(recent / min(RATE_WINDOW_S, now - self.started), 1),
                 "tokens": self.tokens_out, "finished": dict(self.finished),
-                "cache_mb": round(self.cache_bytes / 2**20, 1)}
+                "cache_mb": round(self.cache.nbytes / 2**20, 1)}
 
     def loop(self) -> None:
         """Step while there is work; sleep until submit() wakes it when there is none."""

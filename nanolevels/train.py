@@ -170,6 +170,57 @@ def _any_rank(flag: bool, device, ddp: Dist) -> bool:
     return bool(t.item())
 
 
+def restore(state_path: str, model, optimizer, scaler, cfg: TrainConfig) -> int:
+    """--resume: the trainable weights, the optimizer and the loss scaler from a run's training state;
+    the step it holds."""
+    if not os.path.exists(state_path):
+        raise FileNotFoundError(f"nothing to resume in {os.path.dirname(state_path)}: no {STATE_FILE} (the run "
+                                f"stopped before its first checkpoint); start it again with --overwrite")
+    step, extra = load_train_state(state_path, model, optimizer)
+    scaler.load_state_dict(extra["scaler"])
+    if step > cfg.max_steps:
+        raise ValueError(f"the run in {os.path.dirname(state_path)} is already at step {step}, past --max-steps "
+                         f"{cfg.max_steps}; give a larger --max-steps to train on")
+    return step
+
+
+@torch.no_grad()
+def estimate_loss(net, get_batch, cfg: TrainConfig, device, dtype, ddp: Dist) -> dict:
+    """{train_loss, val_loss}: the mean over eval_batches fixed batches of each split, on every rank."""
+    net.eval()
+    out = {}
+    for split in ("train", "val"):
+        total = torch.zeros((), device=device)
+        for i in range(cfg.eval_batches):
+            x, y = get_batch(split, EVAL_STEP_OFFSET + i, 0)
+            with autocast(device, dtype):
+                _, loss = net(x.to(device), y.to(device))
+            total += loss.float()
+        if ddp.world_size > 1:  # SUM then divide: gloo has ReduceOp.AVG only in recent torch
+            dist.all_reduce(total)
+        out[f"{split}_loss"] = total.item() / cfg.eval_batches / ddp.world_size
+    net.train()
+    return out
+
+
+def forward_backward(net, get_batch, cfg: TrainConfig, step: int, scaler, device, dtype, ddp: Dist):
+    """The gradient of one optimizer step, summed over grad_accum micro-batches each scaled by 1/grad_accum
+    (the mean of the micro-batches' mean losses); (the global batch's loss, tokens it read)."""
+    loss_sum, tokens = torch.zeros((), device=device), 0
+    for micro in range(cfg.grad_accum):
+        x, y = get_batch("train", step, micro)
+        x, y = x.to(device), y.to(device)
+        sync = micro == cfg.grad_accum - 1 or ddp.world_size == 1  # DDP averages gradients on the last only
+        with (nullcontext() if sync else net.no_sync()), autocast(device, dtype):
+            _, loss = net(x, y)
+        scaler.scale(loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach().float()
+        tokens += x.numel() * ddp.world_size
+    if ddp.world_size > 1:
+        dist.all_reduce(loss_sum)  # log the global batch's loss, not one slice's
+    return loss_sum.item() / cfg.grad_accum / ddp.world_size, tokens
+
+
 def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device, dtype: torch.dtype,
           save_weights, on_eval=None, resume: bool = False, ddp: Dist = Dist(), log=print) -> dict:
     """Train model's trainable parameters; return final metrics.
@@ -183,23 +234,13 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
     the optimizer and the step (the caller has built the model, e.g. from its saved weights file).
     """
     os.makedirs(out_dir, exist_ok=True)
-    state_path = os.path.join(out_dir, STATE_FILE)
-    log_path = os.path.join(out_dir, "log.jsonl")
+    state_path, log_path = os.path.join(out_dir, STATE_FILE), os.path.join(out_dir, "log.jsonl")
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step = 0
-    if resume:
-        if not os.path.exists(state_path):
-            raise FileNotFoundError(f"nothing to resume in {out_dir}: no {STATE_FILE} (the run stopped before "
-                                    f"its first checkpoint); start it again with --overwrite")
-        step, extra = load_train_state(state_path, model, optimizer)
-        scaler.load_state_dict(extra["scaler"])
-        if step > cfg.max_steps:
-            raise ValueError(f"the run in {out_dir} is already at step {step}, past --max-steps {cfg.max_steps}; "
-                             f"give a larger --max-steps to train on")
-        if ddp.is_main:
-            log(f"resuming from step {step} of {state_path}")
+    step = restore(state_path, model, optimizer, scaler, cfg) if resume else 0
+    if resume and ddp.is_main:
+        log(f"resuming from step {step} of {state_path}")
     elif ddp.is_main:
         atomic_write(log_path, "")
     net = DDP(model) if ddp.world_size > 1 else model
@@ -216,32 +257,14 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
             save_weights(at_step)
             save_train_state(state_path, model, optimizer, at_step, scaler=scaler.state_dict())
 
-    @torch.no_grad()
-    def estimate_loss() -> dict:
-        model.eval()
-        out = {}
-        for split in ("train", "val"):
-            total = torch.zeros((), device=device)
-            for i in range(cfg.eval_batches):
-                x, y = get_batch(split, EVAL_STEP_OFFSET + i, 0)
-                with autocast(device, dtype):
-                    _, loss = net(x.to(device), y.to(device))
-                total += loss.float()
-            if ddp.world_size > 1:  # SUM then divide: gloo has ReduceOp.AVG only in recent torch
-                dist.all_reduce(total)
-            out[f"{split}_loss"] = total.item() / cfg.eval_batches / ddp.world_size
-        model.train()
-        return out
-
     model.train()
-    tokens_seen, losses, last = 0, {}, {}
-    t_start = time.time()
-    start_step = step
+    tokens_seen, last = 0, {}
+    t_start, start_step = time.time(), step
     stopped = f"the step cap (--max-steps {cfg.max_steps})"
     with _StopFlag() as stop:
         while step < cfg.max_steps:
             if step % cfg.eval_interval == 0:
-                losses = estimate_loss()
+                losses = estimate_loss(net, get_batch, cfg, device, dtype, ddp)
                 write_log({"step": step, **losses})
                 reason = None
                 if ddp.is_main:
@@ -257,19 +280,8 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                x, y = get_batch("train", step, micro)
-                x, y = x.to(device), y.to(device)
-                sync = micro == cfg.grad_accum - 1 or ddp.world_size == 1
-                with (nullcontext() if sync else net.no_sync()), autocast(device, dtype):
-                    _, loss = net(x, y)
-                scaler.scale(loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().float()
-                tokens_seen += x.numel() * ddp.world_size
-            if ddp.world_size > 1:
-                dist.all_reduce(loss_sum)  # log the global batch's loss, not one slice's
-            loss_val = loss_sum.item() / cfg.grad_accum / ddp.world_size
+            loss_val, tokens = forward_backward(net, get_batch, cfg, step, scaler, device, dtype, ddp)
+            tokens_seen += tokens
             if not math.isfinite(loss_val):
                 raise ValueError(f"the loss became {loss_val} at step {step}; the last good checkpoint "
                                  f"in {out_dir} is kept; try a lower --lr")
@@ -286,20 +298,18 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 tok_s = tokens_seen / max(elapsed, 1e-9)
                 eta = elapsed / (step - start_step) * (cfg.max_steps - step)
                 write_log({**last, "tokens_per_s": round(tok_s), "elapsed_s": round(elapsed, 2)})
-                if ddp.is_main:
-                    log(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | "
-                        f"{tok_s / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
+                log(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | "
+                    f"{tok_s / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
             if _any_rank(stop.set, device, ddp):  # every rank stops at the same step
                 checkpoint(step)
-                if ddp.is_main:
-                    log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")
+                log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")
                 raise KeyboardInterrupt
             if step % cfg.ckpt_interval == 0 and step < cfg.max_steps:
                 checkpoint(step)
         else:
             log(f"stopping at {stopped}")
     wall_s = time.time() - t_start
-    losses = estimate_loss()
+    losses = estimate_loss(net, get_batch, cfg, device, dtype, ddp)
     write_log({"step": step, **losses})
     checkpoint(step)
     return {**losses, "steps": step, "stopped": stopped, "tokens_seen": tokens_seen, "wall_s": wall_s,

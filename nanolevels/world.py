@@ -35,9 +35,8 @@ Everything is a pure function of a seed: same seed, same world, byte for byte.
 """
 
 import random
+import re
 from dataclasses import dataclass
-
-from nanolevels.prompting import answer_text, qa_prompt
 
 # Share of --people in each split (train takes what the others leave); the default 340 people give
 # 108 train / 41 dev / 75 test / 41 dev-new / 75 new.
@@ -332,10 +331,15 @@ def two_hop_question(person: Person, company: Company, attribute: str) -> dict:
             "hops": [{"question": h["question"], "answer": h["answer"]} for h in hops]}
 
 
-def qa_block(person: Person, attributes) -> str:
-    """The questions about person, each answered, in the layout every level prompts with."""
-    return "".join(qa_prompt(q["question"]) + answer_text(q["answer"])
-                   for q in (qa_pair(person, a) for a in attributes))
+
+def match_template(text: str, template: str) -> dict | None:
+    """{placeholder: its text} if text is written as template (case, runs of spaces and a final '?' or '.'
+    aside), else None: the one parser of the question templates. E.g. "where was Ada Jo Crane born" and
+    "Where was {name} born?" give {"name": "Ada Jo Crane"}."""
+    parts = re.split(r"\{(\w+)\}", template.rstrip("?."))  # literal, placeholder, literal, ...
+    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+)" for i, p in enumerate(parts))
+    found = re.fullmatch(pattern, " ".join(text.split()).rstrip("?."), flags=re.IGNORECASE)
+    return None if found is None else {k: v.strip() for k, v in found.groupdict().items()}
 
 
 def cloze_prompt(person: Person, attribute: str) -> str:
@@ -343,16 +347,6 @@ def cloze_prompt(person: Person, attribute: str) -> str:
     template = TEMPLATES[attribute][0]
     return template[: template.index(" {value}")].format(name=person.name)
 
-
-def reading_page(person: Person, rng: random.Random) -> str:
-    """A biography followed by all six questions about it, answered, in random order.
-
-    Pages about FRESH people teach the base model to read an answer out of its context (the
-    answer cannot come from memory), which is what retrieval-augmented prompting needs later.
-    """
-    attributes = list(ATTRIBUTES)
-    rng.shuffle(attributes)
-    return biography(person, rng) + "\n" + qa_block(person, attributes)
 
 
 @dataclass
@@ -426,169 +420,3 @@ def fresh_people(world: World, n: int, seed: int, companies: list[Company] | Non
     the known ones). Deterministic in seed."""
     companies = companies or [c for c in world.companies if c.split == "known"]
     return make_people(random.Random(seed), n, "fresh", world.names(), companies)
-
-
-def fresh_workforce(world: World, n: int, seed: int) -> list[Person]:
-    """n fresh people for reading pages and reading examples: every other one works at a fresh company.
-
-    A new person's employer may be a company whose name was never pretrained. A word the model never
-    read has token embeddings nobody trained, and the model cannot copy it out of a document: one run's
-    reader answered 49% of the dev-new people's employers, the known companies' names only. Fresh
-    companies are named from the same words as the world's own, so every company word is read here,
-    while no company of the world's is named."""
-    people = fresh_people(world, n, seed)
-    for p, c in zip(people[1::2], fresh_companies(world, n // 2, seed + 7)):
-        p.employer, p.employer_city = c.name, c.headquarters
-    return people
-
-
-# The agent's trace format (Self-Ask; see agent.py): every line the model writes starts with one of these.
-FOLLOW_UP, INTERMEDIATE, FINAL = "Follow up: ", "Intermediate answer: ", "So the final answer is: "
-# Of the reading pages, this share are agent traces (agent_examples written out): every word the agent will
-# write, and every question about a company, is then one the model has read.
-TRACE_SHARE = 0.05
-# What agent_examples asks about: two-hop questions, one-hop questions about a person or about a company. A
-# one-hop question is answered in one follow-up; knowing when to stop asking is part of the skill.
-MIX = {"two-hop": 0.5, "person": 0.3, "company": 0.2}
-
-
-def question_line(question: str) -> str:
-    return f"Q: {question}\n"
-
-
-def trace_turns(question: str, hops: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
-    """A finished trace as (prompt, answer) turns for data.encode_example: hops are (follow-up, document,
-    intermediate answer), the last intermediate answer is the final one. The question and each inserted
-    document are prompts (no loss); every line the model writes is an answer (trained on)."""
-    if not hops:
-        raise ValueError("a trace needs at least one hop")
-    turns, prompt, said = [], question_line(question), ""
-    for follow_up, document, answer in hops:
-        turns.append((prompt, said + f"{FOLLOW_UP}{follow_up}\n"))
-        prompt, said = document + "\n", f"{INTERMEDIATE}{answer}\n"
-    turns.append((prompt, said + f"{FINAL}{hops[-1][2]}\n"))
-    return turns
-
-
-def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]]]:
-    """n training traces (see trace_turns) about fresh people at fresh companies, mixed as MIX says, each
-    with the gold document of every hop: the person's biography, then the company's profile."""
-    rng = random.Random(seed + 1)  # not the streams that drew the people and companies
-    companies = fresh_companies(world, n, seed=seed)
-    kinds, weights = list(MIX), list(MIX.values())
-    examples = []
-    for person, employer in zip(fresh_people(world, n, seed=seed + 2), companies):
-        person.employer, person.employer_city = employer.name, employer.headquarters  # each at a company of its own
-        kind = rng.choices(kinds, weights)[0]
-        if kind == "two-hop":
-            q = two_hop_question(person, employer, rng.choice(TWO_HOP))
-            docs = [biography(person, rng), profile(employer, rng)]
-            hops = [(h["question"], d, h["answer"]) for h, d in zip(q["hops"], docs)]
-        elif kind == "person":
-            q = qa_pair(person, rng.choice(ATTRIBUTES))
-            hops = [(q["question"], biography(person, rng), q["answer"])]
-        else:
-            q = company_question(employer, rng.choice(COMPANY_ATTRIBUTES))
-            hops = [(q["question"], profile(employer, rng), q["answer"])]
-        examples.append(trace_turns(q["question"], hops))
-    return examples
-
-
-@dataclass
-class Corpus:
-    bios: dict[str, list[str]]  # person name -> biographies (the retrieval collection; all splits)
-    profiles: dict[str, list[str]]  # company name -> profiles (in the retrieval collection too)
-    train_docs: list[str]       # the pretraining documents, shuffled at document level
-    val_docs: list[str]         # held-out documents for validation loss (same kinds, other text)
-
-
-def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, reading_share: float = 0.2,
-                mix_qa: bool = False) -> Corpus:
-    """Biographies of everyone, and the pretraining documents built from them.
-
-    Pretraining text = the biographies of the PRETRAINED people (train, dev, test) and the profiles of
-    the known companies (as many as biographies per person), each written `epochs` times, plus reading pages about fresh people (`reading_share` of all documents), plus,
-    with `mix_qa`, the QA pairs of train people (as often as their biographies). Never a word about
-    a `dev-new` or `new` person or company, never a question about a dev or test person.
-
-    Every reading page is about a different fresh person (every other one at a fresh company, see
-    fresh_workforce), seen once; TRACE_SHARE of them are agent traces about fresh people at fresh
-    companies (agent_examples). Its answers can only be
-    learned by reading them off the page, never by memorising the person (repeated pages would
-    spend the model's memory on people nobody asks about). That is why the repetition of the
-    biographies is written out here, rather than left to training for more epochs.
-
-    Validation = one more biography per pretrained person and profile per known company (same facts,
-    other wording) plus reading
-    pages about other fresh people, in the same proportion. Documents are shuffled as whole
-    documents: with all paraphrases of one person in one context window, the model would copy them
-    instead of storing the facts.
-    """
-    if bios_per_person < 1:
-        raise ValueError(f"--bios-per-person must be at least 1, got {bios_per_person}")
-    if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}")
-    if not 0 <= reading_share < 1:
-        raise ValueError(f"--reading-share must be in [0, 1), got {reading_share}")
-    rng = random.Random(world.seed + 1)
-    bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
-    profiles = {c.name: [profile(c, rng) for _ in range(bios_per_person)] for c in world.companies}
-    known = [p for p in world.people if p.split in PRETRAINED]
-    companies = [c for c in world.companies if c.split == "known"]
-    once = [b for p in known for b in bios[p.name]] + [d for c in companies for d in profiles[c.name]]
-    val_docs = [biography(p, rng) for p in known] + [profile(c, rng) for c in companies]
-    if mix_qa:
-        for p in world.split("train"):
-            for _ in range(bios_per_person):
-                attributes = list(ATTRIBUTES)
-                rng.shuffle(attributes)
-                once.append(qa_block(p, attributes))
-    train_docs = once * epochs
-    n_pages = round(reading_share / (1 - reading_share) * len(train_docs))
-    n_val_pages = round(reading_share / (1 - reading_share) * len(val_docs))
-    n_traces, n_val_traces = round(TRACE_SHARE * n_pages), round(TRACE_SHARE * n_val_pages)
-    fresh = fresh_workforce(world, n_pages + n_val_pages, seed=world.seed + 2)
-    traces = ["".join(p + a for p, a in t) for t in agent_examples(world, n_traces + n_val_traces, world.seed + 5)]
-    train_docs += [reading_page(p, rng) for p in fresh[:n_pages - n_traces]] + traces[:n_traces]
-    val_docs += [reading_page(p, rng) for p in fresh[n_pages:n_pages + n_val_pages - n_val_traces]] + traces[n_traces:]
-    rng.shuffle(train_docs)
-    rng.shuffle(val_docs)
-    return Corpus(bios, profiles, train_docs, val_docs)
-
-
-COMPANY_SHARE = 0.25  # of reading examples about a company's profile: the reader reads every document of the collection
-
-
-def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[tuple[str, str]]]:
-    """n examples for learning to read (RAFT-style, arXiv 2403.10131), each a list of (prompt, answer)
-    turns: 1 to k documents, the one about the person (or, for COMPANY_SHARE of them, the company) asked
-    about LAST, then every question about it (six for a person, four for a company), in random order,
-    each answered.
-
-    All people and companies here are FRESH, so the answers cannot come from the model's memory: they
-    have to be read off the context, which is the skill retrieval needs for `new` people. The
-    distractors are documents about other fresh people (companies), placed first, where rag_prompt places
-    lower-ranked documents: training sees the layout inference will. With the right document at a random
-    place the model cannot tell whose document is whose; with always two documents it learns "the second
-    document" rather than "the last one", hence 1 to k. Several answers per context teach more per token
-    than one.
-    """
-    rng = random.Random(seed + 1)  # not the stream that drew the people
-    people = fresh_workforce(world, n + k, seed=seed)
-    companies = fresh_companies(world, n + k, seed=seed + 2)
-    examples = []
-    for i in range(n):
-        if rng.random() < COMPANY_SHARE:
-            entities, write, attributes, ask = companies, profile, list(COMPANY_ATTRIBUTES), company_question
-        else:
-            entities, write, attributes, ask = people, biography, list(ATTRIBUTES), qa_pair
-        subject = entities[i]
-        # distractors: positions among everyone but entity i (indices, not a copied list: n is 20,000); a fresh
-        # company's name may repeat, and a namesake would make the question ambiguous
-        others = [entities[j + (j >= i)] for j in rng.sample(range(n + k - 1), rng.randint(0, k - 1))]
-        context = [write(e, rng) for e in [*others, subject] if e is subject or e.name != subject.name]
-        rng.shuffle(attributes)
-        questions = [ask(subject, a) for a in attributes]
-        examples.append([(qa_prompt(q["question"], context if j == 0 else ()), answer_text(q["answer"]))
-                         for j, q in enumerate(questions)])
-    return examples

@@ -5,8 +5,8 @@ traces are about fresh people at fresh companies with their gold documents."""
 from nanolevels.agent import MAX_HOPS, model_lines, run_agent
 from nanolevels.data import IGNORE, encode_example
 from nanolevels.tokenizer import Tokenizer
-from nanolevels.world import (COMPANY_ATTRIBUTES, FINAL, FOLLOW_UP, INTERMEDIATE, agent_examples, make_world,
-                              trace_turns)
+from nanolevels.corpus import FINAL, FOLLOW_UP, INTERMEDIATE, agent_examples, trace_turns
+from nanolevels.world import COMPANY_ATTRIBUTES, make_world
 
 QUESTION = "In which year was the company that Ada Jo Crane worked for founded?"
 BIO = "Ada Jo Crane worked for Tidewater Group. Ada Jo Crane was born in Lyon."

@@ -4,7 +4,8 @@ compiled-model key prefixes, optimizer state."""
 import pytest
 import torch
 
-from nanolevels.checkpoint import (fingerprint, load_model, load_train_state, load_weights, read_metadata,
+from nanolevels import provenance
+from nanolevels.checkpoint import (load_model, load_train_state, load_weights, read_metadata,
                                    save_model, save_train_state)
 from nanolevels.model import GPT, GPTConfig
 from nanolevels.tokenizer import Tokenizer
@@ -88,9 +89,9 @@ def test_fingerprint_is_of_the_content(tmp_path, tok):
     paths = [str(tmp_path / f"m{i}.safetensors") for i in range(4)]
     for path in paths:
         save_model(path, model, tok, step=3)
-    assert len({fingerprint(p) for p in paths}) == 1 and len(fingerprint(paths[0])) == 16
+    assert len({provenance.checkpoint(p) for p in paths}) == 1 and len(provenance.checkpoint(paths[0])) == 16
     save_model(paths[1], model, tok, step=4)
     with torch.no_grad():
         model.transformer.wpe.weight[0, 0] += 1e-3
     save_model(paths[2], model, tok, step=3)
-    assert len({fingerprint(p) for p in paths[:3]}) == 3
+    assert len({provenance.checkpoint(p) for p in paths[:3]}) == 3

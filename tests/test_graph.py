@@ -247,21 +247,27 @@ def test_cli_eval_writes_metrics_reuses_the_graph_and_reads_other_documents_agai
     docs = (other / "docs.jsonl").read_text().splitlines()
     (other / "docs.jsonl").write_text("\n".join(docs[:-1] + [docs[-1].replace(".", "!", 1)]) + "\n")
     code, printed, err = run_main(rag.main, *[str(other) if a == tiny_run["world"] else a for a in args])
-    assert code == 0 and "was built from other documents (another world): building it again" in printed, err
+    assert code == 0 and "its docs changed; building it again" in printed, err
 
 
 def test_a_graph_file_from_another_world_or_model_is_built_again(tmp_path):
-    wanted = {"format": g.GRAPH_FORMAT, "docs": "d1", "model": "m1", "adapter": "a1"}
+    wanted = {"docs": "d1", "model": "m1", "adapter": "a1"}
     path = str(tmp_path / "graph.json")
-    json.dump({"fingerprints": wanted, "nodes": {}, "edges": [], "extract_s": 1.0}, open(path, "w"))
-    lines = []
-    assert g.load_graph(path, wanted, lines.append)["extract_s"] == 1.0 and not lines
-    assert g.load_graph(path, {**wanted, "docs": "d2"}, lines.append) is None
-    assert g.load_graph(path, {**wanted, "model": "m2", "adapter": "a2"}, lines.append) is None
-    open(path, "w").write("{not json")
-    assert g.load_graph(path, wanted, lines.append) is None
-    assert lines[0].endswith("was built from other documents (another world): building it again")
-    assert "another model and another reader adapter" in lines[1] and "not a readable graph" in lines[2]
+    kept = {"fingerprints": {"format": g.GRAPH_FORMAT, **wanted}, "nodes": {}, "edges": [], "extract_s": 1.0}
+    docs = [{"id": "Ada Jo Crane#0", "person": "Ada Jo Crane", "text": "Ada Jo Crane was born in Lyon."}]
+    read = lambda questions, documents: ["Lyon"] * len(questions)  # noqa: E731
+    for changed, why in [({}, None), ({"docs": "d2"}, "its docs changed"),
+                         ({"model": "m2", "adapter": "a2"}, "its model and adapter changed"),
+                         ("{not json", "it is not readable")]:
+        json.dump(kept, open(path, "w")) if isinstance(changed, dict) else open(path, "w").write(changed)
+        lines = []
+        graph = g.load_or_extract(path, {**wanted, **(changed if isinstance(changed, dict) else {})}, docs, read,
+                                  lines.append)
+        if why is None:
+            assert graph["extract_s"] == 1.0 and not lines
+        else:
+            assert lines[0].endswith(f"{why}; building it again") or why in lines[0], lines
+            assert graph["nodes"] and graph["fingerprints"]["format"] == g.GRAPH_FORMAT
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,6 +1,7 @@
 """`python -m nanolevels --tiny`: every level end to end at a toy size; every artefact and every
 report.json field is there, a second run reuses the finished steps, a copied out/ folder is reused,
-and a rewritten checkpoint forces every step after it (the report never mixes models)."""
+a rewritten checkpoint forces every step after it (the report never mixes models), and an edit to
+the code reruns exactly the steps that import it."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import pytest
 
 import train_pretrain
 from nanolevels.__main__ import main as orchestrate
-from nanolevels.checkpoint import fingerprint
+from nanolevels import provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["pretrain-cloze", "zero-shot", "k-shot", "searched-demos", "prompt-program", "rag-base", "lora-qa",
@@ -69,7 +70,7 @@ def test_whole_pipeline_tiny(tiny_pipeline):
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 9, again.stdout[-2000:]
     assert json.load(open(os.path.join(out, "report.json")))["rows"] == report["rows"]
-    model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
+    model = provenance.checkpoint(os.path.join(out, "pretrain", "model.safetensors"))
     assert all(row["fingerprints"]["model"] == model for row in report["rows"])
     by_method = {row["method"]: row["fingerprints"] for row in report["rows"]}
     assert "adapter" in by_method["agentic-rag"] and "finetuned" in by_method["full-ft-qa"]
@@ -84,7 +85,7 @@ def test_whole_pipeline_tiny(tiny_pipeline):
 def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step(tiny_pipeline, tmp_path, capsys):
     out, world = str(tmp_path / "copy"), tiny_pipeline["world"]
     shutil.copytree(tiny_pipeline["out"], out)
-    args = ["--tiny", "--out", out, "--world", world, "--device", "cpu"]
+    args = ["--tiny", "--out", out, "--world", world, "--device", "cpu", "--threads", "1"]  # the steps: as the first run
     orchestrate(args)
     assert capsys.readouterr().out.count("reusing") == 9
     # the issue's scenario: train_pretrain.py started again into out/pretrain and cut short (Ctrl-C): the
@@ -98,7 +99,7 @@ def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step
     orchestrate(args)
     printed = capsys.readouterr().out
     assert "pretrain (level 4; its model changed since it ran)" in printed
-    model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
+    model = provenance.checkpoint(os.path.join(out, "pretrain", "model.safetensors"))
     assert json.load(open(metrics))["fingerprints"]["model"] == model
     # pretraining is deterministic here: the rerun made the very model the later steps scored, so they stand
     assert json.loads(old)["fingerprints"]["model"] == model and printed.count("reusing") == 8
@@ -109,30 +110,71 @@ def test_copied_out_is_reused_and_a_rewritten_checkpoint_reruns_every_later_step
     assert printed.count("changed since it ran") == 7  # the agent: "its model and reader changed"
     assert "graph (level 2; its model and adapter changed since it ran)" in printed  # a new reader too
     report = json.load(open(os.path.join(out, "report.json")))
-    model = fingerprint(os.path.join(out, "pretrain", "model.safetensors"))
+    model = provenance.checkpoint(os.path.join(out, "pretrain", "model.safetensors"))
     assert json.loads(old)["fingerprints"]["model"] != model
     assert all(row["fingerprints"]["model"] == model for row in report["rows"])
+
+
+def test_an_edit_reruns_exactly_the_steps_whose_code_imports_it(tiny_pipeline, tmp_path):
+    """The forker's loop, in a copy of the repository: an edit to report.py reruns no step and shows in the
+    report; an edit to lora.py (the adapter's update multiplied by 0) reruns the steps that import it, says
+    which file changed, and the report card shows the new adapters' numbers."""
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(ROOT, "nanolevels"), repo / "nanolevels", ignore=shutil.ignore_patterns("__pycache__"))
+    for script in ("train_pretrain.py", "train_lora.py", "prompt.py", "rag.py", "data/world/prepare.py"):
+        os.makedirs(os.path.dirname(repo / script), exist_ok=True)
+        shutil.copy(os.path.join(ROOT, script), repo / script)
+    out = str(tmp_path / "out")
+    shutil.copytree(tiny_pipeline["out"], out)
+    cmd = [sys.executable, "-m", "nanolevels", "--tiny", "--out", out, "--world", tiny_pipeline["world"],
+           "--device", "cpu"]
+
+    def run():
+        r = subprocess.run(cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout, json.load(open(os.path.join(out, "report.json")))
+
+    printed, before = run()
+    assert printed.count("reusing") == 9  # another folder, the same code
+    report_py = repo / "nanolevels" / "report.py"
+    report_py.write_text(report_py.read_text().replace('"# nanolevels report card"', '"# nanolevels report card!"'))
+    printed, _ = run()
+    assert printed.count("reusing") == 9 and "# nanolevels report card!" in open(os.path.join(out, "report.md")).read()
+    lora_py = repo / "nanolevels" / "lora.py"
+    update = "y = y + self.scale * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)"
+    assert update in lora_py.read_text()
+    lora_py.write_text(lora_py.read_text().replace(update, update.replace("y + self.scale", "y + 0.0 * self.scale")))
+    printed, after = run()
+    reruns = [line for line in printed.splitlines() if line.startswith("[") and "changed since it ran" in line]
+    assert [line.split()[1] for line in reruns] == ["prompting", "rag", "lora-qa", "full-ft-qa", "lora-rag-qa", "agent",
+                                                    "graph"], printed
+    assert all("code (nanolevels/lora.py) " in line for line in reruns)  # the agent's reader changed too
+    assert printed.count("reusing") == 2  # the world and pretraining do not import lora.py
+    rows = {when: {row["method"]: row for row in report["rows"]} for when, report in (("before", before), ("after", after))}
+    assert rows["after"]["pretrain-cloze"] == rows["before"]["pretrain-cloze"]
+    assert rows["after"]["lora-qa"]["fingerprints"]["adapter"] != rows["before"]["lora-qa"]["fingerprints"]["adapter"]
 
 
 def test_extra_flags_reach_their_steps():
     from nanolevels.__main__ import parse_args, plan
     args = parse_args(["--world-args", "--people 40", "--pretrain-args", "--n-layer 2 --n-embd 64",
                        "--finetune-args", "--max-steps 9"])
-    argv = {name: a for name, _, _, a, _, _ in plan(args)}
+    argv = {step.name: step.argv for step in plan(args)}
     assert argv["world"][-2:] == ["--people", "40"]
     assert argv["pretrain"][-4:] == ["--n-layer", "2", "--n-embd", "64"]
     assert all(argv[step][-2:] == ["--max-steps", "9"] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa", "agent"))
     assert "--people" not in argv["pretrain"] and "--max-steps" not in argv["prompting"]
     assert args.world == os.path.join("out", "world")  # not the shared data/world
-    seeded = {name: a for name, _, _, a, _, _ in plan(parse_args(["--seed", "7"]))}
+    seeded = {step.name: step.argv for step in plan(parse_args(["--seed", "7"]))}
     assert all(seeded[step][-2:] == ["--seed", "7"] for step in ("world", "pretrain", "prompting", "rag", "graph"))
     assert all("--seed" in seeded[step] for step in ("lora-qa", "full-ft-qa", "lora-rag-qa", "agent"))
     # --dtype reaches the training steps only, and only when given: a default run's steps keep their arguments
-    bf16 = {name: a for name, _, _, a, _, _ in plan(parse_args(["--dtype", "bfloat16"]))}
+    bf16 = {step.name: step.argv for step in plan(parse_args(["--dtype", "bfloat16"]))}
     training = ("pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa", "agent")
     assert all(" ".join(bf16[step]).count("--dtype bfloat16") == 1 for step in training)
     assert not any("--dtype" in a for step, a in bf16.items() if step not in training)
     default = parse_args([])
     assert default.world == os.path.join(ROOT, "data", "world")
-    assert plan(default)[1][3] == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--overwrite",
+    assert plan(default)[1].argv == ["--world", default.world, "--out", os.path.join("out", "pretrain"), "--overwrite",
                                    "--device", "auto"]

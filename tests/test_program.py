@@ -125,5 +125,5 @@ def test_compiled_program_round_trips_and_refuses_bad_files(tiny_run, tmp_path):
         load_program(path, other, tokenizer, "RECOMPILE")
     with torch.no_grad():
         model.lm_head.weight[0, 0] += 1  # the same config and tokenizer, other weights
-    with pytest.raises(ValueError, match="weights.*RECOMPILE"):
+    with pytest.raises(ValueError, match="its model changed.*RECOMPILE"):
         load_program(path, model, tokenizer, "RECOMPILE")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import prompt as prompt_script
-from nanolevels.checkpoint import fingerprint
+from nanolevels import provenance
 from nanolevels.world import make_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def test_generate_is_seeded_and_greedy_is_deterministic(tiny_run):
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout.startswith("Ada")
     g1 = prompt(*args, "--temperature", "0", "--seed", "1")
-    g2 = prompt(*args, "--temperature", "-1", "--seed", "2")
+    g2 = prompt(*args, "--temperature", "0", "--seed", "2")
     assert g1.stdout == g2.stdout
 
 
@@ -58,7 +58,7 @@ def test_eval_writes_every_row_and_ask_runs_the_program(tiny_run, tmp_path):
         e["test"]["question"] == first["question"] and isinstance(e["new"]["prediction"], str)
         for e in m["example"].values())
     assert m["search"]["best_dev"] == max(m["search"]["dev_scores"]) == m["acc"]["searched-demos"]["dev"]
-    assert m["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"])}  # the model these numbers are of
+    assert m["fingerprints"] == {"model": provenance.checkpoint(tiny_run["checkpoint"])}  # the model these numbers are of
     program = json.load(open(os.path.join(out, "program.json")))
     assert {a: e["prompts"][0]["template"] for a, e in program["attributes"].items()} == {
         a: e["template"] for a, e in m["program"].items()}
@@ -93,8 +93,9 @@ def test_user_errors(tiny_run, args, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "nan"], "--temperature must be a number"),
-    (["--temperature", "inf"], "--temperature must be a number"),
+    (["--temperature", "nan"], "--temperature must be 0 (greedy) or a positive number"),
+    (["--temperature", "inf"], "--temperature must be 0 (greedy) or a positive number"),
+    (["--temperature", "-1"], "--temperature must be 0 (greedy) or a positive number"),
     (["--max-new-tokens", "-5"], "--max-new-tokens must be at least 1, got -5"),
     (["--threads", "-1"], "--threads must be at least 1"),
 ])

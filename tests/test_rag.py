@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import rag as rag_script
-from nanolevels.checkpoint import fingerprint
+from nanolevels import provenance
 from nanolevels.prompting import rag_prompt
 from nanolevels.tokenizer import Tokenizer
 
@@ -48,7 +48,7 @@ def test_eval_writes_metrics_and_caches_the_index(tiny_run, tmp_path):
     assert isinstance(example["prediction"], str) and set(m["example"]) == {"test", "new"}
     assert m["retrieval"]["tfidf"]["new"]["recall@1"] >= 0.9
     assert m["query_latency_ms"] > 0
-    assert m["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"])}  # the model these numbers are of
+    assert m["fingerprints"] == {"model": provenance.checkpoint(tiny_run["checkpoint"])}  # the model these numbers are of
     # everyone asked about in test and new is in the collection: few answers may be marked a guess
     assert 0 <= m["unsure"]["guesses"]["new"] <= 3 and m["unsure"]["made_up_caught"] >= 0.9
     assert "answers marked a guess" in r.stdout
@@ -104,7 +104,7 @@ def append(path, data: bytes):
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda world, tmp: ["--demos", "-1"], "--demos must be 0 or more"),
+    (lambda world, tmp: ["--demos", "-1"], "--demos must be at least 0"),
     (lambda world, tmp: ["--demos", "100000"], "--demos 100000 is more than the"),
     (lambda world, tmp: ["--demos", "12"], "leave no room for a document"),
     (lambda world, tmp: ["--world", damaged_world(world, tmp, lambda p: append(p, b"{not json\n"))], "is not JSON"),
@@ -143,7 +143,7 @@ def test_agentic_prints_the_trace_and_scores_two_hop_questions(tiny_run, tmp_pat
     assert "agentic test: exact match" in r.stdout and "agentic new: exact match" in r.stdout
     m = json.load(open(tmp_path / "rag" / "agentic.json"))
     assert m["k"] == 1 and {"acc", "calls", "recall_both", "gap", "ended"} <= set(m["new"])
-    for extra, message in [(["--demos", "1"], "--demos are for one-shot RAG"),
-                           (["--adapter", str(tmp_path / "none.safetensors")], "no adapter at")]:
+    for extra, message in [(["--demos", "1"], "--demos are for plain RAG"),
+                           (["--adapter", str(tmp_path / "none.safetensors")], "no LoRA adapter at")]:
         r = rag("--agentic", question, *common, *extra)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

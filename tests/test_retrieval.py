@@ -12,14 +12,15 @@ from nanolevels.model import GPT, GPTConfig
 from nanolevels.retrieval import (BLOCK, GPTEmbedder, TfidfEmbedder, VectorIndex, choose_threshold,
                                   load_or_build_index, make_embedder, normalize_rows, recall_at_k, top_k_unordered)
 from nanolevels.tokenizer import Tokenizer
-from nanolevels.world import QUESTIONS, make_corpus, make_world
+from nanolevels.corpus import make_corpus
+from nanolevels.world import QUESTIONS, make_world
 
 DIM = 16
 
 
 def random_index(n=200, seed=0):
     rng = np.random.default_rng(seed)
-    index = VectorIndex(DIM, "random", "seed0")
+    index = VectorIndex(DIM, "random", {"seed": "0"})
     index.add(rng.standard_normal((n, DIM)), [{"id": str(i), "text": f"doc {i}"} for i in range(n)])
     return index
 
@@ -122,7 +123,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = VectorIndex.load(path)
     assert np.array_equal(loaded.embeddings, index.embeddings) and loaded.embeddings.dtype == np.float32
     assert loaded.docs == index.docs
-    assert (loaded.dim, loaded.embedder_name, loaded.fingerprint) == (DIM, "random", "seed0")
+    assert (loaded.dim, loaded.embedder_name, loaded.fingerprints) == (DIM, "random", {"seed": "0"})
     query = np.ones(DIM)
     assert loaded.search(query, 5) == index.search(query, 5)
 
@@ -204,7 +205,7 @@ def wrong_shape(path):
     (lambda path: open(path, "r+b").truncate(os.path.getsize(path) // 2), "is not an index file"),
     (lambda path: open(path, "wb").close(), "is not an index file"),
     (lambda path: open(path, "wb").write(os.urandom(4096)), "is not an index file"),
-    (reordered, "was built from other documents"),
+    (reordered, "it holds other documents than it was built from"),
     (foreign, "is not a readable index"),
     (other_format, "is not a readable index (format nanolevels-index-1"),
     (wrong_shape, "is inconsistent"),

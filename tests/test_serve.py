@@ -341,13 +341,13 @@ def test_bad_input_is_a_4xx_that_says_what_and_the_server_goes_on(server, method
 
 def slow_decode(monkeypatch, seconds):
     """Make every decode step take at least `seconds`, so that a test can act while requests run."""
-    decode_step = serving.decode_step
+    decode = serving.Engine.decode
 
-    def slow_decode_step(*args):
+    def slow(engine):
         time.sleep(seconds)
-        return decode_step(*args)
+        return decode(engine)
 
-    monkeypatch.setattr(serving, "decode_step", slow_decode_step)
+    monkeypatch.setattr(serving.Engine, "decode", slow)
 
 
 def wait_for(condition, seconds=10):

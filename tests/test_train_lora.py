@@ -11,7 +11,8 @@ import torch
 
 import train_lora
 from conftest import FP32
-from nanolevels.checkpoint import fingerprint, load_model, read_metadata
+from nanolevels import provenance
+from nanolevels.checkpoint import load_model, read_metadata
 from nanolevels.lora import load_adapter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +113,7 @@ def test_resume_refuses_another_adapter_and_a_run_needs_resume_or_overwrite(tiny
     assert run_main(train_lora.main, *args, "--max-steps", "7")[0] == 0
     adapter = os.path.join(out, "adapter.safetensors")
     metrics = json.load(open(os.path.join(out, "metrics.json")))
-    assert metrics["fingerprints"] == {"model": fingerprint(tiny_run["checkpoint"]), "adapter": fingerprint(adapter)}
+    assert metrics["fingerprints"] == {"model": provenance.checkpoint(tiny_run["checkpoint"]), "adapter": provenance.checkpoint(adapter)}
     for extra, message in [([], "already holds a run (adapter.safetensors)"),
                            (["--resume", "--r", "8"], "is an adapter with --r 16, not 8"),
                            (["--resume", "--alpha", "8"], "is an adapter with --alpha 32.0, not 8.0"),

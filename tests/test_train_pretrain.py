@@ -12,8 +12,7 @@ import pytest
 
 import train_pretrain
 from nanolevels import data
-from nanolevels.checkpoint import fingerprint
-from nanolevels.files import fingerprint_files
+from nanolevels import provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32", "--batch-size", "4",
@@ -106,7 +105,7 @@ def test_own_text(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data", "no/such/file.txt"], "cannot read"),
     (["--device", "cuda"], "no CUDA"),
-    (["--resume"], "no checkpoint"),
+    (["--resume"], "nothing to resume"),
     (["--block-size", "100000"], "too few for block size"),
     (["--dtype", "float16"], "float16"),
     (["--eval-interval", "0"], "--eval-interval must be at least 1"),
@@ -156,7 +155,7 @@ def test_a_run_is_never_replaced_silently(world, tmp_path, run_main):
     assert run_main(train_pretrain.main, *args, "--max-steps", "7")[0] == 0
     model = os.path.join(out, "model.safetensors")
     metrics = json.load(open(os.path.join(out, "metrics.json")))
-    assert metrics["fingerprints"] == {"data": fingerprint_files(world), "model": fingerprint(model)}
+    assert metrics["fingerprints"] == {"data": provenance.files(world), "model": provenance.checkpoint(model)}
     for extra, message in [([], "already holds a run (model.safetensors); continue it with --resume or start it "
                                 "again with --overwrite"),
                            (["--resume", "--max-steps", "5"], "already at step 7, past --max-steps 5"),
@@ -171,7 +170,7 @@ def test_a_run_is_never_replaced_silently(world, tmp_path, run_main):
     assert run_main(train_pretrain.main, *args, "--max-steps", "3", "--overwrite")[0] == 0
     again = json.load(open(os.path.join(out, "metrics.json")))
     assert again["steps"] == 3
-    assert again["fingerprints"]["model"] == fingerprint(model) != metrics["fingerprints"]["model"]
+    assert again["fingerprints"]["model"] == provenance.checkpoint(model) != metrics["fingerprints"]["model"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,10 +8,10 @@ import pytest
 from nanolevels import data
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
+from nanolevels.corpus import TRACE_SHARE, fresh_workforce, make_corpus, reading_examples, reading_page
 from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_QUESTIONS, COMPANY_WORDS, CITIES, EMPLOYERS, FIRST_NAMES,
-                              LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TRACE_SHARE, TWO_HOP,
-                              UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, fresh_workforce, make_corpus, make_world,
-                              reading_examples, reading_page)
+                              LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TWO_HOP,
+                              UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, make_world)
 import random
 
 
