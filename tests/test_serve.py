@@ -94,6 +94,30 @@ def test_greedy_equals_generate_alone_with_mixed_lengths_and_staggered_arrivals(
     assert engine.free == {0, 1, 2} and not engine.running
 
 
+def test_a_changed_block_serves_what_its_own_generate_gives(tok):
+    """One transformer: the engine runs the model's own modules, so a forker's change to a block (here its
+    attention's share of the residual halved) is what the server runs too."""
+    def halved(b):
+        def forward(x, cache=None, layer=0, positions=None):
+            x = x + 0.5 * b.attn(b.ln_1(x), cache, layer, positions)
+            return x + b.mlp(b.ln_2(x))
+        return forward
+
+    model = sharp_model(tok)
+    for block in model.transformer.h:
+        block.forward = halved(block)
+    engine = Engine(model, tok, slots=2)
+    rng = random.Random(2)
+    requests = [Request(random_prompt(rng, tok, n), m, temperature=0, ignore_eos=True) for n, m in ((5, 20), (17, 9))]
+    seqs = [engine.submit(r) for r in requests]
+    run(engine, seqs)
+    for r, seq in zip(requests, seqs):
+        out = model.generate(torch.tensor([r.prompt]), r.max_tokens, temperature=0)[0, len(r.prompt):].tolist()
+        assert min_margin(model, r.prompt, out) > 1e-3 and seq.tokens == out
+    unchanged = sharp_model(tok).generate(torch.tensor([requests[0].prompt]), 20, temperature=0)
+    assert unchanged[0, 5:].tolist() != seqs[0].tokens  # the change changed what the model says
+
+
 def test_sampling_does_not_depend_on_batch_mates_or_earlier_requests(tok):
     model = sharp_model(tok)
     engine = Engine(model, tok, slots=4)
