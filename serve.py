@@ -28,19 +28,22 @@ def parse_args(argv):
     p.add_argument("--checkpoint", default=cli.MODEL, help=f"the model (default: {cli.MODEL})")
     p.add_argument("--adapter", default=None,
                    help=f"the rag-qa LoRA adapter that reads for /v1/answer (default: {cli.READER}, if it exists)")
-    p.add_argument("--world", default=cli.WORLD_DIR, help="the prepared world whose documents /v1/answer searches "
-                                                         "(default: data/world)")
+    p.add_argument("--world", default=cli.WORLD_DIR,
+                   help="the prepared world whose documents /v1/answer searches (default: "
+                        "data/world)")
     p.add_argument("--index-dir", default=cli.RAG_OUT,
                    help=f"where the retrieval index is cached (default: {cli.RAG_OUT})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 opens it to the network (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: 8000)")
-    p.add_argument("--slots", type=int, default=16, help="sequences decoded together in one forward pass (default: 16)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="port; 0 picks a free one (default: 8000)")
+    p.add_argument("--slots", type=int, default=16,
+                   help="sequences decoded together in one forward pass (default: 16)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a slot; more get a 503 (default: 64)")
     p.add_argument("--policy", default="continuous", choices=POLICIES,
-                   help="continuous: fill free slots at every step; static: a new batch when the last is done; "
-                        "one: one request at a time (default: continuous)")
+                   help="continuous: fill free slots at every step; static: a new batch when the "
+                        "last is done; one: one request at a time (default: continuous)")
     p.add_argument("--quiet", action="store_true", help="no line per HTTP request")
     cli.add_device_flags(p, dtype=False)  # --device --threads
     args = p.parse_args(argv)
@@ -68,7 +71,8 @@ def make_reader(args, device):
 
 
 def build(args) -> Server:
-    """The server for parsed arguments: the model's engine, and the reader's if there is an adapter."""
+    """The server for parsed arguments: the model's engine, and the reader's if there is an adapter.
+    """
     device = pick_device(args.device)
     model, tokenizer = load_adapted(args.checkpoint, None, device)
     engine = Engine(model, tokenizer, args.slots, args.policy, args.max_queue)

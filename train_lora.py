@@ -1,8 +1,8 @@
 """Level 3, fine-tuning: train a small LoRA adapter (or, with --full, every weight) on QA examples.
 
-    python train_lora.py                    # --task qa: closed-book answers about people in the weights
+    python train_lora.py                    # --task qa: closed-book answers, from the weights
     python train_lora.py --task rag-qa      # learn to read answers out of retrieved biographies
-    python train_lora.py --task agent       # from the rag-qa reader: learn to ask follow-ups (agentic RAG)
+    python train_lora.py --task agent       # from the reader: learn to ask follow-ups (agentic RAG)
     python train_lora.py --full             # full fine-tuning, the baseline LoRA is compared to
     python train_lora.py --data pairs.jsonl # your own {"prompt": ..., "answer": ...} lines
     torchrun --nproc_per_node=2 train_lora.py
@@ -28,19 +28,19 @@ from nanolevels.corpus import agent_examples, reading_examples
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_qa, eval_rag, qa_accuracy, report_row
 from nanolevels.files import shown, write_json
-from nanolevels.lora import (DEFAULT_TARGETS, add_lora, covers, load_adapted, load_adapter, merge_lora, remove_lora,
-                             save_adapter)
+from nanolevels.lora import (DEFAULT_TARGETS, add_lora, covers, load_adapted, load_adapter,
+                             merge_lora, remove_lora, save_adapter)
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.retrieval import load_or_build_index
 from nanolevels.train import TrainConfig, check_out_dir, setup, train
 from nanolevels.world import SPLITS
 
-# Full fine-tuning's (lr, min_lr): LoRA's rate erases what the weights know. Chosen on the dev people
-# (closed-book exact match); bench/full_lr.py prints the comparison.
+# Full fine-tuning's (lr, min_lr): LoRA's rate erases what the weights know. Chosen on the dev
+# people (closed-book exact match); bench/full_lr.py prints the comparison.
 FULL_LR = (1e-4, 1e-5)
 
 
-# --- the tasks: what each trains on, the dev check that stops it, what it reports -------------------------------
+# --- the tasks: what each trains on, the dev check that stops it, what it reports -----------------
 
 def closed_book_examples(args, world):
     """The train people's questions, each alone: the model learns to answer from what it stored."""
@@ -49,32 +49,40 @@ def closed_book_examples(args, world):
 
 
 def reading(args, world):
-    """Documents about fresh people and companies, then every question about the last one (corpus.py)."""
-    return reading_examples(world, args.examples, seed=args.seed), data.load_questions(args.world, *SPLITS)
+    """Documents about fresh people and companies, then every question about the last one
+    (corpus.py)."""
+    questions = data.load_questions(args.world, *SPLITS)
+    return reading_examples(world, args.examples, seed=args.seed), questions
 
 
 def traces(args, world):
-    """Self-Ask traces about fresh people at fresh companies, the retrieved documents inserted (corpus.py)."""
-    return agent_examples(world, args.examples, seed=args.seed), data.load_questions(args.world, *SPLITS, hops=2)
+    """Self-Ask traces about fresh people at fresh companies, the retrieved documents inserted
+    (corpus.py)."""
+    questions = data.load_questions(args.world, *SPLITS, hops=2)
+    return agent_examples(world, args.examples, seed=args.seed), questions
 
 
 def closed_book_check(model, tokenizer, heldout, index):
-    return qa_accuracy(model, tokenizer, heldout["dev"], lambda q: qa_prompt(q["question"])), "dev, closed book"
+    acc = qa_accuracy(model, tokenizer, heldout["dev"], lambda q: qa_prompt(q["question"]))
+    return acc, "dev, closed book"
 
 
 def reading_check(model, tokenizer, heldout, index):
     r = eval_rag(model, tokenizer, *index, heldout["dev-new"], k=2)
-    return r["acc"], "dev-new with retrieval; " + ", ".join(f"{a} {v:.2f}" for a, v in r["by_attribute"].items())
+    by_attribute = ", ".join(f"{a} {v:.2f}" for a, v in r["by_attribute"].items())
+    return r["acc"], f"dev-new with retrieval; {by_attribute}"
 
 
 def agent_check(model, tokenizer, heldout, index):
     r = evaluate_agent(model, tokenizer, retriever(*index, k=1), heldout["dev-new"])
-    return r["acc"], (f"dev-new two-hop questions, agent loop; {r['calls']:.2f} retrievals each; ended: "
-                      + ", ".join(f"{why} {n}" for why, n in r["ended"].items()))
+    ended = ", ".join(f"{why} {n}" for why, n in r["ended"].items())
+    return r["acc"], (f"dev-new two-hop questions, agent loop; {r['calls']:.2f} retrievals each; "
+                      f"ended: {ended}")
 
 
 def closed_book_scores(model, tokenizer, heldout, index, args, row, log):
-    """Closed book (no documents in the prompt) on every split: (acc, example, extra metrics, report rows)."""
+    """Closed book (no documents in the prompt) on every split: (acc, example, extra metrics, report
+    rows)."""
     acc, example = {}, {}
     for split in ("train", "dev", "test", "new"):
         r = eval_qa(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
@@ -83,44 +91,55 @@ def closed_book_scores(model, tokenizer, heldout, index, args, row, log):
 
 
 def reading_scores(model, tokenizer, heldout, index, args, row, log):
-    """Closed book, then with retrieval; the two-hop questions without the agent's loop (agent.py)."""
+    """Closed book, then with retrieval; the two-hop questions without the agent's loop (agent.py).
+    """
     acc, example, _, _ = closed_book_scores(model, tokenizer, heldout, index, args, row, log)
     for split in ("dev-new", "test", "new"):
         r = eval_rag(model, tokenizer, *index, heldout[split], k=2, log=log)
         acc[f"{split}_rag"], example[f"{split}_rag"] = r["acc"], r["example"]
     two_hop_questions = data.load_questions(args.world, "test", "new", hops=2)
     two_hop = two_hop_baselines(model, tokenizer, *index, index[0].docs, two_hop_questions)
-    log("two-hop questions: " + "; ".join(f"{name} " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items())
-                                          for name, accs in two_hop.items()))
+    for name, accs in two_hop.items():
+        log(f"two-hop questions, {name}: " + ", ".join(f"{s} {v:.3f}" for s, v in accs.items()))
     n = {split: len(questions) for split, questions in two_hop_questions.items()}
     rows = [row("rag-qa", 3, "one-hop", {s: acc[f"{s}_rag"] for s in ("test", "new")},
                 {s: example[f"{s}_rag"] for s in ("test", "new")})]
-    rows += [row("closed-book-2hop", 2, "two-hop", two_hop["closed-book"], n=n, trainable=0),  # the adapter off
-             row("rag-2hop", 2, "two-hop", two_hop["rag"], n=n), row("oracle-2hop", 2, "two-hop", two_hop["oracle"], n=n)]
+    # closed-book-2hop is the base model: the adapter off
+    rows += [row("closed-book-2hop", 2, "two-hop", two_hop["closed-book"], n=n, trainable=0),
+             row("rag-2hop", 2, "two-hop", two_hop["rag"], n=n),
+             row("oracle-2hop", 2, "two-hop", two_hop["oracle"], n=n)]
     return acc, example, {"two_hop": two_hop}, rows
 
 
 def agent_scores(model, tokenizer, heldout, index, args, row, log):
-    """The agent's loop on the two-hop questions, with retrieval and (its closed-book baseline) without."""
+    """The agent's loop on the two-hop questions, with retrieval and (its closed-book baseline)
+    without."""
     acc, agentic = {}, {}
     for split in ("dev-new", "test", "new"):
-        r = evaluate_agent(model, tokenizer, retriever(*index, k=1), heldout[split], gap=split != "dev-new")
-        r["closed_book"] = evaluate_agent(model, tokenizer, lambda query: [], heldout[split])["acc"]  # retrieval off
+        questions = heldout[split]
+        search = retriever(*index, k=1)
+        r = evaluate_agent(model, tokenizer, search, questions, gap=split != "dev-new")
+        no_retrieval = evaluate_agent(model, tokenizer, lambda query: [], questions)
+        r["closed_book"] = no_retrieval["acc"]
         acc[split], agentic[split] = r["acc"], r
-        log(f"agentic {split}: exact match {r['acc']:.3f}, {r['calls']:.2f} retrievals each, both documents "
-            f"found {r['recall_both']:.3f}, ended: " + ", ".join(f"{why} {n}" for why, n in r["ended"].items())
-            + (f"; compositionality gap {r['gap']:.3f}" if "gap" in r else "") + f"; retrieval off {r['closed_book']:.3f}")
-    rows = [row("agentic-rag", 2, "two-hop", acc, calls_test=agentic["test"]["calls"], calls_new=agentic["new"]["calls"])]
-    return acc, {}, {"agentic": agentic, "report": {"agentic": {s: agentic[s] for s in ("test", "new")}}}, rows
+        log(f"agentic {split}: exact match {r['acc']:.3f}, {r['calls']:.2f} retrievals each, both "
+            f"documents found {r['recall_both']:.3f}, ended: "
+            + ", ".join(f"{why} {n}" for why, n in r["ended"].items())
+            + (f"; compositionality gap {r['gap']:.3f}" if "gap" in r else "")
+            + f"; retrieval off {r['closed_book']:.3f}")
+    rows = [row("agentic-rag", 2, "two-hop", acc, calls_test=agentic["test"]["calls"],
+                calls_new=agentic["new"]["calls"])]
+    report = {"agentic": {s: agentic[s] for s in ("test", "new")}}
+    return acc, {}, {"agentic": agentic, "report": report}, rows
 
 
 @dataclass
 class Task:
-    examples: Callable  # (args, world) -> (training examples as (prompt, answer) turns, {split: questions})
-    check: Callable  # (model, tokenizer, questions, index) -> (exact match on a dev split, what it was)
+    examples: Callable  # (args, world) -> ((prompt, answer) turns to train on, {split: questions})
+    check: Callable  # (model, tokenizer, questions, index) -> (dev exact match, what it was on)
     scores: Callable  # the final evaluation: -> (acc, example, extra metrics, report rows)
-    stop_acc: float  # the dev check's default threshold: the skill arrives by a phase change, so stop on it
-    max_steps: int  # the default step cap: qa's is short, trained on it memorises and extracts worse
+    stop_acc: float  # the dev check's threshold: a skill that arrives by a phase change stops on it
+    max_steps: int  # the step cap: qa's is short, as it memorises and extracts worse if trained on
     retrieval: bool  # whether the check and the scores read retrieved documents
 
 
@@ -139,97 +158,123 @@ def custom_examples(args):
     return [[(p["prompt"], answer_text(p["answer"]))] for p in pairs[n_val:]], pairs[:n_val]
 
 
-# --- flags ------------------------------------------------------------------------------------------------------
+# --- flags -------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="qa", choices=tuple(TASKS),
-                   help="qa: closed-book QA pairs of train people; rag-qa: a fresh person's biography (or a fresh "
-                        "company's profile), after a distractor's or alone, then every question about it; agent: "
-                        "Self-Ask traces about fresh people at fresh companies, the retrieved documents inserted, "
-                        "see nanolevels/agent.py (default: qa)")
-    p.add_argument("--data", default=None, help="a JSONL file of your own {prompt, answer} pairs instead")
+                   help="qa: closed-book QA pairs of train people; rag-qa: a fresh person's "
+                        "biography (or a fresh company's profile), after a distractor's or alone, "
+                        "then every question about it; agent: Self-Ask traces about fresh people "
+                        "at fresh companies, the retrieved documents inserted, see "
+                        "nanolevels/agent.py (default: qa)")
+    p.add_argument("--data", default=None,
+                   help="a JSONL file of your own {prompt, answer} pairs instead")
     p.add_argument("--checkpoint", default=cli.MODEL, help=f"the base model (default: {cli.MODEL})")
-    p.add_argument("--world", default=cli.WORLD_DIR, help="the prepared world (default: data/world)")
+    p.add_argument("--world", default=cli.WORLD_DIR,
+                   help="the prepared world (default: data/world)")
     p.add_argument("--out", default=None,
-                   help="output folder (default: out/lora/<task>, out/full/<task> with --full; <task> is custom with --data)")
+                   help="output folder (default: out/lora/<task>, out/full/<task> with --full; "
+                        "<task> is custom with --data)")
     p.add_argument("--full", action="store_true",
-                   help=f"train every weight instead of a LoRA adapter (then --lr defaults to {FULL_LR[0]:g} and "
-                        f"--min-lr to {FULL_LR[1]:g}: LoRA's rate destroys what the weights know)")
-    p.add_argument("--merge", action="store_true", help="also write merged.safetensors: base + adapter as one model")
+                   help=f"train every weight instead of a LoRA adapter (then --lr defaults to "
+                        f"{FULL_LR[0]:g} and --min-lr to {FULL_LR[1]:g}: LoRA's rate destroys "
+                        f"what the weights know)")
+    p.add_argument("--merge", action="store_true",
+                   help="also write merged.safetensors: base + adapter as one model")
     p.add_argument("--init-adapter", default=None,
-                   help=f"start from this adapter's weights (its r, alpha and targets) instead of a fresh adapter; "
-                        f"'none' for a fresh one (default: {cli.READER} for --task agent, none otherwise)")
+                   help=f"start from this adapter's weights (its r, alpha and targets) instead of "
+                        f"a fresh adapter; 'none' for a fresh one (default: {cli.READER} for "
+                        f"--task agent, none otherwise)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the adapter/model in --out (with the same flags: r, alpha, targets...)")
+                   help="continue from the adapter/model in --out (with the same flags: r, alpha, "
+                        "targets...)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start again in an --out that holds a run, deleting it (without --resume or this, such an "
-                        "--out is refused)")
+                   help="start again in an --out that holds a run, deleting it (without --resume "
+                        "or this, such an --out is refused)")
     p.add_argument("--examples", type=int, default=20000,
-                   help="rag-qa and agent: examples to make, each about a different fresh person or company "
-                        "(default: 20000)")
+                   help="rag-qa and agent: examples to make, each about a different fresh person "
+                        "or company (default: 20000)")
     p.add_argument("--rag-out", default=cli.RAG_OUT,
-                   help=f"rag-qa and agent: where the retrieval index is cached (default: {cli.RAG_OUT})")
+                   help=f"rag-qa and agent: where the retrieval index is cached "
+                        f"(default: {cli.RAG_OUT})")
     p.add_argument("--stop-acc", type=float, default=None,
-                   help="stop once the dev check reaches this exact match, checked at each evaluation (--max-steps "
-                        "is then the cap): closed-book questions about the dev people for qa, retrieval-augmented "
-                        "questions about the dev-new people for rag-qa, their two-hop questions answered by the "
-                        "agent loop for agent; above 1 turns it off; none with --data "
-                        "(default: " + ", ".join(f"{name} {t.stop_acc:g}" for name, t in TASKS.items()) + ")")
+                   help="stop once the dev check reaches this exact match, checked at each "
+                        "evaluation (--max-steps is then the cap): closed-book questions about the "
+                        "dev people for qa, retrieval-augmented questions about the dev-new people "
+                        "for rag-qa, their two-hop questions answered by the agent loop for agent; "
+                        "above 1 turns it off; none with --data (default: "
+                        + ", ".join(f"{name} {t.stop_acc:g}" for name, t in TASKS.items()) + ")")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="optimizer steps at most (default: " + ", ".join(f"{name} {t.max_steps}" for name, t in
-                                                                        TASKS.items()) + ")")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--r", type=int, default=16, help="adapter rank (default: 16)")
-    g.add_argument("--alpha", type=float, default=32.0, help="the update is scaled by alpha / r (default: 32)")
-    g.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r) instead (rsLoRA)")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (default: 0)")
-    g.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                   help="comma-separated module-name suffixes to adapt (default: attn.c_attn,attn.c_proj; "
-                        "add mlp.c_fc,mlp.c_proj for the MLP)")
-    # one flag per field of TrainConfig (--max-steps is above): --batch-size --grad-accum --lr --min-lr --warmup-steps
-    # --weight-decay --beta1 --beta2 --grad-clip --eval-interval --eval-batches --log-interval --ckpt-interval --seed
-    # --compile
-    cli.add_config_flags(p, TrainConfig, "training", exclude=("max_steps",), batch_size=16, lr=3e-3, min_lr=3e-4,
-                         warmup_steps=30, weight_decay=0.0, eval_interval=100, log_interval=50, ckpt_interval=200)
+                   help="optimizer steps at most (default: "
+                        + ", ".join(f"{name} {t.max_steps}" for name, t in TASKS.items()) + ")")
+    add_lora_flags(p.add_argument_group("LoRA"))
+    # one flag per field of TrainConfig (--max-steps is above): --batch-size --grad-accum --lr
+    # --min-lr --warmup-steps --weight-decay --beta1 --beta2 --grad-clip --eval-interval
+    # --eval-batches --log-interval --ckpt-interval --seed --compile
+    cli.add_config_flags(p, TrainConfig, "training", exclude=("max_steps",), batch_size=16, lr=3e-3,
+                         min_lr=3e-4, warmup_steps=30, weight_decay=0.0, eval_interval=100,
+                         log_interval=50, ckpt_interval=200)
     cli.add_device_flags(p)  # --device --threads --dtype
     known = p.parse_known_args(argv)[0]
     p.set_defaults(stop_acc=TASKS[known.task].stop_acc, max_steps=TASKS[known.task].max_steps)
     if known.full:
         p.set_defaults(lr=FULL_LR[0], min_lr=FULL_LR[1])
-    args = p.parse_args(argv)
+    return check_args(p.parse_args(argv))
+
+
+def add_lora_flags(g) -> None:
+    """--r --alpha --rslora --lora-dropout --targets: the adapter (lora.add_lora's arguments)."""
+    g.add_argument("--r", type=int, default=16, help="adapter rank (default: 16)")
+    g.add_argument("--alpha", type=float, default=32.0,
+                   help="the update is scaled by alpha / r (default: 32)")
+    g.add_argument("--rslora", action="store_true",
+                   help="scale by alpha / sqrt(r) instead (rsLoRA)")
+    g.add_argument("--lora-dropout", type=float, default=0.0,
+                   help="dropout on the adapter's input (default: 0)")
+    g.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help="comma-separated module-name suffixes to adapt (default: "
+                        "attn.c_attn,attn.c_proj; add mlp.c_fc,mlp.c_proj for the MLP)")
+
+
+def check_args(args):
+    """The flags' defaults that depend on others, and the combinations that cannot work."""
     if args.stop_acc <= 0:
-        raise ValueError(f"--stop-acc must be above 0 (above 1 turns the dev check off), got {args.stop_acc}")
-    args.out = args.out or os.path.join("out", "full" if args.full else "lora", "custom" if args.data else args.task)
+        raise ValueError(f"--stop-acc must be above 0 (above 1 turns the dev check off), "
+                         f"got {args.stop_acc}")
+    task = "custom" if args.data else args.task
+    args.out = args.out or os.path.join("out", "full" if args.full else "lora", task)
     if args.init_adapter is None:
         args.init_adapter = cli.READER if args.task == "agent" and not args.data else "none"
     if args.init_adapter != "none" and (args.full or args.resume):
         raise ValueError("--init-adapter starts a new LoRA adapter: not with --full or --resume")
     if args.init_adapter != "none" and not os.path.exists(args.init_adapter):
-        raise ValueError(f"no adapter at {args.init_adapter}: train the reader first (python train_lora.py --task "
-                         f"rag-qa), or pass --init-adapter none to start from a fresh adapter")
+        raise ValueError(f"no adapter at {args.init_adapter}: train the reader first (python "
+                         f"train_lora.py --task rag-qa), or pass --init-adapter none to start "
+                         f"from a fresh adapter")
     return args
 
 
 def check_loaded_adapter(meta: dict, path: str, args) -> None:
-    """--resume and --init-adapter train a saved adapter: refuse flags that describe another one, rather than
-    ignore them."""
-    saved = {"--r": meta["r"], "--alpha": meta["alpha"], "--rslora": meta["rslora"], "--lora-dropout": meta["dropout"]}
-    given = {"--r": args.r, "--alpha": args.alpha, "--rslora": args.rslora, "--lora-dropout": args.lora_dropout}
-    wrong = [flag for flag in saved if given[flag] != saved[flag]]
-    if wrong:
-        raise ValueError(f"{path} is an adapter with {wrong[0]} {saved[wrong[0]]}, not {given[wrong[0]]}: give the "
-                         f"flags it was trained with")
+    """--resume and --init-adapter train a saved adapter: refuse flags that describe another one,
+    rather than ignore them."""
+    flags = {"--r": ("r", args.r), "--alpha": ("alpha", args.alpha),
+             "--rslora": ("rslora", args.rslora), "--lora-dropout": ("dropout", args.lora_dropout)}
+    for flag, (key, given) in flags.items():
+        if meta[key] != given:
+            raise ValueError(f"{path} is an adapter with {flag} {meta[key]}, not {given}: give the "
+                             f"flags it was trained with")
     targets, names = args.targets.split(","), meta["targets"]
-    if not (all(any(covers(n, t) for t in targets) for n in names) and all(any(covers(n, t) for n in names)
-                                                                          for t in targets)):
-        raise ValueError(f"{path} adapts other layers ({', '.join(names[:2])}, ...) than --targets {args.targets}: "
-                         f"give the flags it was trained with")
+    if not (all(any(covers(n, t) for t in targets) for n in names)
+            and all(any(covers(n, t) for n in names) for t in targets)):
+        raise ValueError(f"{path} adapts other layers ({', '.join(names[:2])}, ...) than --targets "
+                         f"{args.targets}: give the flags it was trained with")
 
 
 def make_trainable(model, args, device, weights_path, log):
-    """What this run trains: all weights (--full, restored by train() on --resume), a saved adapter (--resume,
-    --init-adapter) or a fresh one; the model to train."""
+    """What this run trains: all weights (--full, restored by train() on --resume), a saved adapter
+    (--resume, --init-adapter) or a fresh one; the model to train."""
     if args.full and args.resume:
         model, _ = load_adapted(weights_path, None, device)
     elif args.resume or args.init_adapter != "none":
@@ -238,9 +283,56 @@ def make_trainable(model, args, device, weights_path, log):
         if not args.resume:
             log(f"starting from the adapter {path}")
     elif not args.full:
-        add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha, dropout=args.lora_dropout,
-                 rslora=args.rslora)
+        add_lora(model, args.targets.split(","), r=args.r, alpha=args.alpha,
+                 dropout=args.lora_dropout, rslora=args.rslora)
     return model.train()
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def dev_check(args, task, model, tokenizer, heldout, index, log):
+    """on_eval(step) for train(): exact match on a dev split, the way the skill is used
+    (Task.check), never on test or new; the reason to stop once it reaches --stop-acc."""
+    def on_eval(step):
+        if step == 0 or task is None:
+            return None
+        model.eval()
+        acc, what = task.check(model, tokenizer, heldout, index)
+        model.train()
+        log(f"  dev check: exact match {acc:.3f} (stop at {args.stop_acc}) on {what}")
+        return f"dev exact match {acc:.3f} >= {args.stop_acc}" if acc >= args.stop_acc else None
+    return on_eval
+
+
+def final_scores(args, task, model, tokenizer, heldout, index, trainable, weights_path,
+                 log) -> dict:
+    """The trained model scored on the held-out questions (Task.scores; with --data, the held-out
+    pairs), with the fingerprints of the base and of what was trained: the metrics to write."""
+    # the base it started from and what it trained, so its numbers are never read for other weights
+    trained = "finetuned" if args.full else "adapter"
+    fingerprints = {"model": provenance.checkpoint(args.checkpoint),
+                    trained: provenance.checkpoint(weights_path)}
+    n = {split: len(qs) for split, qs in (heldout if task else {"heldout": heldout}).items()}
+
+    def row(method, level, questions, acc, example=None, n=n, trainable=trainable, **extra):
+        """A report row of this run ("qa" is lora-qa, or full-ft-qa with --full)."""
+        name = f"{'full-ft' if args.full else 'lora'}-{method}" if method in TASKS else method
+        example = example and {s: example[s] for s in ("test", "new")}
+        return report_row(name, level, questions, acc, n, trainable, fingerprints, example, **extra)
+
+    model.eval()
+    if task is None:
+        pairs = [{"question": p["prompt"], "answer": p["answer"]} for p in heldout]
+        acc = {"heldout": qa_accuracy(model, tokenizer, pairs, lambda q: q["question"])}
+        example, extra, rows = {}, {}, []
+    else:
+        acc, example, extra, rows = task.scores(model, tokenizer, heldout, index, args, row, log)
+    base_params = model.num_params()
+    return {"task": args.task, "full": args.full, "trainable_params": trainable,
+            "total_params": base_params, "trainable_pct": 100 * trainable / base_params, "acc": acc,
+            "example": example, "n": n, "adapter_bytes": os.path.getsize(weights_path),
+            "base_bytes": os.path.getsize(args.checkpoint), "fingerprints": fingerprints, **extra,
+            "rows": rows}
 
 
 def main(argv=None):
@@ -250,9 +342,9 @@ def main(argv=None):
     cfg = cli.config_from_args(TrainConfig, args)
     log = print if ddp.is_main else (lambda *a, **k: None)
     weights_name = "model.safetensors" if args.full else "adapter.safetensors"
-    check_out_dir(args.out, weights_name, args.resume, args.overwrite, extra=("merged.safetensors",), ddp=ddp)
+    check_out_dir(args.out, weights_name, args.resume, args.overwrite,
+                  extra=("merged.safetensors",), ddp=ddp)
     model, tokenizer = load_adapted(args.checkpoint, None, device)
-    base_checkpoint = provenance.checkpoint(args.checkpoint)
     base_params = model.num_params()
     task = None if args.data else TASKS[args.task]
     world = None if task is None else data.load_world(args.world)
@@ -266,14 +358,15 @@ def main(argv=None):
     seed_everything(cfg.seed)
     model = make_trainable(model, args, device, weights_path, log)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"{args.task if args.data is None else args.data}: {len(train_examples):,} training examples, "
-        f"{len(val)} for validation; training {trainable:,} of {base_params:,} parameters "
-        f"({100 * trainable / base_params:.2f}%){'' if args.full else f' (LoRA r={args.r} on {args.targets})'}")
+    log(f"{args.task if args.data is None else args.data}: {len(train_examples):,} training "
+        f"examples, {len(val)} for validation; training {trainable:,} of {base_params:,} "
+        f"parameters ({100 * trainable / base_params:.2f}%)"
+        + ("" if args.full else f" (LoRA r={args.r} on {args.targets})"))
 
     def get_batch(split, step, micro):
-        chosen = train_examples if split == "train" else val
-        return data.get_example_batch(chosen, cfg.batch_size, tokenizer.eot_id, cfg.seed, step, micro,
-                                      ddp.rank, ddp.world_size)
+        return data.get_example_batch(train_examples if split == "train" else val, cfg.batch_size,
+                                      tokenizer.eot_id, cfg.seed, step, micro, ddp.rank,
+                                      ddp.world_size)
 
     def save_weights(step):
         if args.full:
@@ -285,50 +378,24 @@ def main(argv=None):
     if task is not None and task.retrieval and ddp.is_main:
         index = load_or_build_index(args.rag_out, data.load_documents(args.world), "tfidf", log=log)
 
-    def dev_check(step):
-        """Exact match on a dev split, the way the skill is used (Task.check); never test or new."""
-        if step == 0 or task is None:
-            return None
-        model.eval()
-        acc, what = task.check(model, tokenizer, heldout, index)
-        model.train()
-        log(f"  dev check: exact match {acc:.3f} (stop at {args.stop_acc}) on {what}")
-        return f"dev exact match {acc:.3f} >= {args.stop_acc}" if acc >= args.stop_acc else None
-
-    metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval=dev_check,
-                    resume=args.resume, ddp=ddp, log=log)
+    on_eval = dev_check(args, task, model, tokenizer, heldout, index, log)
+    metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval,
+                    args.resume, ddp, log)
     if not ddp.is_main:
         return
-    # the base it started from and what it trained, so its numbers are never read for other weights
-    fingerprints = {"model": base_checkpoint, "finetuned" if args.full else "adapter": provenance.checkpoint(weights_path)}
-    n = {split: len(questions) for split, questions in ({"heldout": heldout} if task is None else heldout).items()}
-
-    def row(method, level, questions, acc, example=None, n=n, trainable=trainable, **extra):
-        """A report row of this run ("qa" is lora-qa, or full-ft-qa with --full)."""
-        name = f"{'full-ft' if args.full else 'lora'}-{method}" if method in TASKS else method
-        example = example and {s: example[s] for s in ("test", "new")}
-        return report_row(name, level, questions, acc, n, trainable, fingerprints, example, **extra)
-
-    model.eval()
-    if task is None:
-        acc, example, extra, rows = {"heldout": qa_accuracy(model, tokenizer, [
-            {"question": p["prompt"], "answer": p["answer"]} for p in heldout], lambda q: q["question"])}, {}, {}, []
-    else:
-        acc, example, extra, rows = task.scores(model, tokenizer, heldout, index, args, row, log)
-    metrics.update({"task": args.task, "full": args.full, "trainable_params": trainable, "total_params": base_params,
-                    "trainable_pct": 100 * trainable / base_params, "acc": acc, "example": example, "n": n,
-                    "adapter_bytes": os.path.getsize(weights_path), "base_bytes": os.path.getsize(args.checkpoint),
-                    "fingerprints": fingerprints, **extra, "rows": rows})
+    metrics |= final_scores(args, task, model, tokenizer, heldout, index, trainable, weights_path,
+                            log)
     if args.merge and not args.full:
         merge_lora(model)
         remove_lora(model)  # the merged weights stay; the model is a plain GPT again
         merged = os.path.join(args.out, "merged.safetensors")
         save_model(merged, model, tokenizer)
-        log(f"wrote {shown(merged)}: the base with the adapter folded in; it loads like any checkpoint")
+        log(f"wrote {shown(merged)}: the base with the adapter folded in; it loads like any "
+            f"checkpoint")
     write_json(os.path.join(args.out, "metrics.json"), metrics)
-    log("exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
-    log(f"wrote {shown(weights_path)} ({metrics['adapter_bytes']:,} bytes; the base is {metrics['base_bytes']:,}) "
-        f"and {os.path.join(args.out, 'metrics.json')}")
+    log("exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["acc"].items()))
+    log(f"wrote {shown(weights_path)} ({metrics['adapter_bytes']:,} bytes; the base is "
+        f"{metrics['base_bytes']:,}) and {os.path.join(args.out, 'metrics.json')}")
 
 
 if __name__ == "__main__":

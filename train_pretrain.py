@@ -1,7 +1,7 @@
 """Level 4, pretraining: train a GPT from random weights on the tiny world (or on your own text).
 
-    python train_pretrain.py                       # the tiny world, CPU-sized model -> out/pretrain/
-    python train_pretrain.py --data my_text.txt    # your own text (a tokenizer is trained on it first)
+    python train_pretrain.py                       # the tiny world, a CPU-sized model
+    python train_pretrain.py --data my_text.txt    # your own text (a tokenizer is trained on it)
     python train_pretrain.py --resume              # continue an interrupted run exactly
     torchrun --nproc_per_node=2 train_pretrain.py  # data-parallel (DDP) on 2 processes
 
@@ -31,58 +31,69 @@ from nanolevels.world import ATTRIBUTES, SPLITS
 
 
 def parse_args(argv):
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None,
                    help="a UTF-8 text file to pretrain on instead of the tiny world")
     p.add_argument("--world", default=cli.WORLD_DIR,
-                   help="the prepared world's folder; prepared with defaults if missing (default: data/world)")
-    p.add_argument("--out", default=os.path.dirname(cli.MODEL), help="output folder (default: out/pretrain)")
+                   help="the prepared world's folder; prepared with defaults if missing (default: "
+                        "data/world)")
+    p.add_argument("--out", default=os.path.dirname(cli.MODEL),
+                   help="output folder (default: out/pretrain)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --out (with --data: on the text prepared then)")
+                   help="continue from the checkpoint in --out (with --data: on the text prepared "
+                        "then)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start again in an --out that holds a run, deleting it (without --resume or this, such an "
-                        "--out is refused)")
+                   help="start again in an --out that holds a run, deleting it (without --resume "
+                        "or this, such an --out is refused)")
     p.add_argument("--init", default="scratch",
-                   help="scratch: random weights; gpt2: download GPT-2 (124M) weights (needs the internet; far too "
-                        "big for a CPU); or the path of a GPT-2 model.safetensors you have (Hugging Face layout). "
-                        "Both use GPT-2's tokenizer, which tiktoken downloads once and keeps in its cache "
+                   help="scratch: random weights; gpt2: download GPT-2 (124M) weights (needs the "
+                        "internet; far too big for a CPU); or the path of a GPT-2 "
+                        "model.safetensors you have (Hugging Face layout). Both use GPT-2's "
+                        "tokenizer, which tiktoken downloads once and keeps in its cache "
                         "(TIKTOKEN_CACHE_DIR) (default: scratch)")
     p.add_argument("--vocab-size", type=int, default=2048,
                    help="the largest BPE vocabulary trained for --data (default: 2048)")
     g = p.add_argument_group("model")
     g.add_argument("--n-layer", type=int, default=4, help="transformer blocks (default: 4)")
     g.add_argument("--n-head", type=int, default=4, help="attention heads per block (default: 4)")
-    g.add_argument("--n-embd", type=int, default=128, help="width of the residual stream (default: 128)")
-    g.add_argument("--block-size", type=int, default=256, help="context length in tokens (default: 256)")
+    g.add_argument("--n-embd", type=int, default=128,
+                   help="width of the residual stream (default: 128)")
+    g.add_argument("--block-size", type=int, default=256,
+                   help="context length in tokens (default: 256)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout probability (default: 0)")
     p.add_argument("--stop-cloze", type=float, default=0.97,
-                   help="the tiny world: stop once the dev people's cloze accuracy reaches this, checked at each "
-                        "evaluation (--max-steps is then the cap); above 1 turns the check off (default: 0.97)")
+                   help="the tiny world: stop once the dev people's cloze accuracy reaches this, "
+                        "checked at each evaluation (--max-steps is then the cap); above 1 turns "
+                        "the check off (default: 0.97)")
     p.add_argument("--stop-reading", type=float, default=0.25,
-                   help="the tiny world: and once the model answers this share of the dev-new people's questions "
-                        "from their retrieved biographies (what the reading pages teach; rag.py asks the same way) "
-                        "(default: 0.25)")
-    # one flag per field of TrainConfig: --max-steps --batch-size --grad-accum --lr --min-lr --warmup-steps
-    # --weight-decay --beta1 --beta2 --grad-clip --eval-interval --eval-batches --log-interval --ckpt-interval --seed
-    # --compile
+                   help="the tiny world: and once the model answers this share of the dev-new "
+                        "people's questions from their retrieved biographies (what the reading "
+                        "pages teach; rag.py asks the same way) (default: 0.25)")
+    # one flag per field of TrainConfig: --max-steps --batch-size --grad-accum --lr --min-lr
+    # --warmup-steps --weight-decay --beta1 --beta2 --grad-clip --eval-interval --eval-batches
+    # --log-interval --ckpt-interval --seed --compile
     cli.add_config_flags(p, TrainConfig, "training", max_steps=4000, eval_interval=250)
     cli.add_device_flags(p)  # --device --threads --dtype
     args = p.parse_args(argv)
     if args.init not in ("scratch", "gpt2") and not args.init.endswith(".safetensors"):
-        raise ValueError(f"--init takes scratch, gpt2 or a GPT-2 model.safetensors path, got {args.init!r}")
+        raise ValueError(f"--init takes scratch, gpt2 or a GPT-2 model.safetensors path, "
+                         f"got {args.init!r}")
     if args.stop_cloze <= 0:
-        raise ValueError(f"--stop-cloze must be above 0 (above 1 turns the dev check off), got {args.stop_cloze}")
+        raise ValueError(f"--stop-cloze must be above 0 (above 1 turns the dev check off), "
+                         f"got {args.stop_cloze}")
     return args
 
 
 def prepare_data(args, ddp, log) -> str:
-    """The folder of token files to train on: the tiny world (prepared on first use), or the user's text
-    prepared into <out>/data. Rank 0 writes it (and fetches GPT-2's files for --init); the others wait."""
+    """The folder of token files to train on: the tiny world (prepared on first use), or the user's
+    text prepared into <out>/data. Rank 0 writes it (and fetches GPT-2's files for --init); the
+    others wait."""
     data_dir = args.world if args.data is None else os.path.join(args.out, "data")
     if ddp.is_main:
         if args.init != "scratch" and not args.resume:
             if args.init == "gpt2":
-                download_gpt2(os.path.join(args.out, "gpt2"))  # once, here: the other ranks read the file
+                download_gpt2(os.path.join(args.out, "gpt2"))  # once, here: the other ranks read it
             Tokenizer.gpt2()  # fills tiktoken's cache
         prepared = os.path.exists(os.path.join(data_dir, "meta.json"))
         if args.data is not None and args.resume and prepared:
@@ -98,12 +109,13 @@ def prepare_data(args, ddp, log) -> str:
 
 
 def make_model(args, cfg, data_dir, model_path):
-    """(model, tokenizer, train tokens, val tokens): the saved run's architecture for --resume (train()
-    restores its weights), GPT-2's for --init, else a new GPT of the flags' size, seeded."""
+    """(model, tokenizer, train tokens, val tokens): the saved run's architecture for --resume
+    (train() restores its weights), GPT-2's for --init, else a new GPT of the flags' size, seeded.
+    """
     if args.resume:
         if not os.path.exists(model_path):
-            raise FileNotFoundError(f"nothing to resume in {args.out}: no model.safetensors; start a run there "
-                                    f"without --resume")
+            raise FileNotFoundError(f"nothing to resume in {args.out}: no model.safetensors; "
+                                    f"start a run there without --resume")
         model, tokenizer, _ = load_model(model_path)
     elif args.init != "scratch":
         tokenizer = Tokenizer.gpt2()
@@ -114,31 +126,33 @@ def make_model(args, cfg, data_dir, model_path):
     tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)
     if not args.resume and args.init == "scratch":
         seed_everything(cfg.seed)  # the same initial weights for the same seed
-        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout))
+        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size,
+                              n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                              dropout=args.dropout))
     return model, tokenizer, train_tokens, val_tokens
 
 
 def dev_check(model, tokenizer, world, data_dir, args, log):
-    """on_eval(step) for train(): a sample, and on the tiny world the dev checks. Stored facts and reading
-    (from the reading pages) arrive late, each at a pace that varies by machine, so training stops on both
-    skills, checked on dev splits, not on a step count."""
+    """on_eval(step) for train(): a sample, and on the tiny world the dev checks. Stored facts and
+    reading (from the reading pages) arrive late, each at a pace that varies by machine, so training
+    stops on both skills, checked on dev splits, not on a step count."""
     device = next(model.parameters()).device
     dev_new = None if world is None else data.load_questions(data_dir, "dev-new")["dev-new"]
     index = []  # the retrieval index, built the first time the reading check runs
 
     def reading() -> float:
-        """Exact match on the dev-new people's questions with the top-2 retrieved biographies in the prompt,
-        as rag.py asks."""
+        """Exact match on the dev-new people's questions with the top-2 retrieved biographies in the
+        prompt, as rag.py asks."""
         if not index:
-            index.extend(load_or_build_index(args.out, data.load_documents(data_dir), "tfidf", log=log))
+            docs = data.load_documents(data_dir)
+            index.extend(load_or_build_index(args.out, docs, "tfidf", log=log))
         return eval_rag(model, tokenizer, *index, dev_new, k=2, log=lambda *a: None)["acc"]
 
     def on_eval(step):
         prompt = "" if world is None else f"{world.split('dev')[0].name} was born in"
         model.eval()
-        out = model.generate(torch.tensor([prompt_ids(tokenizer, prompt)], device=device), 40, temperature=0,
-                             stop_tokens=(tokenizer.eot_id,))
+        ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
+        out = model.generate(ids, 40, temperature=0, stop_tokens=(tokenizer.eot_id,))
         log(f"  sample: {tokenizer.decode(out[0, 1:].tolist())!r}")
         if world is None or step == 0:
             model.train()
@@ -149,11 +163,12 @@ def dev_check(model, tokenizer, world, data_dir, args, log):
         model.train()
         if read is None:
             return None
-        log(f"  dev check: the dev-new people's questions answered from retrieved biographies {read:.3f} "
-            f"(stop at {args.stop_reading})")
+        log(f"  dev check: the dev-new people's questions answered from retrieved biographies "
+            f"{read:.3f} (stop at {args.stop_reading})")
         if read < args.stop_reading:
             return None
-        return f"dev cloze {dev:.3f} >= {args.stop_cloze} and dev-new reading {read:.3f} >= {args.stop_reading}"
+        return (f"dev cloze {dev:.3f} >= {args.stop_cloze} and dev-new reading {read:.3f} >= "
+                f"{args.stop_reading}")
     return on_eval
 
 
@@ -170,12 +185,13 @@ def main(argv=None):
     model, tokenizer, train_tokens, val_tokens = make_model(args, cfg, data_dir, model_path)
     data_fingerprint = provenance.files(data_dir)
     log(f"model: {model.num_params():,} parameters ({model.config}); data: {len(train_tokens):,} "
-        f"train / {len(val_tokens):,} val tokens; device {device}, {dtype}, {ddp.world_size} process(es)")
+        f"train / {len(val_tokens):,} val tokens; device {device}, {dtype}, "
+        f"{ddp.world_size} process(es)")
 
     def get_batch(split, step, micro):
         tokens = train_tokens if split == "train" else val_tokens
-        return data.get_lm_batch(tokens, cfg.batch_size, model.config.block_size, cfg.seed, step, micro,
-                                 ddp.rank, ddp.world_size)
+        return data.get_lm_batch(tokens, cfg.batch_size, model.config.block_size, cfg.seed, step,
+                                 micro, ddp.rank, ddp.world_size)
 
     world = data.load_world(data_dir) if args.data is None else None
     metrics = train(model, cfg, get_batch, args.out, device, dtype,
@@ -185,7 +201,8 @@ def main(argv=None):
         return
     # what this run trained on and produced, so that its numbers are never read for another model's
     metrics = {"params": model.num_params(), **metrics,
-               "fingerprints": {"data": data_fingerprint, "model": provenance.checkpoint(model_path)}}
+               "fingerprints": {"data": data_fingerprint,
+                                "model": provenance.checkpoint(model_path)}}
     if world is not None:
         model.eval()
         cloze = {s: cloze_accuracy(model, tokenizer, world.split(s)) for s in SPLITS}
@@ -194,7 +211,8 @@ def main(argv=None):
                     "rows": [report_row("pretrain-cloze", 4, "cloze", cloze, n, model.num_params(),
                                         metrics["fingerprints"])]}
     write_json(os.path.join(args.out, "metrics.json"), metrics)
-    log(f"done: {metrics['steps']} steps in {metrics['wall_s']:.0f}s, val loss {metrics['val_loss']:.4f}"
+    log(f"done: {metrics['steps']} steps in {metrics['wall_s']:.0f}s, "
+        f"val loss {metrics['val_loss']:.4f}"
         + (f", cloze accuracy {metrics['cloze_acc']}" if world is not None else ""))
     log(f"wrote {shown(model_path)} and {shown(os.path.join(args.out, 'metrics.json'))}")
 

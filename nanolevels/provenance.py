@@ -1,10 +1,10 @@
 """Provenance: what a result was made from, and whether it is still current.
 
-One fingerprint family (16 hex digits of a sha256) for tensors, files, folders and code, and one rule
-for every cache of the repository (the orchestrator's steps, the retrieval index, the graph, the
-compiled prompt program): a result records the fingerprints of what it was made from; it is reused
-while they all match today's, and made again, with a line saying what changed, when one does not.
-A step's code is its script and every nanolevels module it imports, transitively, so an edit to
+One fingerprint family (16 hex digits of a sha256) for tensors, files, folders and code, and one
+rule for every cache of the repository (the orchestrator's steps, the retrieval index, the graph,
+the compiled prompt program): a result records the fingerprints of what it was made from; it is
+reused while they all match today's, and made again, with a line saying what changed, when one does
+not. A step's code is its script and every nanolevels module it imports, transitively, so an edit to
 lora.py reruns the steps that use LoRA and no other (see code()).
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from nanolevels.checkpoint import read_safetensors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: code is named relative to it
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # code is named relative to it
 
 
 def _hex(h) -> str:
@@ -25,7 +25,8 @@ def _hex(h) -> str:
 
 
 def tensors(named: dict[str, torch.Tensor]) -> str:
-    """Named tensors by their values: names in order, each name and shape, then its numbers as float32."""
+    """Named tensors by their values: names in order, each name and shape, then its numbers as
+    float32."""
     h = hashlib.sha256()
     for name in sorted(named):
         t = named[name].detach().float().cpu().contiguous()
@@ -46,7 +47,8 @@ def model(gpt: torch.nn.Module) -> str:
 
 def checkpoint(path: str) -> str:
     """A safetensors file by its content (tensors, then metadata sorted by key), not by its bytes:
-    safetensors writes the metadata in another order in each process, so two saves of one model differ."""
+    safetensors writes the metadata in another order in each process, so two saves of one model
+    differ."""
     named, metadata = read_safetensors(path)
     h = hashlib.sha256(tensors(named).encode())
     h.update(json.dumps(sorted(metadata.items())).encode())
@@ -57,7 +59,9 @@ def files(path: str) -> str:
     """A file by its bytes, or a folder by the files directly in it (names and bytes, in name order;
     temp files a kill left behind are not part of it)."""
     h = hashlib.sha256()
-    names = sorted(n for n in os.listdir(path) if not n.endswith(".tmp")) if os.path.isdir(path) else [""]
+    names = [""]
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if not n.endswith(".tmp"))
     for name in names:
         file = os.path.join(path, name) if name else path
         if os.path.isfile(file):
@@ -69,8 +73,8 @@ def files(path: str) -> str:
 
 
 def of(path: str) -> str | None:
-    """Whatever is at path: a checkpoint by content, anything else by bytes; None if it is missing or
-    unreadable (what makes it must run again)."""
+    """Whatever is at path: a checkpoint by content, anything else by bytes; None if it is missing
+    or unreadable (what makes it must run again)."""
     if not os.path.exists(path):
         return None
     try:
@@ -96,25 +100,29 @@ def _imports(path: str) -> set[str]:
             base = node.module or ""
             if node.level:  # relative: only the package's own modules import that way
                 base = "nanolevels" + (f".{base}" if base else "")
-            names |= {base} | {f"{base}.{a.name}" for a in node.names}  # `from nanolevels import lora` too
-    found = (os.path.join("nanolevels", *n.split(".")[1:]) + ".py" for n in names if n.startswith("nanolevels."))
+            # `from nanolevels import lora` imports a module too
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    found = (os.path.join("nanolevels", *n.split(".")[1:]) + ".py"
+             for n in names if n.startswith("nanolevels."))
     return {p for p in found if os.path.isfile(os.path.join(ROOT, p))}
 
 
 def _source(path: str) -> str:
-    """A Python file by its syntax tree: an edit to a comment or the layout changes nothing it computes."""
+    """A Python file by its syntax tree: an edit to a comment or the layout changes nothing it
+    computes."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
         text = ast.dump(ast.parse(text))
-    except SyntaxError:  # the step will fail on it and say where; its bytes still tell that it changed
+    except SyntaxError:  # the step fails on it and says where; its bytes still tell that it changed
         pass
     return _hex(hashlib.sha256(text.encode()))
 
 
 def code(script: str) -> dict[str, str]:
-    """{file: fingerprint} of a script (a path relative to ROOT) and every nanolevels module it imports,
-    directly or through another module: all the code a step runs that is this repository's."""
+    """{file: fingerprint} of a script (a path relative to ROOT) and every nanolevels module it
+    imports, directly or through another module: all the code a step runs that is this repository's.
+    """
     todo, seen = [script], set()
     while todo:
         path = todo.pop()
@@ -136,8 +144,8 @@ def stale(recorded: dict | None, now: dict) -> str | None:
         if old == value:
             continue
         if isinstance(value, dict) and isinstance(old, dict):
-            files_changed = sorted(k for k in value.keys() | old.keys() if value.get(k) != old.get(k))
-            changed.append(f"{name} ({', '.join(files_changed)})")
+            inside = sorted(k for k in value.keys() | old.keys() if value.get(k) != old.get(k))
+            changed.append(f"{name} ({', '.join(inside)})")
         else:
             changed.append(name)
     return f"its {' and '.join(changed)} changed" if changed else None

@@ -1,15 +1,11 @@
-"""ONE training loop, shared by pretraining (all weights) and fine-tuning (a LoRA adapter or all).
+"""ONE training loop, shared by pretraining (all weights) and fine-tuning (an adapter, or all
+weights).
 
-What it does each step: for each of `grad_accum` micro-batches, forward under autocast, scale the
-loss by 1/grad_accum (so the summed gradient is the mean of the micro-batches' mean losses; with
-answer-masked fine-tuning data each micro-batch's mean is over its own answer tokens), backward; then clip
-the gradient norm, set the learning rate (linear warmup, cosine decay to min_lr), and step AdamW.
-It trains whatever parameters have requires_grad, so LoRA needs nothing special here.
-
-Around that: periodic train/val loss, a progress line, a JSONL log, checkpoints (every
-`ckpt_interval` steps, at the end, and on Ctrl-C), exact resume, a stop with a clear message if
-the loss turns NaN/inf (the last good checkpoint is kept), and DDP under torchrun: every rank
-computes its slice of the global batch and DDP averages the gradients.
+Each step: forward and backward over grad_accum micro-batches, clip, set the learning rate, step
+AdamW; it trains whatever has requires_grad, so LoRA needs nothing special. Around it: the train/val
+loss and a dev check every eval_interval steps (a check may stop training), progress lines, a JSONL
+log, atomic checkpoints with exact resume, Ctrl-C, and DDP under torchrun.
+References: karpathy/nanoGPT's train.py; torch.distributed DDP.
 """
 
 import atexit
@@ -31,7 +27,7 @@ from nanolevels.device import autocast, peak_rss_mb, pick_device
 from nanolevels.files import atomic_write
 
 EVAL_STEP_OFFSET = 10**9  # eval batches use step numbers no training step reaches
-STATE_FILE = "train_state.safetensors"  # beside the weights file in a run's folder: what --resume reads
+STATE_FILE = "train_state.safetensors"  # beside a run's weights file: what --resume reads
 
 
 def _opt(default, help):
@@ -41,13 +37,13 @@ def _opt(default, help):
 @dataclass
 class TrainConfig:
     # each field is also a command-line flag of the training scripts (see cli.add_config_flags)
-    max_steps: int = _opt(3000, "optimizer steps")
+    max_steps: int = _opt(3000, "optimizer steps at most (a dev check may stop training sooner)")
     batch_size: int = _opt(8, "sequences per micro-batch, per rank")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step (the loss is scaled by 1/grad_accum)")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step (each loss scaled by 1/grad_accum)")
     lr: float = _opt(3e-3, "peak learning rate, reached after the warmup")
     min_lr: float = _opt(3e-4, "the cosine schedule decays to this at max_steps")
     warmup_steps: int = _opt(100, "steps of linear warmup from 0")
-    weight_decay: float = _opt(0.1, "AdamW weight decay, on 2-D weights only (not biases or LayerNorms)")
+    weight_decay: float = _opt(0.1, "AdamW weight decay, on 2-D weights only (not biases, norms)")
     beta1: float = _opt(0.9, "AdamW beta1")
     beta2: float = _opt(0.95, "AdamW beta2")
     grad_clip: float = _opt(1.0, "max global gradient norm; 0 turns clipping off")
@@ -59,10 +55,11 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model (a slow start; pays off on GPUs)")
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval",
-                     "ckpt_interval"):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches",
+                     "log_interval", "ckpt_interval"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be at least 1, got {getattr(self, name)}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -85,17 +82,15 @@ class Dist:
 
 
 def _teardown() -> None:
-    """At exit, every rank waits for the others, then the process group is torn down. A rank that
-    finished early (rank 0 still scoring) and tore down alone aborted at exit (SIGABRT) now and then."""
+    """At exit, every rank waits for the others before the process group goes: a rank that tore down
+    alone, while rank 0 was still scoring, aborted at exit (SIGABRT) now and then."""
     dist.barrier()
     dist.destroy_process_group()
 
 
 def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
-    """The device, and torch.distributed initialised if we run under torchrun (RANK is set).
-
-    gloo on CPUs, nccl on GPUs; each rank takes the GPU matching its LOCAL_RANK.
-    """
+    """The device, and torch.distributed (gloo on CPUs, nccl on GPUs) if we run under torchrun (RANK
+    is set); each rank takes the GPU of its LOCAL_RANK."""
     device = pick_device(device_name)
     if "RANK" not in os.environ:
         return device, Dist()
@@ -111,16 +106,17 @@ def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
 
 def check_out_dir(out_dir: str, weights_name: str, resume: bool, overwrite: bool, extra=(),
                   ddp: Dist = Dist()) -> None:
-    """Never replace a run by accident. A run in out_dir (its weights or its training state) is continued
-    with --resume or started again with --overwrite; with neither, stop with one line. --overwrite first
-    deletes the old run's files (`extra`: the script's own besides the usual ones), so that none of them,
-    metrics.json above all, can pass for the new run's if that one is cut short."""
+    """Never replace a run by accident: a run in out_dir (its weights or training state) is
+    continued with --resume or started again with --overwrite; with neither, one line. extra: the
+    script's files."""
     if resume and overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite starts it again: give one of them")
-    held = [name for name in (weights_name, STATE_FILE) if os.path.exists(os.path.join(out_dir, name))]
+        raise ValueError("--resume continues the run in --out and --overwrite starts it again: "
+                         "give one of them")
+    held = [n for n in (weights_name, STATE_FILE) if os.path.exists(os.path.join(out_dir, n))]
     if held and not (resume or overwrite):
-        raise ValueError(f"{out_dir} already holds a run ({held[0]}); continue it with --resume or start it again "
-                         f"with --overwrite")
+        raise ValueError(f"{out_dir} already holds a run ({held[0]}); continue it with --resume or "
+                         f"start it again with --overwrite")
+    # the old run's files go first: none of them (metrics.json above all) may pass for the new run's
     if overwrite and ddp.is_main:
         for name in ("metrics.json", STATE_FILE, weights_name, "log.jsonl", *extra):
             if os.path.exists(os.path.join(out_dir, name)):
@@ -132,7 +128,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device.type == "cuda"  # the fused kernel exists on CUDA; elsewhere foreach is the default
+    fused = device.type == "cuda"  # CUDA's one-kernel update; the CPU keeps torch's default
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
@@ -142,8 +138,8 @@ def format_eta(seconds: float) -> str:
 
 
 class _StopFlag:
-    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never written
-    from half-updated weights. A second Ctrl-C interrupts at once."""
+    """Ctrl-C sets a flag the loop checks between steps, so a checkpoint is never written from
+    half-updated weights; a second Ctrl-C interrupts at once."""
 
     def __init__(self):
         self.set = False
@@ -171,22 +167,24 @@ def _any_rank(flag: bool, device, ddp: Dist) -> bool:
 
 
 def restore(state_path: str, model, optimizer, scaler, cfg: TrainConfig) -> int:
-    """--resume: the trainable weights, the optimizer and the loss scaler from a run's training state;
-    the step it holds."""
+    """--resume: the trainable weights, the optimizer and the loss scaler from a run's training
+    state; the step it holds."""
+    run = os.path.dirname(state_path)
     if not os.path.exists(state_path):
-        raise FileNotFoundError(f"nothing to resume in {os.path.dirname(state_path)}: no {STATE_FILE} (the run "
-                                f"stopped before its first checkpoint); start it again with --overwrite")
+        raise FileNotFoundError(f"nothing to resume in {run}: no {STATE_FILE} (the run stopped "
+                                f"before its first checkpoint); start it again with --overwrite")
     step, extra = load_train_state(state_path, model, optimizer)
     scaler.load_state_dict(extra["scaler"])
     if step > cfg.max_steps:
-        raise ValueError(f"the run in {os.path.dirname(state_path)} is already at step {step}, past --max-steps "
+        raise ValueError(f"the run in {run} is already at step {step}, past --max-steps "
                          f"{cfg.max_steps}; give a larger --max-steps to train on")
     return step
 
 
 @torch.no_grad()
 def estimate_loss(net, get_batch, cfg: TrainConfig, device, dtype, ddp: Dist) -> dict:
-    """{train_loss, val_loss}: the mean over eval_batches fixed batches of each split, on every rank."""
+    """{train_loss, val_loss}: the mean over eval_batches fixed batches of each split (all ranks).
+    """
     net.eval()
     out = {}
     for split in ("train", "val"):
@@ -204,13 +202,13 @@ def estimate_loss(net, get_batch, cfg: TrainConfig, device, dtype, ddp: Dist) ->
 
 
 def forward_backward(net, get_batch, cfg: TrainConfig, step: int, scaler, device, dtype, ddp: Dist):
-    """The gradient of one optimizer step, summed over grad_accum micro-batches each scaled by 1/grad_accum
-    (the mean of the micro-batches' mean losses); (the global batch's loss, tokens it read)."""
+    """One step's gradient over grad_accum micro-batches, each loss scaled by 1/grad_accum (so the
+    sum is the mean of their mean losses); returns (the global batch's loss, the tokens it read)."""
     loss_sum, tokens = torch.zeros((), device=device), 0
     for micro in range(cfg.grad_accum):
         x, y = get_batch("train", step, micro)
         x, y = x.to(device), y.to(device)
-        sync = micro == cfg.grad_accum - 1 or ddp.world_size == 1  # DDP averages gradients on the last only
+        sync = micro == cfg.grad_accum - 1 or ddp.world_size == 1  # DDP averages on the last only
         with (nullcontext() if sync else net.no_sync()), autocast(device, dtype):
             _, loss = net(x, y)
         scaler.scale(loss / cfg.grad_accum).backward()
@@ -221,31 +219,52 @@ def forward_backward(net, get_batch, cfg: TrainConfig, step: int, scaler, device
     return loss_sum.item() / cfg.grad_accum / ddp.world_size, tokens
 
 
-def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device, dtype: torch.dtype,
-          save_weights, on_eval=None, resume: bool = False, ddp: Dist = Dist(), log=print) -> dict:
-    """Train model's trainable parameters; return final metrics.
+def update(net, model, optimizer, scaler, get_batch, cfg: TrainConfig, step: int, device, dtype,
+           ddp: Dist) -> tuple[float, float, int]:
+    """One optimizer step; (its loss, its learning rate, the tokens it read). A step whose loss is
+    not finite changes no weight."""
+    # dropout's randomness is a function of (seed, step, rank) too, so a resume is exact
+    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, ddp.rank]).generate_state(1)[0]))
+    lr = lr_at(step, cfg)
+    loss, tokens = forward_backward(net, get_batch, cfg, step, scaler, device, dtype, ddp)
+    if math.isfinite(loss):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, lr, tokens
 
-    get_batch(split, step, micro_step) -> (x, y): this rank's micro-batch ("train" or "val").
-    save_weights(step): write the weights file (the caller knows its format: model or adapter).
-    on_eval(step): called on rank 0 after each evaluation, e.g. to print a sample or run a dev-split
-    check; if it returns a reason (a string), training stops there, a skill having arrived before
-    the step cap (max_steps), and the reason goes into the log and the metrics ("stopped").
-    resume: continue from out_dir/train_state.safetensors, which restores the trainable weights,
-    the optimizer and the step (the caller has built the model, e.g. from its saved weights file).
-    """
+
+def progress(step: int, cfg: TrainConfig, loss: float, lr: float, tokens: int, elapsed: float,
+             done: int) -> str:
+    """The progress line: step, loss, learning rate, throughput and the time left at this pace."""
+    eta = elapsed / done * (cfg.max_steps - step)
+    return (f"step {step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+            f"{tokens / max(elapsed, 1e-9) / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
+
+
+def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device,
+          dtype: torch.dtype, save_weights, on_eval=None, resume: bool = False, ddp: Dist = Dist(),
+          log=print) -> dict:
+    """Train model's trainable parameters; return the final metrics. get_batch(split, step,
+    micro) gives this rank's (x, y); save_weights(step) writes the weights file (model or adapter);
+    a reason on_eval(step) returns after a loss estimate (rank 0) stops training there."""
     os.makedirs(out_dir, exist_ok=True)
     state_path, log_path = os.path.join(out_dir, STATE_FILE), os.path.join(out_dir, "log.jsonl")
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 only
     step = restore(state_path, model, optimizer, scaler, cfg) if resume else 0
-    if resume and ddp.is_main:
+    if resume:
         log(f"resuming from step {step} of {state_path}")
     elif ddp.is_main:
         atomic_write(log_path, "")
     net = DDP(model) if ddp.world_size > 1 else model
-    if cfg.compile:
-        net = torch.compile(net)
+    net = torch.compile(net) if cfg.compile else net
 
     def write_log(row: dict):
         if ddp.is_main:
@@ -253,53 +272,46 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                 f.write(json.dumps(row) + "\n")
 
     def checkpoint(at_step: int):
-        if ddp.is_main:  # weights first: a kill between the writes leaves the state (a whole unit) one save behind
+        # weights first: a kill between the writes leaves the state (a whole unit) one save behind
+        if ddp.is_main:
             save_weights(at_step)
             save_train_state(state_path, model, optimizer, at_step, scaler=scaler.state_dict())
 
+    def evaluate(at_step: int) -> str | None:
+        """The train/val loss, then on rank 0 on_eval's dev check: why to stop here, or None."""
+        losses = estimate_loss(net, get_batch, cfg, device, dtype, ddp)
+        write_log({"step": at_step, **losses})
+        reason = None
+        if ddp.is_main:
+            log(f"step {at_step}: train loss {losses['train_loss']:.4f}, "
+                f"val loss {losses['val_loss']:.4f}")
+            reason = on_eval(at_step) if on_eval else None
+        if not _any_rank(reason is not None, device, ddp):  # every rank stops at the same step
+            return None
+        return reason or "a dev check passed"  # the reason itself is known on rank 0
+
     model.train()
-    tokens_seen, last = 0, {}
-    t_start, start_step = time.time(), step
+    tokens_seen, loss, t_start, start_step = 0, None, time.time(), step
     stopped = f"the step cap (--max-steps {cfg.max_steps})"
     with _StopFlag() as stop:
         while step < cfg.max_steps:
-            if step % cfg.eval_interval == 0:
-                losses = estimate_loss(net, get_batch, cfg, device, dtype, ddp)
-                write_log({"step": step, **losses})
-                reason = None
-                if ddp.is_main:
-                    log(f"step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
-                    reason = on_eval(step) if on_eval else None
-                if _any_rank(reason is not None, device, ddp):  # every rank stops at the same step
-                    stopped = reason or "a dev check passed"  # the reason itself is known on rank 0
-                    log(f"stopping at step {step} of at most {cfg.max_steps}: {stopped}")
-                    write_log({"step": step, "stopped": stopped})
-                    break
-            # dropout's randomness is a function of (seed, step, rank) too, so a resume is exact
-            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, ddp.rank]).generate_state(1)[0]))
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_val, tokens = forward_backward(net, get_batch, cfg, step, scaler, device, dtype, ddp)
-            tokens_seen += tokens
-            if not math.isfinite(loss_val):
-                raise ValueError(f"the loss became {loss_val} at step {step}; the last good checkpoint "
+            if step % cfg.eval_interval == 0 and (reason := evaluate(step)):
+                stopped = reason
+                log(f"stopping at step {step} of at most {cfg.max_steps}: {stopped}")
+                write_log({"step": step, "stopped": stopped})
+                break
+            loss, lr, tokens = update(net, model, optimizer, scaler, get_batch, cfg, step, device,
+                                      dtype, ddp)
+            if not math.isfinite(loss):
+                raise ValueError(f"the loss became {loss} at step {step}; the last good checkpoint "
                                  f"in {out_dir} is kept; try a lower --lr")
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            last = {"step": step, "loss": loss_val, "lr": lr}
+            step, tokens_seen = step + 1, tokens_seen + tokens
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 elapsed = time.time() - t_start
-                tok_s = tokens_seen / max(elapsed, 1e-9)
-                eta = elapsed / (step - start_step) * (cfg.max_steps - step)
-                write_log({**last, "tokens_per_s": round(tok_s), "elapsed_s": round(elapsed, 2)})
-                log(f"step {step}/{cfg.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | "
-                    f"{tok_s / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
+                tok_s = round(tokens_seen / max(elapsed, 1e-9))
+                write_log({"step": step, "loss": loss, "lr": lr, "tokens_per_s": tok_s,
+                           "elapsed_s": round(elapsed, 2)})
+                log(progress(step, cfg, loss, lr, tokens_seen, elapsed, step - start_step))
             if _any_rank(stop.set, device, ddp):  # every rank stops at the same step
                 checkpoint(step)
                 log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")
@@ -312,6 +324,6 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
     losses = estimate_loss(net, get_batch, cfg, device, dtype, ddp)
     write_log({"step": step, **losses})
     checkpoint(step)
-    return {**losses, "steps": step, "stopped": stopped, "tokens_seen": tokens_seen, "wall_s": wall_s,
-            "tokens_per_s": tokens_seen / max(wall_s, 1e-9), "last_train_loss": last.get("loss"),
-            "peak_rss_mb": peak_rss_mb()}
+    return {**losses, "steps": step, "stopped": stopped, "tokens_seen": tokens_seen,
+            "wall_s": wall_s, "tokens_per_s": tokens_seen / max(wall_s, 1e-9),
+            "last_train_loss": loss, "peak_rss_mb": peak_rss_mb()}

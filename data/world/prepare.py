@@ -20,20 +20,23 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                    help="output folder (default: data/world, next to this script)")
     p.add_argument("--people", type=int, default=340,
-                   help="people in the world, split 32%% train / 12%% dev / 22%% test / 12%% dev-new / 22%% new "
-                        "(see nanolevels/world.py) (default: 340)")
+                   help="people in the world, split 32%% train / 12%% dev / 22%% test / 12%% "
+                        "dev-new / 22%% new (see nanolevels/world.py) (default: 340)")
     p.add_argument("--bios-per-person", type=int, default=5,
                    help="biographies per person, each a fresh paraphrase (default: 5)")
     p.add_argument("--epochs", type=int, default=40,
-                   help="how often each biography is written into the pretraining text (default: 40)")
+                   help="how often each biography is written into the pretraining text (default: "
+                        "40)")
     p.add_argument("--reading-share", type=float, default=0.2,
-                   help="share of pretraining documents that are reading pages, each about a different "
-                        "fresh person: a biography then its six questions answered (default: 0.2)")
+                   help="share of pretraining documents that are reading pages, each about a "
+                        "different fresh person: a biography then its six questions answered "
+                        "(default: 0.2)")
     p.add_argument("--mix-qa", action="store_true",
                    help="also put the QA pairs of train people into the pretraining text")
     p.add_argument("--vocab-size", type=int, default=2048,
-                   help="largest BPE vocabulary: 256 bytes + merges + <|endoftext|>; training stops early "
-                        "when no pair repeats (the default world stops at ~1750) (default: 2048)")
+                   help="largest BPE vocabulary: 256 bytes + merges + <|endoftext|>; training "
+                        "stops early when no pair repeats (the default world stops at ~1750) "
+                        "(default: 2048)")
     p.add_argument("--seed", type=int, default=1337, help="the world's random seed (default: 1337)")
     args = p.parse_args(argv)
     data.prepare_world(args.out, args.people, args.bios_per_person, args.epochs, args.reading_share,
