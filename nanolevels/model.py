@@ -133,11 +133,8 @@ class KVCache:
         return copies
 
     def update(self, layer, k, v, positions=None):
-        """Write k, v (B, nh, T, hs) after what each row holds; return (keys, values, mask).
-
-        The keys are those of [0, L), L the furthest end; the mask lets a query see the keys up to
-        its own position (None: one token seeing all of them).
-        """
+        """Write k, v (B, nh, T, hs) after what each row holds; return (keys, values, mask): the
+        keys of [0, L), L the furthest end, and the mask over them (None: one token sees all)."""
         T = k.size(2)
         if positions is None:  # the tokens go to [pos, pos + T) of every row
             end = self.pos + T
@@ -244,10 +241,8 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
 
     def hidden_states(self, idx, cache=None, positions=None):
-        """idx (B, T) token ids -> (B, T, C): the final LayerNorm's output, what lm_head reads.
-
-        The trunk of forward() without the head; retrieval.GPTEmbedder averages these into vectors.
-        """
+        """idx (B, T) token ids -> (B, T, C), the final LayerNorm's output: forward() without
+        lm_head (retrieval.GPTEmbedder averages these into text vectors)."""
         B, T = idx.size()
         if positions is None:  # the tokens sit at cache.pos onwards (0 without a cache)
             start = 0 if cache is None else cache.pos
@@ -331,11 +326,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_hf_gpt2(cls, path, n_head=None):
-        """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file.
-
-        The sizes come from the tensor shapes; the head count is not in them, so n_head defaults to
-        n_embd // 64, GPT-2's head size.
-        """
+        """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file; the head count
+        is not in the shapes, so n_head defaults to n_embd // 64, GPT-2's head size."""
         # the .attn.bias / .attn.masked_bias entries are causal-mask buffers, not weights
         weights = {name.removeprefix("transformer."): tensor
                    for name, tensor in load_file(path).items()
