@@ -1,11 +1,9 @@
-"""Checkpoints as safetensors (never pickle): one file holds the weights, the model config and the
-tokenizer, so a single path is enough to load a model. Training state lives in a second file beside
-it, only needed to resume: the optimizer's moments, the step, and the trainable weights again, so
-that this one file is a consistent unit by itself (see save_train_state). Every write is atomic.
+"""Checkpoints as safetensors (never pickle): one file holds the weights, config and tokenizer.
 
-safetensors stores named tensors plus a flat str -> str metadata dict; we put the config and the
-tokenizer there as JSON. Names are saved without torch.compile's `_orig_mod.` prefix (and it is
-stripped on load), so compiled and plain models read each other's files.
+A second file beside it holds what only a resume needs: the optimizer's state, the step, and the
+trainable weights again. Every write is atomic. Names are saved without torch.compile's `_orig_mod.`
+prefix (and it is stripped on load), so compiled and plain models read each other's files.
+References: huggingface/safetensors; karpathy/nanoGPT's train.py (resuming from ckpt.pt).
 """
 
 import json
@@ -48,6 +46,7 @@ def _unique_tensors(module: torch.nn.Module) -> dict:
 
 def save_model(path: str, model: GPT, tokenizer: Tokenizer, **meta) -> None:
     """Weights + config + tokenizer (+ any extra string-able metadata, e.g. step) in one file."""
+    # safetensors metadata is a flat str -> str dict: the config and tokenizer go in as JSON
     metadata = {"format": "nanolevels-gpt", "config": json.dumps(vars(model.config)),
                 "tokenizer": json.dumps(tokenizer.to_dict())}
     metadata.update({k: json.dumps(v) for k, v in meta.items()})
@@ -60,12 +59,14 @@ def load_weights(model: torch.nn.Module, state: dict, path: str) -> None:
     own = model.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
-        raise ValueError(f"{path} does not fit this model: {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
-                         f"the model wants {tuple(own[wrong[0]].shape)}; load it with its own config")
+        raise ValueError(f"{path} does not fit this model: {wrong[0]} is "
+                         f"{tuple(state[wrong[0]].shape)}, the model wants "
+                         f"{tuple(own[wrong[0]].shape)}; load it with its own config")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"}
     if unexpected or set(missing) - tied:
-        raise ValueError(f"{path} does not fit this model: missing {sorted(set(missing) - tied)[:3]}, "
+        raise ValueError(f"{path} does not fit this model: "
+                         f"missing {sorted(set(missing) - tied)[:3]}, "
                          f"unexpected {sorted(unexpected)[:3]}")
 
 
@@ -80,7 +81,8 @@ def load_model(path: str, device="cpu"):
     tokenizer = Tokenizer.from_dict(json.loads(metadata["tokenizer"]))
     model = GPT(config)
     load_weights(model, tensors, path)
-    extra = {k: json.loads(v) for k, v in metadata.items() if k not in ("format", "config", "tokenizer")}
+    extra = {k: json.loads(v) for k, v in metadata.items()
+             if k not in ("format", "config", "tokenizer")}
     return model.to(device), tokenizer, extra
 
 
@@ -91,37 +93,40 @@ def read_metadata(path: str) -> dict:
 
 
 def _trainable(model: torch.nn.Module) -> dict:
-    return {name.replace(COMPILE_PREFIX, ""): p for name, p in model.named_parameters() if p.requires_grad}
+    return {name.replace(COMPILE_PREFIX, ""): p for name, p in model.named_parameters()
+            if p.requires_grad}
 
 
 def save_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
                      **meta) -> None:
-    """Everything a resume needs, in one file: the trainable weights, the optimizer's moments and
-    hyperparameters, the step.
-
-    The weights are also in the model (or adapter) file, written just before this one; a kill
-    between the two writes leaves this file one save behind the weights file, never a mix of two
-    steps, and a resume goes back to this file's step."""
+    """Everything a resume needs in one file: trainable weights, optimizer state, the step."""
     sd = optimizer.state_dict()
     tensors = {f"{i}.{k}": v.detach().contiguous().cpu()
                for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    tensors.update({f"weights.{name}": p.detach().contiguous().cpu() for name, p in _trainable(model).items()})
+    # the weights again, though the model (or adapter) file written just before holds them: a kill
+    # between the two writes leaves this file one save behind, never a mix of two steps
+    tensors.update({f"weights.{name}": p.detach().contiguous().cpu()
+                    for name, p in _trainable(model).items()})
     metadata = {"format": "nanolevels-train-state", "step": str(step),
                 "param_groups": json.dumps(sd["param_groups"]), "meta": json.dumps(meta)}
     atomic_write(path, save(tensors, metadata=metadata))
 
 
-def load_train_state(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+def load_train_state(path: str, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
     """Restore the trainable weights and the optimizer in place; return (step, extra metadata)."""
     tensors, metadata = read_safetensors(path, "training state")
     if metadata.get("format") != "nanolevels-train-state":
         raise ValueError(f"{path} is not a nanolevels training state")
-    weights = {name.removeprefix("weights."): t for name, t in tensors.items() if name.startswith("weights.")}
+    weights = {name.removeprefix("weights."): t for name, t in tensors.items()
+               if name.startswith("weights.")}
     own = _trainable(model)
     groups = json.loads(metadata["param_groups"])
     if (weights.keys() != own.keys() or any(weights[k].shape != p.shape for k, p in own.items())
-            or [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]):
-        raise ValueError(f"{path} was saved for other trainable parameters; resume with the same flags")
+            or [len(g["params"]) for g in groups]
+            != [len(g["params"]) for g in optimizer.param_groups]):
+        raise ValueError(f"{path} was saved for other trainable parameters; "
+                         "resume with the same flags")
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(weights[name])

@@ -1,8 +1,9 @@
 """The GPT language model (GPT-2 architecture), its KV cache, generate(), and GPT-2 weight import.
 
-Read top to bottom: config, the three modules of a block (attention, MLP, block), the cache, the
-model, sampling, and loading OpenAI's GPT-2 weights from a Hugging Face safetensors file.
-References: karpathy/nanoGPT's model.py, and Hugging Face's modeling_gpt2.py for the weight names.
+Read top to bottom: config, the three modules of a block (attention, MLP, block), the cache,
+sampling, the model, and loading OpenAI's GPT-2 weights from a Hugging Face safetensors file.
+References: karpathy/nanoGPT's model.py; Hugging Face's modeling_gpt2.py for the weight names;
+PaLM (arXiv 2204.02311) appendix B for the FLOPs per token.
 """
 
 import copy
@@ -34,11 +35,13 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, "
+                                 f"got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} does not split evenly into n_head={self.n_head} heads")
+            raise ValueError(f"n_embd={self.n_embd} does not split evenly into "
+                             f"n_head={self.n_head} heads")
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,7 +95,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None, layer=0, positions=None):
-        # pre-LayerNorm: each sublayer reads a normalised copy and adds its result to the residual stream
+        # pre-LayerNorm: each sublayer reads a normalised copy and adds its result to the stream
         x = x + self.attn(self.ln_1(x), cache, layer, positions)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -101,16 +104,15 @@ class Block(nn.Module):
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, so that a new token costs one position.
 
-    One sequence per row. In generate() every row is at the same position, `pos`. A serving engine
-    keeps sequences of different lengths in one cache and passes each row's position to
-    GPT.forward(positions=...): a row's new tokens go to its own place, and it sees its own keys only.
+    One sequence per row. In generate() every row is at the same position, `pos`; a serving engine
+    keeps sequences of different lengths in one cache and passes GPT.forward(positions=...).
     """
 
     def __init__(self, config, batch_size, device=None, dtype=None):
         shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.pos = 0  # positions filled so far; GPT.forward advances it after all layers have written
+        self.pos = 0  # positions filled; GPT.forward advances it once all layers have written
 
     @property
     def nbytes(self) -> int:
@@ -126,38 +128,40 @@ class KVCache:
     def expand(self, n: int) -> "KVCache":
         """n copies of this one-row cache at its position, e.g. to continue one prompt n ways."""
         copies = copy.copy(self)
-        copies.k, copies.v = [k.repeat(n, 1, 1, 1) for k in self.k], [v.repeat(n, 1, 1, 1) for v in self.v]
+        copies.k, copies.v = ([k.repeat(n, 1, 1, 1) for k in self.k],
+                              [v.repeat(n, 1, 1, 1) for v in self.v])
         return copies
 
     def update(self, layer, k, v, positions=None):
-        """Write k, v (B, nh, T, hs) after what each row holds; return (keys, values, mask) for attention.
-
-        Without positions the tokens go to [pos, pos + T) of every row. With positions (B,), row i's go
-        to [positions[i], positions[i] + T). The keys are those of [0, L), L the furthest end; the mask
-        lets a query see the keys up to its own position (None: one token seeing all of them).
-        """
+        """Write k, v (B, nh, T, hs) after what each row holds; return (keys, values, mask): the
+        keys of [0, L), L the furthest end, and the mask over them (None: one token sees all)."""
         T = k.size(2)
-        if positions is None:
+        if positions is None:  # the tokens go to [pos, pos + T) of every row
             end = self.pos + T
             self.k[layer][:, :, self.pos:end] = k
             self.v[layer][:, :, self.pos:end] = v
-            # new query i sits at position pos + i and may see keys 0..pos + i; one new token sees all
-            mask = None if T == 1 else torch.ones(T, end, dtype=torch.bool, device=k.device).tril(self.pos)
+            # new query i sits at position pos + i and sees keys 0..pos + i; one new token sees all
+            mask = (None if T == 1
+                    else torch.ones(T, end, dtype=torch.bool, device=k.device).tril(self.pos))
             return self.k[layer][:, :, :end], self.v[layer][:, :, :end], mask
-        at = positions[:, None] + torch.arange(T, device=k.device)  # (B, T): where each new token goes
+        # row i's tokens go to [positions[i], positions[i] + T)
+        at = positions[:, None] + torch.arange(T, device=k.device)  # (B, T)
         rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
         self.k[layer][rows, :, at] = k.transpose(1, 2)  # cache[rows[i], :, at[i, j]] is (nh, hs)
         self.v[layer][rows, :, at] = v.transpose(1, 2)
-        L = int(at.max()) + 1  # keys up to the furthest row's end; the rest of the block is not read
-        mask = torch.arange(L, device=k.device) <= at[:, :, None]  # (B, T, L): query j of row i sees 0..at[i, j]
+        L = int(at.max()) + 1  # keys up to the furthest row's end; the rest of the block unread
+        # (B, T, L): query j of row i sees keys 0..at[i, j], its own row's only
+        mask = torch.arange(L, device=k.device) <= at[:, :, None]
         return self.k[layer][:, :, :L], self.v[layer][:, :, :L], mask[:, None]  # mask (B, 1, T, L)
 
 
-GREEDY_BELOW = 1e-5  # a temperature under this samples as greedy: logits / 1e-45 overflow, and it is the argmax anyway
+# a temperature under this samples as greedy: logits / 1e-45 overflow, and it is the argmax anyway
+GREEDY_BELOW = 1e-5
 
 
-def check_sampling(temperature: float, top_k=None, top_p=None, names=("temperature", "top_k", "top_p")) -> None:
-    """The one check of sampling arguments (generate, prompt.py, the serving engine): a ValueError that
+def check_sampling(temperature: float, top_k=None, top_p=None,
+                   names=("temperature", "top_k", "top_p")) -> None:
+    """The one check of sampling arguments (generate, prompt.py, the serving engine); the ValueError
     names the argument as the caller's user knows it (names: prompt.py's are flags)."""
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"{names[0]} must be 0 (greedy) or a positive number, got {temperature}")
@@ -171,7 +175,8 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, V) -> (B, 1): greedy below GREEDY_BELOW, else sampled."""
     if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1, keepdim=True)
-    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
+    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1,
+                             generator=generator)
 
 
 def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
@@ -184,7 +189,7 @@ def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
         logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1.0:
-        # keep a token while the mass of the likelier ones is below top_p: the smallest set reaching top_p
+        # keep a token while the likelier ones' mass is below top_p: the smallest set reaching top_p
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
@@ -207,7 +212,7 @@ class GPT(nn.Module):
         # weight tying: the output layer reads tokens out with the same matrix that embeds them
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
-        # GPT-2 scales the projections into the residual stream by 1/sqrt(number of residual additions)
+        # GPT-2 scales the projections into the residual stream by 1/sqrt(number of additions to it)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -219,17 +224,16 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding=False):
-        """Number of parameters (tied weights counted once); non_embedding leaves out the position table.
-
-        The token embeddings stay counted: they are also the lm_head's weights, used in every forward.
-        """
+        """Number of parameters, tied weights once; non_embedding leaves out the position table."""
+        # the token embeddings stay counted: they are also lm_head's weights, used in every forward
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def estimate_flops_per_token(self):
-        """Training FLOPs (forward + backward) per token at full context: 6N + 12*L*C*T (PaLM, appendix B)."""
+        """Training FLOPs (forward + backward) per token at full context: 6N + 12*L*C*T (PaLM)."""
         cfg = self.config
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        return (6 * self.num_params(non_embedding=True)
+                + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size)
 
     def new_cache(self, batch_size):
         """An empty KV cache for batch_size sequences, on the model's device and dtype."""
@@ -237,23 +241,21 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
 
     def hidden_states(self, idx, cache=None, positions=None):
-        """idx (B, T) token ids -> (B, T, C): the final LayerNorm's output, what lm_head reads.
-
-        The trunk of forward() without the head; retrieval.GPTEmbedder averages these into text vectors.
-        With a cache, the tokens sit at positions cache.pos onwards and cache.pos advances by T; or, with
-        positions (B,), row i's tokens sit at positions[i] onwards (KVCache.update) and the caller keeps count.
-        """
+        """idx (B, T) token ids -> (B, T, C), the final LayerNorm's output: forward() without
+        lm_head (retrieval.GPTEmbedder averages these into text vectors)."""
         B, T = idx.size()
-        if positions is None:
+        if positions is None:  # the tokens sit at cache.pos onwards (0 without a cache)
             start = 0 if cache is None else cache.pos
             pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        else:
+        else:  # row i's tokens sit at positions[i] onwards; the caller keeps count
             start = int(positions.max())
             pos = positions[:, None] + torch.arange(T, device=idx.device)  # (B, T)
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}; "
-                             "crop it to the last block_size tokens (generate() slides the window itself)")
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size "
+                             f"{self.config.block_size}; crop it to the last block_size tokens "
+                             "(generate() slides the window itself)")
+        # token embeddings + position embeddings: (B, T, C)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, positions)
         if cache is not None and positions is None:
@@ -261,79 +263,75 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, cache=None, positions=None):
-        """idx (B, T) token ids -> (logits, loss).
-
-        With targets (B, T): logits (B, T, V) and the mean cross-entropy over targets that are not -100.
-        With a cache: logits (B, T, V) for the new tokens, placed at positions cache.pos onwards (or at
-        each row's own positions, see hidden_states).
-        Otherwise: logits (B, 1, V) of the last position only, all that generation needs.
-        """
+        """idx (B, T) token ids -> (logits, loss); loss is None without targets (B, T)."""
         x = self.hidden_states(idx, cache, positions)  # (B, T, C)
         if targets is None and cache is None:
-            return self.lm_head(x[:, [-1], :]), None  # (B, 1, V): list index keeps the time dimension
-        logits = self.lm_head(x)  # (B, T, V)
+            # the last position only, all generation needs; a list index keeps the time dimension
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, V)
+        logits = self.lm_head(x)  # (B, T, V); with a cache, those of the new tokens
         if targets is None:
             return logits, None
-        # -100 marks positions that do not count, e.g. the question in answer-only fine-tuning (data.encode_example)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        # the mean over targets that are not -100, which marks positions that do not count, e.g.
+        # the question in answer-only fine-tuning (data.encode_example)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-100)
         return logits, loss
 
     @torch.no_grad()
-    def _generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, use_cache, generator):
-        """Yield the next token of every sequence, (B, 1), max_new_tokens times; the loop of generate()."""
+    def _generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens,
+                         use_cache, generator):
+        """Yield each sequence's next token, (B, 1), max_new_tokens times: generate()'s loop."""
         check_sampling(temperature, top_k, top_p)
         cache = None
         for _ in range(max_new_tokens):
             if not use_cache or idx.size(1) > self.config.block_size:
-                # the model sees the last block_size tokens, as nanoGPT crops. Positions are learned and
-                # absolute, so once the window slides every token's position changes and the cache
-                # cannot be reused: each step is a full forward over the window from then on.
+                # the model sees the last block_size tokens, as nanoGPT crops. Positions are
+                # learned and absolute, so once the window slides every token's position changes
+                # and the cache cannot be reused: each step is a full forward over the window.
                 logits, _ = self(idx[:, -self.config.block_size:])
             elif cache is None:
                 cache = self.new_cache(idx.size(0))
                 logits, _ = self(idx, cache=cache)  # prefill: the whole prompt at once
             else:
-                logits, _ = self(idx[:, -1:], cache=cache)  # only the token sampled last step is new
+                logits, _ = self(idx[:, -1:], cache=cache)  # only the last sampled token is new
             next_token = sample(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
             if idx.size(0) == 1 and next_token.item() in stop_tokens:
                 return
 
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(),
-                        use_cache=True, generator=None):
-        """Like generate(), for one sequence idx (1, T), but yield each new token id (an int) as it comes."""
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        stop_tokens=(), use_cache=True, generator=None):
+        """Like generate(), for one sequence idx (1, T), but yield each new token id as it comes."""
         if idx.size(0) != 1:
-            raise ValueError(f"generate_stream takes one sequence (batch size 1), got {idx.size(0)}: "
-                             "use generate() for a batch")
-        for token in self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, stop_tokens,
-                                           use_cache, generator):
+            raise ValueError("generate_stream takes one sequence (batch size 1), "
+                             f"got {idx.size(0)}: use generate() for a batch")
+        for token in self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p,
+                                           stop_tokens, use_cache, generator):
             yield token.item()
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(),
-                 use_cache=True, generator=None):
-        """Continue the sequences idx (B, T) by up to max_new_tokens tokens; return them appended, (B, T + n).
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 stop_tokens=(), use_cache=True, generator=None):
+        """Continue idx (B, T) by up to max_new_tokens tokens; return them appended, (B, T + n).
 
-        temperature 0 is greedy (argmax); otherwise sample, from the top_k most likely tokens and/or the
-        smallest set whose probability reaches top_p (in (0, 1]). With batch size 1, generation stops after
-        a token in stop_tokens, which is included in the output; a batch never stops early. Sequences may
-        grow past block_size: the model then sees their last block_size tokens. Put the model in eval() mode
-        first, or dropout samples too.
+        temperature 0 is greedy (argmax); otherwise sample, from the top_k most likely tokens and/or
+        the smallest set whose probability reaches top_p (in (0, 1]). With batch size 1, generation
+        stops after a token in stop_tokens, which is included in the output; a batch never stops
+        early. Sequences may grow past block_size: the model then sees their last block_size tokens.
+        Put the model in eval() mode first, or dropout samples too.
         """
-        new_tokens = self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, stop_tokens,
-                                           use_cache, generator)
+        new_tokens = self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p,
+                                           stop_tokens, use_cache, generator)
         return torch.cat([idx, *new_tokens], dim=1)
 
     @classmethod
     def from_hf_gpt2(cls, path, n_head=None):
-        """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file.
-
-        The sizes are read from the tensor shapes; the head count is not in them, so n_head defaults to
-        n_embd // 64, GPT-2's head size. Every tensor in the file must find its place, and every
-        parameter must be filled, or a ValueError names the keys.
-        """
-        weights = {name.removeprefix("transformer."): tensor for name, tensor in load_file(path).items()
-                   if not name.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers, not weights
+        """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file; the head count
+        is not in the shapes, so n_head defaults to n_embd // 64, GPT-2's head size."""
+        # the .attn.bias / .attn.masked_bias entries are causal-mask buffers, not weights
+        weights = {name.removeprefix("transformer."): tensor
+                   for name, tensor in load_file(path).items()
+                   if not name.endswith((".attn.bias", ".attn.masked_bias"))}
         if "wte.weight" not in weights or "wpe.weight" not in weights:
             raise ValueError(f"{path} does not look like GPT-2 weights: no wte.weight / wpe.weight")
         vocab_size, n_embd = weights["wte.weight"].shape
@@ -347,7 +345,9 @@ class GPT(nn.Module):
         )
         model = cls(config)
         params = model.state_dict()  # detached tensors sharing memory with the parameters
-        expected = {name.removeprefix("transformer.") for name in params if name != "lm_head.weight"}  # tied
+        # every tensor in the file must find its place and every parameter be filled (lm_head: tied)
+        expected = {name.removeprefix("transformer.") for name in params
+                    if name != "lm_head.weight"}
         missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
         if missing or unexpected:
             raise ValueError(f"{path} does not match a GPT-2 of this shape: "
@@ -357,13 +357,14 @@ class GPT(nn.Module):
                 tensor = tensor.t()  # GPT-2's Conv1D stores (in, out); nn.Linear wants (out, in)
             target = params["transformer." + name]
             if tensor.shape != target.shape:
-                raise ValueError(f"{name}: shape {tuple(tensor.shape)} in the file, expected {tuple(target.shape)}")
+                raise ValueError(f"{name}: shape {tuple(tensor.shape)} in the file, "
+                                 f"expected {tuple(target.shape)}")
             target.copy_(tensor)
         return model
 
 
 def download_gpt2(dest_dir):
-    """Fetch GPT-2 small's weights (~550 MB) into dest_dir/model.safetensors, once; return the path."""
+    """Fetch GPT-2 small's weights (~550 MB) into dest_dir/model.safetensors once; its path."""
     path = os.path.join(dest_dir, "model.safetensors")
     if os.path.exists(path):
         return path  # written atomically, so an existing file is complete

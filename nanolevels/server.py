@@ -1,14 +1,10 @@
-"""The HTTP layer of serve.py: OpenAI-style completions (streamed as server-sent events), RAG answers,
-health and stats, on the standard library's ThreadingHTTPServer in front of the engine.
+"""The HTTP layer of serve.py: OpenAI-style completions and RAG answers in front of the engine.
 
-    POST /v1/completions  {"prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "stream",
-                           "seed", "ignore_eos"}: an OpenAI-style subset ("model" is accepted and ignored)
-    POST /v1/answer       {"question"}: retrieve the biographies, read the answer with the rag-qa adapter
-    GET  /health, /stats
-
-Every connection gets its own thread, which waits on its request's queue of tokens while the
-engine's one thread does the computing. Every bad input gets a 4xx with {"error": "..."}; the
-server goes on serving the others.
+POST /v1/completions takes a subset of OpenAI's fields ("model" is accepted and ignored) and may
+stream server-sent events; POST /v1/answer {"question"} retrieves the biographies and reads the
+answer with the rag-qa adapter; GET /health, /stats. The standard library's ThreadingHTTPServer
+gives each connection a thread, which waits on its request's tokens while the engine computes.
+References: OpenAI's completions API; karpathy/nanochat's chat_web.py.
 """
 
 import json
@@ -21,8 +17,8 @@ from nanolevels.prompting import ANSWER_TOKENS, context_budget, prompt_ids, rag_
 from nanolevels.serving import Request
 
 MAX_BODY = 64 * 1024  # bytes; a prompt fills the block long before this
-COMPLETION_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "stream", "seed",
-                     "ignore_eos", "model")
+COMPLETION_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "stream",
+                     "seed", "ignore_eos", "model")
 ROUTES = {"/v1/completions": "POST", "/v1/answer": "POST", "/health": "GET", "/stats": "GET"}
 
 
@@ -52,13 +48,15 @@ def completion_request(body: dict, tokenizer) -> Request:
     """The engine's Request for a /v1/completions body; a 400 that names the field for a bad one."""
     unknown = sorted(set(body) - set(COMPLETION_FIELDS))
     if unknown:
-        raise HTTPError(400, f"unknown field(s) {unknown}; this server takes {', '.join(COMPLETION_FIELDS)}")
+        raise HTTPError(400, f"unknown field(s) {unknown}; "
+                             f"this server takes {', '.join(COMPLETION_FIELDS)}")
     if "prompt" not in body:
         raise HTTPError(400, "missing field: prompt (the text to continue)")
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise HTTPError(400, f"stop must be a string or a list of strings, got {json.dumps(body['stop'])}")
+        raise HTTPError(400, "stop must be a string or a list of strings, "
+                             f"got {json.dumps(body['stop'])}")
     return Request(
         prompt=prompt_ids(tokenizer, field(body, "prompt", str)),
         max_tokens=field(body, "max_tokens", int, 16),
@@ -72,16 +70,18 @@ def completion_request(body: dict, tokenizer) -> Request:
 
 
 class Reader:
-    """/v1/answer: retrieve the k best documents for a question, read the answer out of them greedily."""
+    """/v1/answer: retrieve the k best documents for a question, read the answer greedily."""
 
     def __init__(self, engine, tokenizer, index, embedder, k: int = 2):
-        self.engine, self.tokenizer, self.index, self.embedder, self.k = engine, tokenizer, index, embedder, k
+        self.engine, self.tokenizer, self.index, self.embedder, self.k = (
+            engine, tokenizer, index, embedder, k)
 
     def submit(self, question: str):
-        """(the engine's Sequence for the answer, ids of the documents in the prompt, best first)."""
+        """(the answer's Sequence in the engine, ids of the documents in the prompt, best first)."""
         hits = self.index.search(self.embedder.embed([question]), self.k)[0]
         budget = context_budget(self.engine.model)
-        prompt, dropped = rag_prompt(question, [doc["text"] for _, doc in hits], self.tokenizer, budget)
+        prompt, dropped = rag_prompt(question, [doc["text"] for _, doc in hits], self.tokenizer,
+                                     budget)
         # a document too long for the block keeps its end, nearest the question, as generate() would
         ids = prompt_ids(self.tokenizer, prompt)[-budget:]
         seq = self.engine.submit(Request(ids, ANSWER_TOKENS, temperature=0, stop=("\n",)))
@@ -116,13 +116,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.completions(self.read_json())
             else:
                 self.answer(self.read_json())
-        except HTTPError as e:
+        except HTTPError as e:  # a bad input gets a 4xx with {"error": ...}; the server goes on
             self.send_json(e.status, {"error": str(e)})
         except ValueError as e:  # the engine's check of a request
             self.send_json(400, {"error": str(e)})
         except queue.Full:
-            self.send_json(503, {"error": "server busy: the queue of waiting requests is full; retry in a moment"},
-                           {"Retry-After": "1"})
+            self.send_json(503, {"error": "server busy: the queue of waiting requests is full; "
+                                          "retry in a moment"}, {"Retry-After": "1"})
 
     def read_json(self) -> dict:
         length = self.headers.get("Content-Length")
@@ -130,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(411, "send the body with a Content-Length header")
         if int(length) > MAX_BODY:
             if int(length) <= 16 * MAX_BODY:
-                self.rfile.read(int(length))  # read it anyway, so the client gets this answer, not a reset
+                self.rfile.read(int(length))  # read it: the client gets this answer, not a reset
             raise HTTPError(413, f"body of {length} bytes is over the limit of {MAX_BODY}")
         try:
             body = json.loads(self.rfile.read(int(length)))
@@ -157,7 +157,8 @@ class Handler(BaseHTTPRequestHandler):
         created, rid = int(time.time()), f"cmpl-{secrets.token_hex(8)}"
 
         def chunk(text, finish_reason):
-            return {"id": rid, "object": "text_completion", "created": created, "model": "nanolevels",
+            return {"id": rid, "object": "text_completion", "created": created,
+                    "model": "nanolevels",
                     "choices": [{"index": 0, "text": text, "finish_reason": finish_reason}]}
 
         if not stream:
@@ -175,15 +176,18 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
         try:
-            for _, piece in seq.stream():  # one event per token, with the text it made whole (maybe "")
-                self.wfile.write(f"data: {json.dumps(chunk(piece, None), ensure_ascii=False)}\n\n".encode())
-            self.wfile.write(f"data: {json.dumps(chunk('', seq.finish_reason))}\n\ndata: [DONE]\n\n".encode())
-        except OSError:  # the client went away (broken pipe, reset): its slot is freed at the next step
+            for _, piece in seq.stream():  # one event per token, with the text it made whole
+                self.wfile.write(f"data: {json.dumps(chunk(piece, None), ensure_ascii=False)}\n\n"
+                                 .encode())
+            self.wfile.write(f"data: {json.dumps(chunk('', seq.finish_reason))}\n\n"
+                             "data: [DONE]\n\n".encode())
+        except OSError:  # the client went away (broken pipe, reset): its slot is freed next step
             seq.cancel()
 
     def answer(self, body: dict):
         if set(body) - {"question"}:
-            raise HTTPError(400, f"unknown field(s) {sorted(set(body) - {'question'})}; send only question")
+            raise HTTPError(400, f"unknown field(s) {sorted(set(body) - {'question'})}; "
+                                 "send only question")
         question = field(body, "question", str, "")
         if not question.strip():
             raise HTTPError(400, "the question is empty; ask something about a person")
@@ -203,11 +207,13 @@ class Server(ThreadingHTTPServer):
     """The engine behind HTTP; reader (for /v1/answer) may be None, and no_reader then says why."""
 
     daemon_threads = True  # a client still connected never keeps the process alive at exit
-    request_queue_size = 128  # connections the kernel holds before accept(); the default 5 resets a crowd
+    request_queue_size = 128  # connections held before accept(); the default 5 resets a crowd
 
-    def __init__(self, engine, tokenizer, host: str = "127.0.0.1", port: int = 0, reader: Reader | None = None,
-                 no_reader: str = "no reader for /v1/answer", log=print):
-        self.engine, self.tokenizer, self.reader, self.no_reader, self.log = engine, tokenizer, reader, no_reader, log
+    def __init__(self, engine, tokenizer, host: str = "127.0.0.1", port: int = 0,
+                 reader: Reader | None = None, no_reader: str = "no reader for /v1/answer",
+                 log=print):
+        self.engine, self.tokenizer, self.reader, self.no_reader, self.log = (
+            engine, tokenizer, reader, no_reader, log)
         super().__init__((host, port), Handler)
 
     @property
@@ -232,4 +238,5 @@ class Server(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
     def stats(self) -> dict:
-        return {**self.engine.stats(), "answer": None if self.reader is None else self.reader.engine.stats()}
+        return {**self.engine.stats(),
+                "answer": None if self.reader is None else self.reader.engine.stats()}

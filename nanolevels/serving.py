@@ -1,30 +1,10 @@
 """The serving engine: many requests at once, continuous batching over one preallocated KV cache.
 
-A server that runs requests one after another leaves the machine mostly idle: decoding one token
-of one sequence is a handful of small matrix-vector products. Decoding a token for 16 sequences in
-one forward pass costs little more, so the engine keeps many sequences in flight. The ideas are
-vLLM's and nano-vllm's (a waiting queue, a running set, prefill then decode), without paged memory:
-the cache has a fixed number of slots, one per running sequence,
-
-    k, v of each layer: (slots, n_head, block_size, head_size)
-
-and every step of the loop (one background thread) does three things:
-  1. cancelled sequences leave their slots (finished ones left as they finished);
-  2. waiting requests are prefilled into free slots, one at a time: the model's forward writes the
-     prompt's keys and values into the slot's rows, and the last position's logits give the first token;
-  3. ONE forward pass of the model (Engine.decode) decodes one token for every running sequence, each at its own
-     position: row i feeds its last token at position pos[i] and attends to keys 0..pos[i] only.
-
-Nothing leaks between requests: a slot's rows past its sequence's length still hold an earlier
-request's keys, but the mask never lets them be read, and a position is always written (by the
-prefill, or by the decode step that feeds it) before any query may read it.
-
-Three policies, so that bench/bench_serve.py can compare them on the same engine:
-  "one"         one request at a time (a server without batching, like litgpt serve or nanochat's
-                web chat per worker);
-  "static"      a batch is admitted only when the last one has wholly finished, so a batch runs
-                until its longest sequence ends (free slots wait idle meanwhile);
-  "continuous"  every free slot is refilled at every step: a short request never waits for a long one.
+Decoding one token of one sequence leaves the machine mostly idle; one forward pass for 16 costs
+little more. So the engine keeps a waiting queue and a running set, prefills a request into a free
+cache slot, and decodes one token for every running sequence per step, each at its own position,
+through the model's own attention. No paged memory: one slot (cache rows) per running sequence.
+References: vLLM (arXiv 2309.06180), GeeeekExplorer/nano-vllm, karpathy/nanochat's engine.py.
 """
 
 import codecs
@@ -40,20 +20,20 @@ import torch
 
 from nanolevels.model import GREEDY_BELOW, check_sampling, sampling_probs
 
-POLICIES = ("continuous", "static", "one")
+POLICIES = ("continuous", "static", "one")  # bench/bench_serve.py compares them on one engine
 RATE_WINDOW_S = 10.0  # /stats reports tokens/s over this many recent seconds
 
 
 @dataclass
 class Request:
-    prompt: list[int]           # token ids, 1 to block_size of them (a server starts them with <|endoftext|>)
-    max_tokens: int = 16        # the most new tokens; fewer when the block fills up or a stop comes first
+    prompt: list[int]           # 1 to block_size token ids; a server starts them with <|endoftext|>
+    max_tokens: int = 16        # the most new tokens; fewer if the block fills or a stop comes
     temperature: float = 1.0    # 0 is greedy (argmax); higher flattens the distribution
     top_k: int | None = None    # sample only from the k most likely tokens
-    top_p: float | None = None  # sample from the smallest set of tokens whose probability reaches top_p
+    top_p: float | None = None  # sample from the smallest set of tokens whose mass reaches top_p
     stop: tuple = ()            # stop strings: the text ends right before the first one to appear
     ignore_eos: bool = False    # go on past <|endoftext|> (a benchmark's way to fix output lengths)
-    seed: int = 0               # seeds the request's own random numbers: batch mates never change its draws
+    seed: int = 0               # its own random numbers: batch mates never change its draws
 
 
 def check_request(r: Request, block_size: int) -> None:
@@ -61,7 +41,8 @@ def check_request(r: Request, block_size: int) -> None:
     if not r.prompt:
         raise ValueError("the prompt has no tokens")
     if len(r.prompt) > block_size:
-        raise ValueError(f"the prompt is {len(r.prompt)} tokens; the model reads at most {block_size}: shorten it")
+        raise ValueError(f"the prompt is {len(r.prompt)} tokens; the model reads at most "
+                         f"{block_size}: shorten it")
     if not 1 <= r.max_tokens <= block_size:
         raise ValueError(f"max_tokens must be between 1 and {block_size}, got {r.max_tokens}")
     check_sampling(r.temperature, r.top_k, r.top_p)
@@ -72,21 +53,17 @@ def check_request(r: Request, block_size: int) -> None:
 def held_back(text: str, stops) -> int:
     """How many characters at the end of text could be the start of a stop string: they wait for
     the next token before anyone sees them, so a stop string is never half sent."""
-    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
-               default=0)
+    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1)
+                if text.endswith(s[:n])), default=0)
 
 
 class Sequence:
-    """One request in the engine: its slot and position, its random numbers, the queue its tokens leave by.
-
-    The client reads (token id, text) pairs from stream(); the text of each pair is what became
-    whole: UTF-8 characters split across tokens wait for their last byte, and text that may begin
-    a stop string waits to see whether it does.
-    """
+    """One request in the engine: its slot and position, its random numbers, its queue of tokens."""
 
     def __init__(self, request: Request):
         self.request = request
         self.rng = random.Random(request.seed)  # this request's own random numbers for sampling
+        # a UTF-8 character split across tokens waits for its last byte
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.tokens: list[int] = []  # the new tokens so far
         self.text = ""               # their text, as far as it is decoded
@@ -94,27 +71,22 @@ class Sequence:
         self.slot = None             # the cache rows it owns while running
         self.length = 0              # tokens in the cache: the position the next fed token goes to
         self.finish_reason = None    # "stop", "length", "cancelled" or "error", once finished
-        self.cancelled = False       # set by the client (it disconnected); the engine acts at its next step
+        self.cancelled = False       # set when the client left; the engine acts at its next step
         self.out = queue.Queue()     # (token, text) per new token, then None
 
     def cancel(self) -> None:
         self.cancelled = True
 
     def stream(self):
-        """Yield (token id, text piece) as the engine produces them, until the sequence finishes."""
+        """Yield (token id, the text it made whole) as the engine produces them, until the end."""
         while (item := self.out.get()) is not None:
             yield item
 
 
 def next_tokens(seqs: list, logits) -> list[int]:
-    """The next token of each sequence from its row of logits (len(seqs), V).
-
-    Greedy rows take the argmax. Sampled rows with the same settings share one sampling_probs()
-    call (temperature, top-k, top-p, as generate() samples), then each row draws with a uniform
-    number from its own request's random generator (inverse transform sampling: the first token
-    whose cumulative probability passes it), so that its draws never depend on its batch mates.
-    """
-    tokens = logits.argmax(dim=-1).tolist()
+    """The next token of each sequence from its row of logits (len(seqs), V)."""
+    tokens = logits.argmax(dim=-1).tolist()  # what greedy rows keep
+    # sampled rows with the same settings share one sampling_probs() call, as generate() samples
     groups = defaultdict(list)  # (temperature, top_k, top_p) -> row indices
     for i, seq in enumerate(seqs):
         r = seq.request
@@ -122,7 +94,10 @@ def next_tokens(seqs: list, logits) -> list[int]:
             groups[r.temperature, r.top_k, r.top_p].append(i)
     for (temperature, top_k, top_p), rows in groups.items():
         cdf = sampling_probs(logits[rows], temperature, top_k, top_p).cumsum(dim=-1)  # (n, V)
-        u = torch.tensor([[seqs[i].rng.random()] for i in rows], dtype=cdf.dtype, device=cdf.device)  # (n, 1)
+        # inverse transform sampling: the first token whose cumulative probability passes u, a
+        # uniform number from the row's own generator, so its draws never depend on its batch mates
+        u = torch.tensor([[seqs[i].rng.random()] for i in rows], dtype=cdf.dtype,
+                         device=cdf.device)  # (n, 1)
         picks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (n, 1)
         # u < 1, but u * total may round up to the total: then the last token
         for i, token in zip(rows, picks.clamp(max=cdf.size(1) - 1)[:, 0].tolist()):
@@ -137,8 +112,8 @@ class Engine:
     thread that runs step() (start() runs it in the background; tests may call step() by hand).
     """
 
-    def __init__(self, model, tokenizer, slots: int = 16, policy: str = "continuous", max_queue: int = 64,
-                 log=print):
+    def __init__(self, model, tokenizer, slots: int = 16, policy: str = "continuous",
+                 max_queue: int = 64, log=print):
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if slots < 1 or max_queue < 1:
@@ -155,7 +130,7 @@ class Engine:
         self.log = log
         self.finished = Counter()   # finish reason -> requests
         self.tokens_out = 0         # new tokens since the start
-        self.recent = deque()       # (time, tokens) per step over the last RATE_WINDOW_S, for tokens/s
+        self.recent = deque()       # (time, tokens) per step over the last RATE_WINDOW_S
         self.lock = threading.Lock()  # guards recent: stats() reads it from other threads
         self.started = time.perf_counter()
         self.wake = threading.Event()
@@ -172,15 +147,16 @@ class Engine:
         return seq
 
     def step(self) -> None:
-        """Cancelled sequences leave, waiting ones are prefilled into free slots, then one decode step."""
+        """Cancelled sequences leave, waiting ones are prefilled into free slots, then a decode."""
         for seq in [s for s in self.running if s.cancelled]:
             self.finish(seq, "cancelled")
         if self.policy == "continuous":
-            room = len(self.free)
+            room = len(self.free)  # refill every free slot: short requests never wait for long ones
         elif self.policy == "static":
-            room = 0 if self.running else len(self.free)  # a new batch only once the last one is done
+            # a new batch only once the last one is done: free slots wait for its longest sequence
+            room = 0 if self.running else len(self.free)
         else:
-            room = 0 if self.running else 1
+            room = 0 if self.running else 1  # "one": no batching, like litgpt serve
         before = self.tokens_out
         while room > 0:
             try:
@@ -198,38 +174,43 @@ class Engine:
 
     @torch.no_grad()
     def prefill(self, seq: Sequence) -> None:
-        """Take the lowest free slot (so that decode's rows 0..B-1 stay dense), write the prompt's keys
-        and values into it, and sample the first new token."""
-        seq.slot = min(self.free)
+        """Write the prompt's keys and values into a free slot; sample the first new token."""
+        seq.slot = min(self.free)  # the lowest, so that decode's rows 0..B-1 stay dense
         self.free.remove(seq.slot)
         self.running.append(seq)
         # the model writes the prompt's keys and values straight into the slot's rows (a view)
         view = self.cache.rows(seq.slot, seq.slot + 1)
         r = seq.request
-        x = self.model.hidden_states(torch.tensor([r.prompt], device=self.device), cache=view)  # (1, T, C)
-        logits = self.model.lm_head(x[:, -1])  # (1, V): only the last position's next token is needed
+        x = self.model.hidden_states(torch.tensor([r.prompt], device=self.device),
+                                     cache=view)  # (1, T, C)
+        logits = self.model.lm_head(x[:, -1])  # (1, V): only the last position's are needed
         seq.length = len(r.prompt)
         self.emit(seq, next_tokens([seq], logits)[0])
 
     @torch.no_grad()
     def decode(self) -> None:
-        """One token for every running sequence, in one forward pass of the model: slot i feeds its last
-        token at its own position, into rows 0..B-1 of the cache. A free slot among them computes a row
-        nobody reads (token 0 at position 0, which the next prefill of that slot overwrites)."""
+        """One token for every running sequence in one forward pass of the model: slot i feeds its
+        last token at its own position and attends to its own keys 0..pos[i] only."""
+        # Rows of a slot past its sequence still hold an earlier request's keys: the mask never
+        # lets them be read, and a position is always written (by the prefill, or the step that
+        # feeds it) before a query may read it. A free slot among rows 0..B-1 computes a row
+        # nobody reads (token 0 at position 0, which the next prefill of that slot overwrites).
         B = max(seq.slot for seq in self.running) + 1
         tokens, pos = [0] * B, [0] * B
         for seq in self.running:
             tokens[seq.slot], pos[seq.slot] = seq.tokens[-1], seq.length
-        logits, _ = self.model(torch.tensor(tokens, device=self.device)[:, None], cache=self.cache.rows(0, B),
+        logits, _ = self.model(torch.tensor(tokens, device=self.device)[:, None],
+                               cache=self.cache.rows(0, B),
                                positions=torch.tensor(pos, device=self.device))
         logits = logits[:, 0]  # (B, V)
-        batch = sorted(self.running, key=lambda seq: seq.slot)  # emit() may finish some: they leave self.running
+        # emit() may finish some: they leave self.running
+        batch = sorted(self.running, key=lambda seq: seq.slot)
         for seq, token in zip(batch, next_tokens(batch, logits[[seq.slot for seq in batch]])):
             seq.length += 1
             self.emit(seq, token)
 
     def emit(self, seq: Sequence, token: int) -> None:
-        """Hand a new token and the text it completes to the client; finish the sequence if it is done."""
+        """Hand a new token and the text it completes to the client; finish the sequence if done."""
         r = seq.request
         seq.tokens.append(token)
         self.tokens_out += 1
@@ -244,9 +225,9 @@ class Engine:
             reason, end = "stop", len(seq.text)
         # the token just sampled cannot be fed once the cache holds block_size tokens
         elif len(seq.tokens) == r.max_tokens or seq.length == self.model.config.block_size:
-            seq.text += seq.decoder.decode(b"", final=True)  # an unfinished character becomes U+FFFD
+            seq.text += seq.decoder.decode(b"", final=True)  # an unfinished character: U+FFFD
             reason, end = "length", len(seq.text)
-        else:
+        else:  # text that may begin a stop string waits to see whether it does
             reason, end = None, len(seq.text) - held_back(seq.text, r.stop)
         seq.out.put((token, seq.text[seq.sent:end]))
         seq.sent = end
@@ -274,7 +255,7 @@ class Engine:
                 self.recent.popleft()
 
     def stats(self) -> dict:
-        """What /stats shows: load, throughput over the last RATE_WINDOW_S seconds, finished requests."""
+        """What /stats shows: load, tokens/s over the last RATE_WINDOW_S, finished requests."""
         now = time.perf_counter()
         with self.lock:
             recent = sum(n for t, n in self.recent if t >= now - RATE_WINDOW_S)
@@ -288,13 +269,13 @@ class Engine:
         """Step while there is work; sleep until submit() wakes it when there is none."""
         while not self.stopping.is_set():
             if not self.running and self.waiting.empty():
-                self.wake.clear()  # clear, then look again: a submit() in between sets it and wait returns
+                self.wake.clear()  # then look again: a submit() in between sets it, wait returns
                 if self.waiting.empty():
                     self.wake.wait(0.5)
                 continue
             try:
                 self.step()
-            except Exception:  # a bug, not a user's mistake: end every request with an error, keep serving
+            except Exception:  # a bug, not a user's mistake: fail the running requests, serve on
                 self.log(f"engine step failed, ending {len(self.running)} running request(s):\n"
                          f"{traceback.format_exc()}")
                 for seq in list(self.running):

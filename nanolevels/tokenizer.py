@@ -1,26 +1,10 @@
 """Byte-level BPE tokenizer: we learn the merges from our own text, tiktoken applies them fast.
 
-Byte-level BPE starts from the 256 possible bytes, so any string (any language, emoji,
-control characters) can be encoded and nothing is ever "unknown". Training looks at the
-text as UTF-8 bytes, finds the most frequent adjacent pair of tokens, gives that pair a
-new id (256, 257, ...) and replaces it everywhere; repeat until the vocabulary is full.
-Encoding a new text replays the merges in the order they were learned.
-
-Before counting pairs we split the text with a regex (the GPT-4 pattern below) into
-chunks: words with their leading space, runs of up to 3 digits, punctuation, whitespace.
-Merges never cross a chunk boundary, so we do not waste vocabulary on "dog." vs "dog!"
-and a token is never half a word plus half of the next one.
-
-Most chunks repeat ("the" appears thousands of times), so training counts each distinct
-chunk once together with its frequency, and a pair found in a chunk counts `frequency`
-times. When a pair is merged only the chunks that contain it change, so we keep an index
-pair -> chunks and update the pair counts incrementally instead of recounting the corpus.
-
-tiktoken is only a fast BPE engine here: it knows nothing about English, it just runs the
-ranks we hand it. Token 256 + i is merge i, and its bytes are the two merged tokens'
-bytes concatenated; tiktoken merges, at each step, the adjacent pair whose bytes have the
-lowest rank, which for learned merges is the same as replaying them in order.
-`encode_reference` does the same in slow plain Python so the tests can check tiktoken.
+Training starts from the 256 bytes (nothing is ever "unknown"), splits the text into chunks with
+the GPT-4 regex and merges the most frequent adjacent pair into a new token (256, 257, ...) until
+the vocabulary is full; encoding replays the merges in order. tiktoken is only the engine that runs
+our ranks: encode_reference does the same in slow plain Python, and the tests hold them equal.
+References: karpathy/minbpe; openai/tiktoken; GPT-2 (Radford et al. 2019) for byte-level BPE.
 """
 
 import json
@@ -32,9 +16,11 @@ import tiktoken
 
 from nanolevels.files import atomic_write
 
-# GPT-4 (cl100k) split: contractions, letters (with one leading non-letter such as a
-# space), 1-3 digits, punctuation runs, newlines, other whitespace.
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+# GPT-4 (cl100k) split: contractions, letters (with one leading non-letter such as a space), 1-3
+# digits, punctuation runs, newlines, other whitespace. Merges never cross a chunk boundary, so no
+# vocabulary goes to "dog." vs "dog!", and a token is never half a word plus half of the next one.
+SPLIT_PATTERN = (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+")
 EOT = "<|endoftext|>"
 NEVER = float("inf")  # the rank of a pair that was never merged
 
@@ -53,11 +39,12 @@ def merge(ids, pair, idx):
 
 
 def special_split(text, specials):
-    """Split text around the given special tokens, keeping them: "a<|x|>b" -> ["a", "<|x|>", "b"]."""
+    """Split text around special tokens, keeping them: "a<|x|>b" -> ["a", "<|x|>", "b"]."""
     if not specials:
         return [text]
     # longest first, so a special token that contains another one wins
-    return regex.split("(" + "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")", text)
+    return regex.split("(" + "|".join(regex.escape(s) for s in
+                                      sorted(specials, key=len, reverse=True)) + ")", text)
 
 
 class Tokenizer:
@@ -65,12 +52,15 @@ class Tokenizer:
 
     def __init__(self, merges, special_tokens=None, pattern=SPLIT_PATTERN, name="nanolevels"):
         self.merges = [tuple(pair) for pair in merges]
+        # token 256 + i is merge i, its bytes the two merged tokens' bytes. tiktoken merges, at each
+        # step, the adjacent pair whose bytes have the lowest rank: for learned merges, the same as
+        # replaying them in order
         vocab = {i: bytes([i]) for i in range(256)}
         for i, (a, b) in enumerate(self.merges):
             vocab[256 + i] = vocab[a] + vocab[b]
         ranks = {token: i for i, token in vocab.items()}
         if len(ranks) != len(vocab):
-            # tiktoken looks tokens up by their bytes, so two ids with the same bytes can't both exist
+            # tiktoken looks tokens up by their bytes: two ids with the same bytes can't both exist
             seen = {}
             for i, token in vocab.items():
                 if token in seen:
@@ -79,8 +69,10 @@ class Tokenizer:
         if special_tokens is None:
             special_tokens = {EOT: len(vocab)}
         if any(i < len(vocab) for i in special_tokens.values()):
-            raise ValueError(f"special token ids must be >= {len(vocab)} (the merges use the ids below)")
-        enc = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens)
+            raise ValueError(f"special token ids must be >= {len(vocab)} "
+                             "(the merges use the ids below)")
+        enc = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
+                                special_tokens=special_tokens)
         self._setup(enc, ranks, special_tokens, pattern)
 
     def _setup(self, enc, ranks, special_tokens, pattern):
@@ -93,17 +85,17 @@ class Tokenizer:
 
     @classmethod
     def train(cls, text, vocab_size, special_tokens=(EOT,), pattern=SPLIT_PATTERN, verbose=False):
-        """Learn vocab_size - 256 - len(special_tokens) merges from text.
-
-        If the text runs out of pairs first (a tiny corpus), training stops early and the
-        vocabulary is smaller than asked: check `tok.vocab_size`.
-        """
+        """Learn vocab_size - 256 - len(special_tokens) merges from text; fewer if the text runs out
+        of pairs first (a tiny corpus): check `tok.vocab_size`."""
         special_tokens = list(special_tokens)
         num_merges = vocab_size - 256 - len(special_tokens)
         if num_merges < 0:
             raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least "
-                             f"256 bytes + {len(special_tokens)} special tokens = {256 + len(special_tokens)}")
-        # special tokens (e.g. the document separator) are not text: never learn merges across them
+                             f"256 bytes + {len(special_tokens)} special tokens = "
+                             f"{256 + len(special_tokens)}")
+        # special tokens (e.g. the document separator) are not text: never learn merges across them.
+        # Most chunks repeat ("the" thousands of times): count each distinct chunk once, with its
+        # frequency, and a pair found in it counts that many times
         counts = Counter()
         for part in special_split(text, special_tokens):
             if part not in special_tokens:
@@ -122,11 +114,11 @@ class Tokenizer:
         for k in range(num_merges):
             if not stats:
                 break
-            # most frequent pair; on a tie the smallest pair, so every machine learns the same merges
+            # most frequent pair; on a tie the smallest, so every machine learns the same merges
             top = max(stats.values())
             pair = min(p for p, count in stats.items() if count == top)
             idx = 256 + k
-            for i in where.pop(pair):  # only these chunks change
+            for i in where.pop(pair):  # only these chunks change: no recount of the corpus
                 ids, n = chunks[i], freqs[i]
                 new = merge(ids, pair, idx)
                 # take the chunk's old pairs out of the counts and put its new pairs in
@@ -137,7 +129,7 @@ class Tokenizer:
                 for p in zip(new, new[1:]):
                     stats[p] += n
                     where[p].add(i)
-                # pairs the merge destroyed no longer point at this chunk (`pair` left the index above)
+                # pairs the merge destroyed no longer point at this chunk (`pair` left the index)
                 for p in set(zip(ids, ids[1:])) - set(zip(new, new[1:])) - {pair}:
                     where[p].discard(i)
                 chunks[i] = new
@@ -167,7 +159,8 @@ class Tokenizer:
                 parts = [bytes([b]) for b in chunk.encode("utf-8")]
                 while len(parts) >= 2:
                     # merge the adjacent pair whose bytes have the lowest rank (leftmost on a tie)
-                    candidates = [(self.ranks.get(a + b, NEVER), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+                    candidates = [(self.ranks.get(a + b, NEVER), i)
+                                  for i, (a, b) in enumerate(zip(parts, parts[1:]))]
                     rank, i = min(candidates)
                     if rank == NEVER:
                         break
@@ -209,13 +202,15 @@ class Tokenizer:
         # one merge per line, so the file reads (and diffs) like a list
         lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items() if k != "merges"]
         if "merges" in d:
-            lines.append('  "merges": [' + ",".join(f"\n    {json.dumps(m)}" for m in d["merges"]) + "\n  ]")
+            lines.append('  "merges": [' + ",".join(f"\n    {json.dumps(m)}" for m in d["merges"])
+                         + "\n  ]")
         atomic_write(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
     @classmethod
     def load(cls, path):
         if not os.path.exists(path):
-            raise ValueError(f"no tokenizer at {path}: train one first, or pass the path of an existing tokenizer.json")
+            raise ValueError(f"no tokenizer at {path}: train one first, "
+                             "or pass the path of an existing tokenizer.json")
         try:
             with open(path, encoding="utf-8") as f:
                 return cls.from_dict(json.load(f))
