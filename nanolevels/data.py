@@ -2,8 +2,8 @@
 
 Pretraining reads random windows of a flat token stream (documents joined by <|endoftext|>),
 stored as uint16 and memory-mapped; fine-tuning reads (prompt, answer) turns with the loss on the
-answer tokens only. Batches are a pure function of (seed, step, micro_step). Also the world's
-files: prepare_world writes them, the load_* functions read them with one-line errors.
+answer tokens only. Batches are a pure function of (seed, step, micro_step). Also a data folder's
+files: prepare_world and prepare_text write them, the load_* functions read them back.
 References: karpathy/nanoGPT (data/*/prepare.py, get_batch in train.py).
 """
 
