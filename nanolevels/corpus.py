@@ -1,19 +1,19 @@
-"""Training text made from the world: the pretraining corpus, reading pages, reading examples and agent traces.
+"""Training text made from the world: pretraining corpus, reading pages, reading examples, traces.
 
-The world (world.py) is people, companies, their documents and the questions about them. This file
-is what a model is trained on: the biographies repeated into a pretraining corpus, reading pages
-about fresh people (a biography, then its questions answered), the reader's examples (RAFT-style:
-documents, then every question about the last one) and the agent's traces (Self-Ask, see agent.py).
-Everything about a fresh person or company is made up on the spot, so it can only be read, never
-remembered.
+The biographies and profiles repeated into a pretraining corpus; reading pages (a fresh person's
+biography, then its questions answered); the reader's examples (documents, then every question
+about the last one); the agent's traces. A fresh person or company is made up on the spot, so
+what is said of it can only be read, never remembered.
+References: RAFT (arXiv 2403.10131); Self-Ask's trace format (arXiv 2210.03350; see agent.py).
 """
 
 import random
 from dataclasses import dataclass
 
 from nanolevels.prompting import answer_text, qa_prompt
-from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, PRETRAINED, TWO_HOP, Person, World, biography,
-                              company_question, fresh_companies, fresh_people, profile, qa_pair, two_hop_question)
+from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, PRETRAINED, TWO_HOP, Person, World,
+                              biography, company_question, fresh_companies, fresh_people, profile,
+                              qa_pair, two_hop_question)
 
 def qa_block(person: Person, attributes) -> str:
     """The questions about person, each answered, in the layout every level prompts with."""
@@ -21,35 +21,30 @@ def qa_block(person: Person, attributes) -> str:
                    for q in (qa_pair(person, a) for a in attributes))
 
 def reading_page(person: Person, rng: random.Random) -> str:
-    """A biography followed by all six questions about it, answered, in random order.
-
-    Pages about FRESH people teach the base model to read an answer out of its context (the
-    answer cannot come from memory), which is what retrieval-augmented prompting needs later.
-    """
+    """A biography followed by all six questions about it, answered, in random order (about fresh
+    people, it teaches the base model to read an answer out of its context, as RAG needs)."""
     attributes = list(ATTRIBUTES)
     rng.shuffle(attributes)
     return biography(person, rng) + "\n" + qa_block(person, attributes)
 
 def fresh_workforce(world: World, n: int, seed: int) -> list[Person]:
-    """n fresh people for reading pages and reading examples: every other one works at a fresh company.
-
-    A new person's employer may be a company whose name was never pretrained. A word the model never
-    read has token embeddings nobody trained, and the model cannot copy it out of a document: one run's
-    reader answered 49% of the dev-new people's employers, the known companies' names only. Fresh
-    companies are named from the same words as the world's own, so every company word is read here,
-    while no company of the world's is named."""
+    """n fresh people for reading pages and reading examples: every other one works at a fresh
+    company."""
+    # A word the model never read has untrained embeddings and cannot be copied out of a document
+    # (one run's reader got 49% of the dev-new employers, the known names only): fresh companies use
+    # the words of the world's own, so every company word is read here, no company of the world's.
     people = fresh_people(world, n, seed)
     for p, c in zip(people[1::2], fresh_companies(world, n // 2, seed + 7)):
         p.employer, p.employer_city = c.name, c.headquarters
     return people
 
-# The agent's trace format (Self-Ask; see agent.py): every line the model writes starts with one of these.
+# The agent's trace format (Self-Ask; see agent.py): every line the model writes starts with one.
 FOLLOW_UP, INTERMEDIATE, FINAL = "Follow up: ", "Intermediate answer: ", "So the final answer is: "
-# Of the reading pages, this share are agent traces (agent_examples written out): every word the agent will
-# write, and every question about a company, is then one the model has read.
+# Of the reading pages, this share are agent traces (agent_examples written out): every word the
+# agent will write, and every question about a company, is then one the model has read.
 TRACE_SHARE = 0.05
-# What agent_examples asks about: two-hop questions, one-hop questions about a person or about a company. A
-# one-hop question is answered in one follow-up; knowing when to stop asking is part of the skill.
+# What agent_examples asks: two-hop questions, one-hop ones about a person or a company. A one-hop
+# question is answered in one follow-up; knowing when to stop asking is part of the skill.
 MIX = {"two-hop": 0.5, "person": 0.3, "company": 0.2}
 
 
@@ -58,11 +53,11 @@ def question_line(question: str) -> str:
 
 
 def trace_turns(question: str, hops: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
-    """A finished trace as (prompt, answer) turns for data.encode_example: hops are (follow-up, document,
-    intermediate answer), the last intermediate answer is the final one. The question and each inserted
-    document are prompts (no loss); every line the model writes is an answer (trained on)."""
+    """A finished trace as (prompt, answer) turns for data.encode_example: hops are (follow-up,
+    document, intermediate answer), the last intermediate answer is the final one."""
     if not hops:
         raise ValueError("a trace needs at least one hop")
+    # the question and each inserted document are prompts (no loss); the model's lines are answers
     turns, prompt, said = [], question_line(question), ""
     for follow_up, document, answer in hops:
         turns.append((prompt, said + f"{FOLLOW_UP}{follow_up}\n"))
@@ -72,14 +67,15 @@ def trace_turns(question: str, hops: list[tuple[str, str, str]]) -> list[tuple[s
 
 
 def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]]]:
-    """n training traces (see trace_turns) about fresh people at fresh companies, mixed as MIX says, each
-    with the gold document of every hop: the person's biography, then the company's profile."""
+    """n training traces (see trace_turns) about fresh people at fresh companies, mixed as MIX says,
+    each with the gold document of every hop: the person's biography, then the company's profile."""
     rng = random.Random(seed + 1)  # not the streams that drew the people and companies
     companies = fresh_companies(world, n, seed=seed)
     kinds, weights = list(MIX), list(MIX.values())
     examples = []
     for person, employer in zip(fresh_people(world, n, seed=seed + 2), companies):
-        person.employer, person.employer_city = employer.name, employer.headquarters  # each at a company of its own
+        # each at a company of its own
+        person.employer, person.employer_city = employer.name, employer.headquarters
         kind = rng.choices(kinds, weights)[0]
         if kind == "two-hop":
             q = two_hop_question(person, employer, rng.choice(TWO_HOP))
@@ -103,28 +99,10 @@ class Corpus:
     val_docs: list[str]         # held-out documents for validation loss (same kinds, other text)
 
 
-def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, reading_share: float = 0.2,
-                mix_qa: bool = False) -> Corpus:
-    """Biographies of everyone, and the pretraining documents built from them.
-
-    Pretraining text = the biographies of the PRETRAINED people (train, dev, test) and the profiles of
-    the known companies (as many as biographies per person), each written `epochs` times, plus reading pages about fresh people (`reading_share` of all documents), plus,
-    with `mix_qa`, the QA pairs of train people (as often as their biographies). Never a word about
-    a `dev-new` or `new` person or company, never a question about a dev or test person.
-
-    Every reading page is about a different fresh person (every other one at a fresh company, see
-    fresh_workforce), seen once; TRACE_SHARE of them are agent traces about fresh people at fresh
-    companies (agent_examples). Its answers can only be
-    learned by reading them off the page, never by memorising the person (repeated pages would
-    spend the model's memory on people nobody asks about). That is why the repetition of the
-    biographies is written out here, rather than left to training for more epochs.
-
-    Validation = one more biography per pretrained person and profile per known company (same facts,
-    other wording) plus reading
-    pages about other fresh people, in the same proportion. Documents are shuffled as whole
-    documents: with all paraphrases of one person in one context window, the model would copy them
-    instead of storing the facts.
-    """
+def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40,
+                reading_share: float = 0.2, mix_qa: bool = False) -> Corpus:
+    """Biographies and profiles of everyone, and the pretraining documents built from them: never a
+    word about a dev-new or new person or company, never a question about a dev or test person."""
     if bios_per_person < 1:
         raise ValueError(f"--bios-per-person must be at least 1, got {bios_per_person}")
     if epochs < 1:
@@ -134,62 +112,73 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40, readin
     rng = random.Random(world.seed + 1)
     bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
     profiles = {c.name: [profile(c, rng) for _ in range(bios_per_person)] for c in world.companies}
+    # pretrained: the PRETRAINED people's biographies and the known companies' profiles;
+    # validation: one more of each (same facts, other wording)
     known = [p for p in world.people if p.split in PRETRAINED]
     companies = [c for c in world.companies if c.split == "known"]
-    once = [b for p in known for b in bios[p.name]] + [d for c in companies for d in profiles[c.name]]
+    once = ([b for p in known for b in bios[p.name]]
+            + [d for c in companies for d in profiles[c.name]])
     val_docs = [biography(p, rng) for p in known] + [profile(c, rng) for c in companies]
-    if mix_qa:
+    if mix_qa:  # the train people's QA pairs, as often as their biographies
         for p in world.split("train"):
             for _ in range(bios_per_person):
                 attributes = list(ATTRIBUTES)
                 rng.shuffle(attributes)
                 once.append(qa_block(p, attributes))
+    # the repetition is written out, not left to more epochs of training: the reading pages below
+    # are each seen once, so their answers can only be read off the page, never memorised (repeated
+    # pages would spend the model's memory on people nobody asks about)
     train_docs = once * epochs
+    # reading pages are reading_share of all documents, in validation too; TRACE_SHARE of them are
+    # agent traces
     n_pages = round(reading_share / (1 - reading_share) * len(train_docs))
     n_val_pages = round(reading_share / (1 - reading_share) * len(val_docs))
     n_traces, n_val_traces = round(TRACE_SHARE * n_pages), round(TRACE_SHARE * n_val_pages)
     fresh = fresh_workforce(world, n_pages + n_val_pages, seed=world.seed + 2)
-    traces = ["".join(p + a for p, a in t) for t in agent_examples(world, n_traces + n_val_traces, world.seed + 5)]
+    traces = ["".join(p + a for p, a in t)
+              for t in agent_examples(world, n_traces + n_val_traces, world.seed + 5)]
     train_docs += [reading_page(p, rng) for p in fresh[:n_pages - n_traces]] + traces[:n_traces]
-    val_docs += [reading_page(p, rng) for p in fresh[n_pages:n_pages + n_val_pages - n_val_traces]] + traces[n_traces:]
+    val_docs += ([reading_page(p, rng) for p in fresh[n_pages:n_pages + n_val_pages - n_val_traces]]
+                 + traces[n_traces:])
+    # whole documents shuffled: with all paraphrases of one person in one context window, the
+    # model would copy them instead of storing the facts
     rng.shuffle(train_docs)
     rng.shuffle(val_docs)
     return Corpus(bios, profiles, train_docs, val_docs)
 
 
-COMPANY_SHARE = 0.25  # of reading examples about a company's profile: the reader reads every document of the collection
+COMPANY_SHARE = 0.25  # of reading examples about a company: the reader reads every kind of document
 
 
 def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[tuple[str, str]]]:
-    """n examples for learning to read (RAFT-style, arXiv 2403.10131), each a list of (prompt, answer)
-    turns: 1 to k documents, the one about the person (or, for COMPANY_SHARE of them, the company) asked
-    about LAST, then every question about it (six for a person, four for a company), in random order,
-    each answered.
-
-    All people and companies here are FRESH, so the answers cannot come from the model's memory: they
-    have to be read off the context, which is the skill retrieval needs for `new` people. The
-    distractors are documents about other fresh people (companies), placed first, where rag_prompt places
-    lower-ranked documents: training sees the layout inference will. With the right document at a random
-    place the model cannot tell whose document is whose; with always two documents it learns "the second
-    document" rather than "the last one", hence 1 to k. Several answers per context teach more per token
-    than one.
-    """
+    """n examples for learning to read (RAFT-style), each a list of (prompt, answer) turns: 1 to k
+    documents, the one about the person (or, for COMPANY_SHARE of them, the company) asked about
+    LAST, then every question about it (six or four), in random order, each answered."""
+    # All fresh, so the answers have to be read off the context, the skill retrieval needs for
+    # `new` people. Several answers per context teach more per token than one.
     rng = random.Random(seed + 1)  # not the stream that drew the people
     people = fresh_workforce(world, n + k, seed=seed)
     companies = fresh_companies(world, n + k, seed=seed + 2)
     examples = []
     for i in range(n):
         if rng.random() < COMPANY_SHARE:
-            entities, write, attributes, ask = companies, profile, list(COMPANY_ATTRIBUTES), company_question
+            entities, write, ask = companies, profile, company_question
+            attributes = list(COMPANY_ATTRIBUTES)
         else:
-            entities, write, attributes, ask = people, biography, list(ATTRIBUTES), qa_pair
+            entities, write, ask = people, biography, qa_pair
+            attributes = list(ATTRIBUTES)
         subject = entities[i]
-        # distractors: positions among everyone but entity i (indices, not a copied list: n is 20,000); a fresh
-        # company's name may repeat, and a namesake would make the question ambiguous
-        others = [entities[j + (j >= i)] for j in rng.sample(range(n + k - 1), rng.randint(0, k - 1))]
-        context = [write(e, rng) for e in [*others, subject] if e is subject or e.name != subject.name]
+        # distractors: positions among everyone but entity i (indices, not a copied list: n is
+        # 20,000), placed first, where rag_prompt puts lower-ranked documents. A random place for
+        # the right one hides whose document is whose; always two teaches "the second document",
+        # not "the last one": hence 1 to k. A fresh company's name may repeat, and a namesake
+        # would make the question ambiguous.
+        picks = rng.sample(range(n + k - 1), rng.randint(0, k - 1))
+        others = [entities[j + (j >= i)] for j in picks]
+        context = [write(e, rng) for e in [*others, subject]
+                   if e is subject or e.name != subject.name]
         rng.shuffle(attributes)
         questions = [ask(subject, a) for a in attributes]
-        examples.append([(qa_prompt(q["question"], context if j == 0 else ()), answer_text(q["answer"]))
-                         for j, q in enumerate(questions)])
+        examples.append([(qa_prompt(q["question"], context if j == 0 else ()),
+                          answer_text(q["answer"])) for j, q in enumerate(questions)])
     return examples

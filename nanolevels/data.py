@@ -1,12 +1,10 @@
 """Text -> token files -> training batches; QA pairs -> answer-masked batches.
 
 Pretraining reads random windows of a flat token stream (documents joined by <|endoftext|>),
-stored as uint16 on disk and memory-mapped, as nanoGPT does. Fine-tuning reads examples of
-(prompt, answer) turns and computes the loss on the answer tokens only (encode_example says how).
-
-Batches are a pure function of (seed, step, micro_step): nothing to save for an exact resume, and
-under DDP every rank draws the same global batch and keeps its own slice, so N ranks see exactly
-the samples that one process with an N-times larger batch would see.
+stored as uint16 and memory-mapped; fine-tuning reads (prompt, answer) turns with the loss on the
+answer tokens only. Batches are a pure function of (seed, step, micro_step). Also a data folder's
+files: prepare_world and prepare_text write them, the load_* functions read them back.
+References: karpathy/nanoGPT (data/*/prepare.py, get_batch in train.py).
 """
 
 import json
@@ -48,6 +46,8 @@ def encode_documents(tokenizer, docs: list[str]) -> np.ndarray:
 
 def _global_rows(seed: int, step: int, micro_step: int, n_rows: int, high: int) -> np.ndarray:
     """The row indices of one global micro-batch: the same on every rank."""
+    # nothing to save for an exact resume; each DDP rank keeps its slice, so N ranks see exactly
+    # the samples of one process with an N-times larger batch
     return np.random.default_rng([seed, step, micro_step]).integers(0, high, size=n_rows)
 
 
@@ -58,56 +58,49 @@ def _rank_slice(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:
 
 def get_lm_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: int, step: int,
                  micro_step: int = 0, rank: int = 0, world_size: int = 1):
-    """Random (x, y) windows of the token stream; y is x shifted by one. Shapes (batch_size, block_size)."""
+    """Random (x, y) windows of the token stream; y is x shifted by one. Shapes (B, block_size)."""
     if len(tokens) <= block_size:
         raise ValueError(f"the data has {len(tokens)} tokens, too few for block size {block_size}; "
                          f"use more text or a smaller --block-size")
     rows = _global_rows(seed, step, micro_step, batch_size * world_size, len(tokens) - block_size)
     starts = _rank_slice(rows, rank, world_size)
     window = np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)
-    window = torch.from_numpy(window)
+    window = torch.from_numpy(window)  # (B, block_size + 1)
     return window[:, :-1], window[:, 1:]
 
 
 def encode_example(tokenizer, turns, block_size: int):
     """(ids, targets) for one example, a list of (prompt, answer) turns: the model reads ids and is
-    trained to predict, at each position, that position's target.
-
-    The shift: the tokens are <|endoftext|> (first, as before every pretraining document), the
-    prompt, the answer, then any later turn; the input is all of them but the last (ids[:-1]), the
-    targets all but the first, so each position is trained to predict the token after it. The mask:
-    a target inside a prompt is -100 (IGNORE), which cross-entropy skips, so the loss is on the
-    answer tokens only (the model learns to answer, not to write questions). E.g. prompt [Q, :, A, :]
-    and answer [ Busan, \\n] give ids [eot, Q, :, A, :, Busan], targets [-100, -100, -100, -100, Busan, \\n].
-
-    Each part is encoded separately, exactly as at inference time, where the model sees
-    <|endoftext|> + the encoded prompt (see evaluate.complete) and produces the answer tokens itself;
-    a later turn's prompt follows the previous answer (several questions about one context).
-    Too long for the block: whole turns are dropped from the END first (the first turn holds the
-    context every later question needs), then the first prompt's START (its question sits at its end).
-    """
+    trained to predict, at each position, that position's target. E.g. prompt [Q, :, A, :] and
+    answer [ Busan, \\n] give ids [eot, Q, :, A, :, Busan], targets [-100 x4, Busan, \\n]."""
     if not turns:
         raise ValueError("an example needs at least one (prompt, answer) turn")
+    # <|endoftext|> first, as before every pretraining document and at inference (evaluate.complete)
     ids, targets = [tokenizer.eot_id], []
     for prompt, answer in turns:
         if not prompt or not answer:
-            raise ValueError(f"an example needs a non-empty prompt and answer, got {prompt!r} -> {answer!r}")
+            raise ValueError(f"an example needs a non-empty prompt and answer, got {prompt!r} -> "
+                             f"{answer!r}")
+        # each part encoded separately, exactly as at inference, where the model sees the encoded
+        # prompt and writes the answer tokens itself; a later turn's prompt follows the last answer
         p, a = tokenizer.encode(prompt), tokenizer.encode(answer)
         if targets and len(ids) + len(p) + len(a) > block_size + 1:
-            break
+            break  # too long: whole turns dropped from the END (the first holds the context)
         if len(a) > block_size:
-            raise ValueError(f"an answer of {len(a)} tokens does not fit in block size {block_size}")
+            raise ValueError(f"an answer of {len(a)} tokens does not fit in block size "
+                             f"{block_size}")
         ids += p + a
+        # a prompt's targets are IGNORE, skipped by cross-entropy: the model learns to answer, not
+        # to write questions
         targets += [IGNORE] * len(p) + a
+    # the shift: input all tokens but the last, targets all but the first; then the first prompt's
+    # START is cut if still too long (its question sits at its end)
     return ids[:-1][-block_size:], targets[-block_size:]
 
 
 def collate(examples, pad_id: int):
-    """Right-pad a list of (ids, targets) into (x, y) tensors of shape (B, longest).
-
-    Padding sits AFTER the real tokens, so causal attention never lets a real position see it,
-    and its targets are -100 (masked like a prompt's, see encode_example), so it adds nothing to the loss.
-    """
+    """Right-pad a list of (ids, targets) into (x, y) tensors of shape (B, longest): after the real
+    tokens, causal attention never lets a real position see the padding; its targets are IGNORE."""
     width = max(len(ids) for ids, _ in examples)
     x = torch.full((len(examples), width), pad_id, dtype=torch.long)
     y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -127,7 +120,7 @@ def get_example_batch(examples, batch_size: int, pad_id: int, seed: int, step: i
 
 
 def _forget(out_dir: str) -> None:
-    """Remove meta.json before rewriting a folder: until the new one is written, the folder is incomplete."""
+    """Remove meta.json before rewriting a folder: until a new one is written, it is incomplete."""
     meta = os.path.join(out_dir, "meta.json")
     if os.path.exists(meta):
         os.remove(meta)
@@ -137,39 +130,43 @@ def load_world(data_dir: str):
     """The World a prepared folder was made from (rebuilt from its meta.json, deterministically)."""
     meta_path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"{data_dir} holds no prepared world; run python data/world/prepare.py")
+        raise FileNotFoundError(f"{data_dir} holds no prepared world; run "
+                                f"python data/world/prepare.py")
     meta = read_json(meta_path)
     if meta.get("kind") != "world":
-        raise ValueError(f"{data_dir} holds your own text, not the tiny world; it has no people or questions")
+        raise ValueError(f"{data_dir} holds your own text, not the tiny world; it has no people or "
+                         f"questions")
     return make_world(meta["people"], meta["seed"])
 
 
 def load_questions(world_dir: str, *splits: str, hops: int = 1) -> dict[str, list[dict]]:
-    """{split: its questions} from a prepared world's qa_<split>.jsonl files (qa2_<split>.jsonl with hops=2)."""
+    """{split: its questions} from a prepared world's qa_<split>.jsonl (qa2_ with hops=2)."""
     out = {}
     for split in splits:
         path = os.path.join(world_dir, f"qa{'' if hops == 1 else hops}_{split}.jsonl")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py "
-                                    f"--out {world_dir}")
+            raise FileNotFoundError(f"no {path}; prepare the world with: "
+                                    f"python data/world/prepare.py --out {world_dir}")
         out[split] = read_jsonl(path)
     return out
 
 
 def load_documents(world_dir: str) -> list[dict]:
-    """The retrieval collection, docs.jsonl: one {"id", "text", ...} object per line, checked here so
-    that a damaged file is an error naming it, not a failure deep inside retrieval."""
+    """The retrieval collection, docs.jsonl: one {"id", "text", ...} object per line, checked here
+    so that a damaged file is an error naming it, not a failure deep inside retrieval."""
     path = os.path.join(world_dir, "docs.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no documents at {path}; prepare the world with: python data/world/prepare.py "
-                                f"--out {world_dir}")
+        raise FileNotFoundError(f"no documents at {path}; prepare the world with: "
+                                f"python data/world/prepare.py --out {world_dir}")
     docs = read_jsonl(path)
     for n, doc in enumerate(docs, 1):
-        if not (isinstance(doc, dict) and isinstance(doc.get("id"), str) and isinstance(doc.get("text"), str)):
-            raise ValueError(f'document {n} of {path} is not {{"id": "...", "text": "..."}}; regenerate the world '
-                             f'with: python data/world/prepare.py')
+        if not (isinstance(doc, dict) and isinstance(doc.get("id"), str)
+                and isinstance(doc.get("text"), str)):
+            raise ValueError(f'document {n} of {path} is not {{"id": "...", "text": "..."}}; '
+                             f'regenerate the world with: python data/world/prepare.py')
     if not docs:
-        raise ValueError(f"{path} holds no documents; regenerate the world with: python data/world/prepare.py")
+        raise ValueError(f"{path} holds no documents; regenerate the world with: "
+                         f"python data/world/prepare.py")
     return docs
 
 
@@ -179,14 +176,14 @@ def load_tables(world_dir: str) -> tuple[list[dict], list[dict]]:
     for name in ("people.jsonl", "companies.jsonl"):
         path = os.path.join(world_dir, name)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no {path}; prepare the world with: python data/world/prepare.py "
-                                    f"--out {world_dir}")
+            raise FileNotFoundError(f"no {path}; prepare the world with: "
+                                    f"python data/world/prepare.py --out {world_dir}")
         tables.append(read_jsonl(path))
     return tables[0], tables[1]
 
 
 def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_size: int, log):
-    """Train the tokenizer on the pretraining text, then write tokenizer.json, train.bin, val.bin."""
+    """Train the tokenizer on train_text, then write tokenizer.json, train.bin and val.bin."""
     t0 = time.time()
     tokenizer = Tokenizer.train(train_text, vocab_size)
     train_s = time.time() - t0
@@ -195,7 +192,7 @@ def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_
     val_ids = encode_documents(tokenizer, val_docs)
     save_tokens(train_ids, os.path.join(out_dir, "train.bin"))
     save_tokens(val_ids, os.path.join(out_dir, "val.bin"))
-    n_bytes = sum(len(d.encode()) for d in train_docs)  # text only: <|endoftext|> is one token, not 13 bytes
+    n_bytes = sum(len(d.encode()) for d in train_docs)  # text only: <|endoftext|> is one token
     log(f"tokenizer: {tokenizer.vocab_size} tokens trained in {train_s:.1f}s; "
         f"train.bin {len(train_ids):,} tokens ({n_bytes / len(train_ids):.2f} bytes/token), "
         f"val.bin {len(val_ids):,} tokens")
@@ -206,51 +203,47 @@ def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_
 def prepare_world(out_dir: str = "data/world", people: int = 340, bios_per_person: int = 5,
                   epochs: int = 40, reading_share: float = 0.2, mix_qa: bool = False,
                   vocab_size: int = 2048, seed: int = 1337, log=print) -> dict:
-    """Write the tiny world's files into out_dir and return a summary.
-
-    pretrain.txt, val.txt  the pretraining and validation documents, separated by <|endoftext|> lines
-    docs.jsonl             every biography and company profile (all splits, `dev-new` and `new` included): the
-                           retrieval collection; a document names its "person" or its "company"
-    qa_<split>.jsonl       questions per split (train, dev, test, dev-new, new): person, attribute, question, answer
-    qa2_<split>.jsonl      two-hop questions about the split's people's employers: person, company (the bridge),
-                           attribute, question, answer, hops (the two one-hop questions)
-    people.jsonl, companies.jsonl   the people and companies tables
-    tokenizer.json, train.bin, val.bin   the BPE tokenizer and the token streams
-    meta.json              the arguments (written last: its presence means the rest is complete)
-    """
+    """Write the tiny world's files into out_dir (see each write below) and return a summary."""
     world = make_world(people, seed)
     corpus = make_corpus(world, bios_per_person, epochs, reading_share, mix_qa)
     _forget(out_dir)
-    join = f"\n{EOT}\n"
+    join = f"\n{EOT}\n"  # documents separated by <|endoftext|> lines
     train_text = join.join(corpus.train_docs)
     atomic_write(os.path.join(out_dir, "pretrain.txt"), train_text + "\n")
     atomic_write(os.path.join(out_dir, "val.txt"), join.join(corpus.val_docs) + "\n")
+    # the retrieval collection: every biography and profile, dev-new and new included; a document
+    # names its "person" or its "company"
     write_jsonl(os.path.join(out_dir, "docs.jsonl"),
                 [{"id": f"{p.name}#{i}", "person": p.name, "split": p.split, "text": bio}
                  for p in world.people for i, bio in enumerate(corpus.bios[p.name])]
                 + [{"id": f"{c.name}#{i}", "company": c.name, "split": c.split, "text": text}
                    for c in world.companies for i, text in enumerate(corpus.profiles[c.name])])
-    for split in SPLITS:
+    for split in SPLITS:  # one-hop questions, and two-hop ones through each person's employer
         write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
                     [qa_pair(p, a) for p in world.split(split) for a in ATTRIBUTES])
         write_jsonl(os.path.join(out_dir, f"qa2_{split}.jsonl"),
-                    [two_hop_question(p, world.company(p.employer), a) for p in world.split(split) for a in TWO_HOP])
+                    [two_hop_question(p, world.company(p.employer), a)
+                     for p in world.split(split) for a in TWO_HOP])
     write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
     write_jsonl(os.path.join(out_dir, "companies.jsonl"), [asdict(c) for c in world.companies])
-    n_pages = sum("\nQ: " in d and not d.startswith("Q: ") for d in corpus.train_docs)  # not mixed QA
+    n_pages = sum("\nQ: " in d and not d.startswith("Q: ")  # not mixed QA
+                  for d in corpus.train_docs)
     n_traces = sum(d.startswith("Q: ") and FOLLOW_UP in d for d in corpus.train_docs)
     log("world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people at "
-        + " / ".join(f"{sum(c.split == s for c in world.companies)} {s}" for s in ("known", "dev-new", "new"))
+        + " / ".join(f"{sum(c.split == s for c in world.companies)} {s}"
+                     for s in ("known", "dev-new", "new"))
         + " companies; "
         f"{len(corpus.train_docs):,} pretraining documents "
-        f"({len(train_text):,} chars; {n_pages:,} of them reading pages, {n_traces:,} agent traces), "
-        f"{len(corpus.val_docs):,} validation documents")
+        f"({len(train_text):,} chars; {n_pages:,} of them reading pages, "
+        f"{n_traces:,} agent traces), {len(corpus.val_docs):,} validation documents")
     # the tokenizer learns from each distinct document once: repeats would add time, not merges
     distinct = "\n".join(dict.fromkeys(corpus.train_docs))
-    summary = _write_tokenized(out_dir, distinct, corpus.train_docs, corpus.val_docs, vocab_size, log)
-    meta = {"kind": "world", "people": people, "bios_per_person": bios_per_person, "epochs": epochs,
-            "reading_share": reading_share, "mix_qa": mix_qa, "vocab_size": vocab_size, "seed": seed}
-    write_json(os.path.join(out_dir, "meta.json"), meta)
+    summary = _write_tokenized(out_dir, distinct, corpus.train_docs, corpus.val_docs, vocab_size,
+                               log)
+    meta = {"kind": "world", "people": people, "bios_per_person": bios_per_person,
+            "epochs": epochs, "reading_share": reading_share, "mix_qa": mix_qa,
+            "vocab_size": vocab_size, "seed": seed}
+    write_json(os.path.join(out_dir, "meta.json"), meta)  # last: its presence means all is written
     return {**meta, **summary, "train_chars": len(train_text)}
 
 
@@ -277,16 +270,15 @@ def prepare_text(path: str, out_dir: str, vocab_size: int = 2048, val_fraction: 
 
 
 def load_pretraining_data(data_dir: str, tokenizer=None):
-    """(tokenizer, train tokens, val tokens) of a prepared folder.
-
-    The folder's own tokenizer and token files, unless another tokenizer is given (e.g. GPT-2's for
-    a model initialised from GPT-2): then the folder's text is encoded with that one, here.
-    """
+    """(tokenizer, train tokens, val tokens) of a prepared folder: its own tokenizer and token
+    files, or, given another tokenizer (GPT-2's, for a model from GPT-2), its text encoded so."""
     if not os.path.exists(os.path.join(data_dir, "meta.json")):
-        raise FileNotFoundError(f"{data_dir} holds no prepared data; run python data/world/prepare.py")
+        raise FileNotFoundError(f"{data_dir} holds no prepared data; run "
+                                f"python data/world/prepare.py")
     own = Tokenizer.load(os.path.join(data_dir, "tokenizer.json"))
     if tokenizer is None or tokenizer.to_dict() == own.to_dict():
-        return own, load_tokens(os.path.join(data_dir, "train.bin")), load_tokens(os.path.join(data_dir, "val.bin"))
+        return (own, load_tokens(os.path.join(data_dir, "train.bin")),
+                load_tokens(os.path.join(data_dir, "val.bin")))
     streams = []
     for name in ("pretrain.txt", "val.txt"):
         with open(os.path.join(data_dir, name), encoding="utf-8") as f:
@@ -295,7 +287,7 @@ def load_pretraining_data(data_dir: str, tokenizer=None):
 
 
 def read_pairs(path: str) -> list[dict]:
-    """A JSONL file of {"prompt": str, "answer": str} lines (a fine-tuning set), checked line by line."""
+    """A JSONL file of {"prompt": str, "answer": str} lines (a fine-tuning set), checked by line."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no fine-tuning data at {path}")
     pairs = []
@@ -306,9 +298,10 @@ def read_pairs(path: str) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str)
-                and row["prompt"] and row["answer"]):
-            raise ValueError(f'line {n} of {path} is not {{"prompt": "...", "answer": "..."}} with non-empty strings')
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
+                and isinstance(row.get("answer"), str) and row["prompt"] and row["answer"]):
+            raise ValueError(f'line {n} of {path} is not {{"prompt": "...", "answer": "..."}} with '
+                             f'non-empty strings')
         pairs.append(row)
     if not pairs:
         raise ValueError(f"{path} holds no examples; give one JSON object per line")

@@ -1,37 +1,11 @@
-"""The tiny world: fictional people, their biographies and questions about them (deterministic).
+"""The tiny world: fictional people, the companies they work for, and questions about them.
 
-Every level of nanolevels needs something to MEASURE, so we invent a world whose facts we know
-exactly, in the style of the bioS data of "Physics of Language Models, Part 3.1" (Allen-Zhu & Li,
-arXiv 2309.14316). Each person has a unique full name and six attributes. Their biographies are
-several short documents; every sentence states one attribute and repeats the FULL name (the paper's
-"knowledge augmentation": without it, facts stored during pretraining cannot be extracted later),
-and the sentence order is shuffled per biography.
-
-People come in five disjoint splits, each with a role that never changes:
-  train    biographies are in the pretraining text; their QA pairs may be used to fine-tune and as
-           few-shot demonstrations.
-  dev      biographies are in the pretraining text; used ONLY to choose (a stopping point, a
-           prompt, a learning rate). Never trained on as questions.
-  test     biographies are in the pretraining text; their questions are held out everywhere and
-           only ever reported.
-  dev-new  biographies are NEVER in the pretraining text; used only to choose things that concern
-           unseen documents (when a reader has learned to read).
-  new      biographies are NEVER in the pretraining text: documents that "arrive after training".
-           Only retrieval can know them. Only ever reported.
-The rule: a number that chose something comes from a dev split; test and new are scored, never
-consulted. `fresh_people` makes any number of further people, never in the world's splits, for
-training examples that must not be answerable from memory (reading pages, RAG fine-tuning).
-
-World v2 adds companies as entities of their own: every employer has profile documents (headquarters,
-founding year, chief executive, industry), and a biography never states a company's founding year,
-chief executive or industry. So "In which year was the company that X worked for founded?" needs two
-documents, X's biography and the employer's profile: the two-hop questions of agentic RAG (agent.py).
-Companies come in splits like people: the `known` companies' profiles are in the pretraining text (train,
-dev and test people work there); `dev-new` and `new` companies' profiles exist only in the retrieval
-collection, and at least half of the dev-new / new people work at one of them. `fresh_companies`
-makes further ones for training examples.
-
-Everything is a pure function of a seed: same seed, same world, byte for byte.
+Each person has a unique full name and six attributes, each company four; no biography states a
+company's founding year, chief executive or industry, so "In which year was the company that X
+worked for founded?" needs two documents. People and companies fall into fixed splits. Same seed,
+same world, byte for byte; the training text made of it is corpus.py's.
+References: the bioS data of "Physics of Language Models, Part 3.1" (arXiv 2309.14316);
+two-hop questions as in Self-Ask (arXiv 2210.03350).
 """
 
 import random
@@ -39,7 +13,13 @@ import re
 from dataclasses import dataclass
 
 # Share of --people in each split (train takes what the others leave); the default 340 people give
-# 108 train / 41 dev / 75 test / 41 dev-new / 75 new.
+# 108 train / 41 dev / 75 test / 41 dev-new / 75 new. A number that chose something (a stopping
+# point, a prompt, a learning rate) comes from a dev split; test and new are only ever scored.
+#   train    pretrained biographies; its QA pairs may be fine-tuned on and used as demonstrations
+#   dev      pretrained biographies; only to choose, never trained on as questions
+#   test     pretrained biographies; its questions are held out everywhere, only ever reported
+#   dev-new  never pretrained; only to choose what concerns unseen documents (a reader's skill)
+#   new      never pretrained: documents that "arrive after training", only retrieval knows them
 SPLITS = {"train": 0.32, "dev": 0.12, "test": 0.22, "dev-new": 0.12, "new": 0.22}
 PRETRAINED = ("train", "dev", "test")  # the splits whose biographies are in the pretraining text
 
@@ -55,8 +35,9 @@ QUESTIONS = {
     "employer_city": "Where did {name} work?",
 }
 
-# Several sentence templates per attribute. Every one ENDS with the value, so any sentence cut
-# just before its value is a cloze prompt; template 0 is the one the cloze test uses.
+# Several sentence templates per attribute, each repeating the FULL name (the paper's "knowledge
+# augmentation": without it, pretrained facts cannot be extracted later). Every one ENDS with the
+# value, so a sentence cut just before it is a cloze prompt; template 0 is the cloze test's.
 TEMPLATES = {
     "birth_date": [
         "{name} was born on {value}.",
@@ -139,36 +120,39 @@ MAJORS = [
     "Journalism",
 ]
 
-# The known companies and their headquarters (a person's employer_city is the employer's headquarters).
-# The names say nothing of the industry, which is drawn per world, so it can only be read or remembered.
+# The known companies and their headquarters (a person's employer_city is the employer's
+# headquarters). The names say nothing of the industry, drawn per world: it is read or remembered.
 EMPLOYERS = {
     "Brightwave Group": "Seattle", "Kelvin Holdings": "Denver", "Orchard Partners": "Austin",
     "Bluefin Works": "Rotterdam", "Ironleaf Industries": "Chicago", "Nimbus Company": "Toulouse",
-    "Copperline Associates": "Calgary", "Lanternfish Ventures": "Dublin", "Quarry Peak Enterprises": "Santiago",
-    "Solstice Trust": "Basel", "Tidewater Group": "Hamburg", "Verdant Holdings": "Boston",
-    "Halcyon Partners": "Helsinki", "Granite Ridge Works": "Zurich", "Meridian Industries": "Stuttgart",
-    "Foxglove Company": "Milan", "Pioneer Associates": "Pittsburgh", "Saltmarsh Ventures": "Edinburgh",
+    "Copperline Associates": "Calgary", "Lanternfish Ventures": "Dublin",
+    "Quarry Peak Enterprises": "Santiago", "Solstice Trust": "Basel", "Tidewater Group": "Hamburg",
+    "Verdant Holdings": "Boston", "Halcyon Partners": "Helsinki", "Granite Ridge Works": "Zurich",
+    "Meridian Industries": "Stuttgart", "Foxglove Company": "Milan",
+    "Pioneer Associates": "Pittsburgh", "Saltmarsh Ventures": "Edinburgh",
     "Aurora Enterprises": "Oslo", "Juniper Trust": "Toronto", "Harbor Light Group": "Lisbon",
     "Cobalt Holdings": "Vienna", "Silver Fern Partners": "Auckland", "Redwood Works": "Portland",
-    "Starling Industries": "Montreal", "Maple Grove Company": "Madison", "Obsidian Associates": "Tel Aviv",
-    "Windmere Ventures": "Copenhagen",
+    "Starling Industries": "Montreal", "Maple Grove Company": "Madison",
+    "Obsidian Associates": "Tel Aviv", "Windmere Ventures": "Copenhagen",
 }
-HEADQUARTERS = sorted(set(EMPLOYERS.values()))  # where every company, known or not, has its head office
+HEADQUARTERS = sorted(set(EMPLOYERS.values()))  # every company's head office, known or not
 
-# Names of the other companies (dev-new, new, fresh): a word no other value of the world uses, then a suffix.
-COMPANY_WORDS = """Amberline Bellrock Birchfield Cedarpoint Clearwater Coldspring Driftwood Eastgate Emberly
-Fernhill Flintlock Goldcrest Greywater Hawthorne Highmoor Hollybrook Kingfisher Lakeshore Larkfield Lodestar
-Marblehead Mistral Moonstone Northwind Oakmere Onyx Palisade Pinewood Quicksilver Ravenwood Riverbend
-Rosewater Sandstone Seastar Shorepoint Skylark Stonegate Sunfield Thornfield Timberline Topaz Trillium Umber
-Valemont Westbrook Whitecap Wildflower Wintergreen Zephyr Alderbank Bramblewood Cinderford Duskmoor
-Evenfall""".split()
-COMPANY_SUFFIXES = """Group Holdings Partners Works Industries Company Associates Ventures Enterprises
-Trust""".split()
+# Names of the other companies (dev-new, new, fresh): a word no other value of the world uses,
+# then a suffix.
+COMPANY_WORDS = """Amberline Bellrock Birchfield Cedarpoint Clearwater Coldspring Driftwood Eastgate
+Emberly Fernhill Flintlock Goldcrest Greywater Hawthorne Highmoor Hollybrook Kingfisher Lakeshore
+Larkfield Lodestar Marblehead Mistral Moonstone Northwind Oakmere Onyx Palisade Pinewood
+Quicksilver Ravenwood Riverbend Rosewater Sandstone Seastar Shorepoint Skylark Stonegate Sunfield
+Thornfield Timberline Topaz Trillium Umber Valemont Westbrook Whitecap Wildflower Wintergreen
+Zephyr Alderbank Bramblewood Cinderford Duskmoor Evenfall""".split()
+COMPANY_SUFFIXES = """Group Holdings Partners Works Industries Company Associates Ventures
+Enterprises Trust""".split()
 
 INDUSTRIES = [
-    "shipping", "aerospace", "banking", "software", "mining", "insurance", "publishing", "robotics",
-    "textiles", "pharmaceuticals", "telecommunications", "hospitality", "dairy farming", "video games",
-    "cartography", "renewable energy", "logistics", "architecture", "cybersecurity", "food processing",
+    "shipping", "aerospace", "banking", "software", "mining", "insurance", "publishing",
+    "robotics", "textiles", "pharmaceuticals", "telecommunications", "hospitality",
+    "dairy farming", "video games", "cartography", "renewable energy", "logistics",
+    "architecture", "cybersecurity", "food processing",
 ]
 
 COMPANY_ATTRIBUTES = ("headquarters", "founded", "ceo", "industry")
@@ -263,11 +247,13 @@ def new_name(rng: random.Random, taken: set[str]) -> str:
             return name
 
 
-def make_people(rng: random.Random, n: int, split: str, taken: set[str], companies: list[Company]) -> list[Person]:
-    """n people with full names not in `taken` (which is updated), attributes drawn uniformly, each working
+def make_people(rng: random.Random, n: int, split: str, taken: set[str],
+                companies: list[Company]) -> list[Person]:
+    """n people with new full names (`taken` is updated), attributes drawn uniformly, each working
     at one of `companies`."""
     if n > unused_names(taken):
-        raise ValueError(f"asked for {n} people but only {unused_names(taken)} unused full names remain")
+        raise ValueError(f"asked for {n} people but only {unused_names(taken)} unused full names "
+                         f"remain")
     people = []
     for _ in range(n):
         name = new_name(rng, taken)
@@ -278,23 +264,25 @@ def make_people(rng: random.Random, n: int, split: str, taken: set[str], compani
     return people
 
 
-def make_company(rng: random.Random, name: str, split: str, headquarters: str, ceo_names: set[str]) -> Company:
-    """A company called name: founding year, chief executive (a name not in ceo_names, which is updated) and
-    industry drawn."""
-    return Company(name, split, headquarters, str(rng.randint(1850, 2015)), new_name(rng, ceo_names),
-                   rng.choice(INDUSTRIES))
+def make_company(rng: random.Random, name: str, split: str, headquarters: str,
+                 ceo_names: set[str]) -> Company:
+    """A company called name, its founding year, chief executive (a name not in ceo_names, which is
+    updated) and industry drawn."""
+    return Company(name, split, headquarters, str(rng.randint(1850, 2015)),
+                   new_name(rng, ceo_names), rng.choice(INDUSTRIES))
 
 
 def company_names(rng: random.Random, n: int) -> list[str]:
-    """n names for the world's own companies: no two share their first word (retrieval tells them apart by it)."""
+    """n names for the world's own companies, no two with one first word (retrieval tells them
+    apart by it)."""
     if n > len(COMPANY_WORDS):
-        raise ValueError(f"asked for {n} companies but there are only {len(COMPANY_WORDS)} company words; "
-                         f"ask for fewer people")
+        raise ValueError(f"asked for {n} companies but there are only {len(COMPANY_WORDS)} company "
+                         f"words; ask for fewer people")
     return [f"{word} {rng.choice(COMPANY_SUFFIXES)}" for word in rng.sample(COMPANY_WORDS, n)]
 
 
 def biography(person: Person, rng: random.Random) -> str:
-    """One biography: one sentence per attribute, random template each, sentences in random order."""
+    """One biography: a sentence per attribute, each a random template, in random order."""
     sentences = [rng.choice(TEMPLATES[a]).format(name=person.name, value=person.value(a))
                  for a in ATTRIBUTES]
     rng.shuffle(sentences)
@@ -319,23 +307,24 @@ def qa_pair(person: Person, attribute: str) -> dict:
 def company_question(company: Company, attribute: str) -> dict:
     """A one-hop question about a company (the second hop of a two-hop question)."""
     return {"company": company.name, "attribute": attribute,
-            "question": COMPANY_QUESTIONS[attribute].format(company=company.name), "answer": company.value(attribute)}
+            "question": COMPANY_QUESTIONS[attribute].format(company=company.name),
+            "answer": company.value(attribute)}
 
 
 def two_hop_question(person: Person, company: Company, attribute: str) -> dict:
-    """A question about a company fact through the person who worked there, with its two one-hop questions
-    ("hops": the employer, then the fact): answering needs the person's biography AND the company's profile."""
+    """A company fact asked through the person who worked there, with its "hops" (the employer,
+    then the fact): answering needs the person's biography AND the company's profile."""
     hops = [qa_pair(person, "employer"), company_question(company, attribute)]
     return {"person": person.name, "company": company.name, "attribute": attribute,
-            "question": TWO_HOP_QUESTIONS[attribute].format(name=person.name), "answer": company.value(attribute),
+            "question": TWO_HOP_QUESTIONS[attribute].format(name=person.name),
+            "answer": company.value(attribute),
             "hops": [{"question": h["question"], "answer": h["answer"]} for h in hops]}
 
 
-
 def match_template(text: str, template: str) -> dict | None:
-    """{placeholder: its text} if text is written as template (case, runs of spaces and a final '?' or '.'
-    aside), else None: the one parser of the question templates. E.g. "where was Ada Jo Crane born" and
-    "Where was {name} born?" give {"name": "Ada Jo Crane"}."""
+    """{placeholder: its text} if text is written as template (case, runs of spaces and a final '?'
+    or '.' aside), else None: the one parser of the question templates. E.g. "where was Ada Jo
+    Crane born" and "Where was {name} born?" give {"name": "Ada Jo Crane"}."""
     parts = re.split(r"\{(\w+)\}", template.rstrip("?."))  # literal, placeholder, literal, ...
     pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+)" for i, p in enumerate(parts))
     found = re.fullmatch(pattern, " ".join(text.split()).rstrip("?."), flags=re.IGNORECASE)
@@ -346,7 +335,6 @@ def cloze_prompt(person: Person, attribute: str) -> str:
     """Template 0 cut just before the value, e.g. 'Ada Jo Crane was born in'."""
     template = TEMPLATES[attribute][0]
     return template[: template.index(" {value}")].format(name=person.name)
-
 
 
 @dataclass
@@ -372,51 +360,55 @@ def split_sizes(n_people: int) -> dict[str, int]:
     sizes = {"train": n_people - sum(sizes.values()), **sizes}
     empty = [name for name, n in sizes.items() if n < 1]
     if empty:
-        raise ValueError(f"--people {n_people} leaves the {', '.join(empty)} split(s) empty; use --people 5 or more")
+        raise ValueError(f"--people {n_people} leaves the {', '.join(empty)} split(s) empty; "
+                         f"use --people 5 or more")
     return sizes
 
 
-PEOPLE_PER_COMPANY = 6  # a dev-new / new company per this many people of its split (half work at one: ~3 each)
+PEOPLE_PER_COMPANY = 6  # a dev-new / new company per this many people of its split (~3 work at one)
 
 
 def make_world(n_people: int = 340, seed: int = 1337) -> World:
-    """The world: n_people people in the splits of SPLITS, and the companies they work for.
-
-    Train, dev and test people work at the known companies. Of the dev-new and new people, half (rounded
-    up) work at their split's own companies, the rest at known ones: a two-hop question about a new person
-    may need a pretrained profile or one that only retrieval holds."""
-    rng, company_rng = random.Random(seed), random.Random(seed + 3)  # companies draw from their own stream
+    """The world: n_people people in the splits of SPLITS, and the companies they work for."""
+    rng, company_rng = random.Random(seed), random.Random(seed + 3)  # companies: their own stream
     sizes = split_sizes(n_people)
     taken: set[str] = set()  # every full name in use: chief executives, then people
-    known = [make_company(company_rng, name, "known", hq, taken) for name, hq in sorted(EMPLOYERS.items())]
+    # the known companies' profiles are pretrained (train, dev and test people work there only)
+    known = [make_company(company_rng, name, "known", hq, taken)
+             for name, hq in sorted(EMPLOYERS.items())]
+    # dev-new and new have companies of their own, whose profiles only retrieval holds
     n_own = {s: max(1, round(sizes[s] / PEOPLE_PER_COMPANY)) for s in ("dev-new", "new")}
     names = iter(company_names(company_rng, sum(n_own.values())))
-    own = {s: [make_company(company_rng, next(names), s, company_rng.choice(HEADQUARTERS), taken) for _ in range(n)]
-           for s, n in n_own.items()}
+    own = {s: [make_company(company_rng, next(names), s, company_rng.choice(HEADQUARTERS), taken)
+               for _ in range(n)] for s, n in n_own.items()}
     people = [p for split, n in sizes.items() for p in make_people(rng, n, split, taken, known)]
+    # half (rounded up) of a new split's people work at its own companies, the rest at known ones:
+    # a two-hop question about a new person may need a pretrained profile or a retrieved one
     for split, companies in own.items():
         group = [p for p in people if p.split == split]
         for i, p in enumerate(company_rng.sample(group, -(-len(group) // 2))):
-            p.employer, p.employer_city = companies[i % len(companies)].name, companies[i % len(companies)].headquarters
+            c = companies[i % len(companies)]
+            p.employer, p.employer_city = c.name, c.headquarters
     return World(people, known + own["dev-new"] + own["new"], seed)
 
 
 def fresh_companies(world: World, n: int, seed: int) -> list[Company]:
-    """n further companies for training examples, none named like a company of the world. Names may repeat
-    among them with other facts each time: a fresh company can be read about, never remembered.
-
-    Their names start with the words of every company's name, the known ones' too ("Silver Fern" of "Silver
-    Fern Partners"): an agent trained only on unfamiliar words learned to swap a known company's name for one
-    of them ("Silver Fern Partners" -> "Larkfield Partners")."""
+    """n further companies for training examples, none named like a company of the world. Names may
+    repeat among them with other facts each time: a fresh company can be read about, never
+    remembered."""
     rng, world_names = random.Random(seed), {c.name for c in world.companies}
+    # the known companies' words too ("Silver Fern" of "Silver Fern Partners"): an agent trained on
+    # unfamiliar words only learned to swap a known name for one ("Larkfield Partners")
     starts = COMPANY_WORDS + sorted({name.rsplit(" ", 1)[0] for name in EMPLOYERS})
     names = [f"{w} {s}" for w in starts for s in COMPANY_SUFFIXES if f"{w} {s}" not in world_names]
     taken = world.names()
-    return [make_company(rng, rng.choice(names), "fresh", rng.choice(HEADQUARTERS), taken) for _ in range(n)]
+    return [make_company(rng, rng.choice(names), "fresh", rng.choice(HEADQUARTERS), taken)
+            for _ in range(n)]
 
 
-def fresh_people(world: World, n: int, seed: int, companies: list[Company] | None = None) -> list[Person]:
-    """n further people, none sharing a full name with anyone in the world, working at `companies` (default:
-    the known ones). Deterministic in seed."""
+def fresh_people(world: World, n: int, seed: int,
+                 companies: list[Company] | None = None) -> list[Person]:
+    """n further people (for training examples that must not be answerable from memory), none
+    sharing a full name with the world, working at `companies` (default: the known ones)."""
     companies = companies or [c for c in world.companies if c.split == "known"]
     return make_people(random.Random(seed), n, "fresh", world.names(), companies)
