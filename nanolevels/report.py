@@ -1,10 +1,8 @@
 """The report card: report.json's numbers as out/report.md, out/report.svg and out/loss.svg.
 
 report.md explains itself: who is scored, what each row trains and reads, one real answer per
-method, and beside each number the range of the kept seeds table (docs/seeds.json, written by
-`python bench/seeds.py --keep`), so a reader can tell a normal run from a broken one. The pictures
-are SVG written by hand: no plotting library to install, and they open in any browser.
-References: karpathy/nanochat (one command, then a report card).
+method, and beside each number the range of the kept seeds table (KEPT_DIR), so that a reader can
+tell a normal run from a broken one. References: karpathy/nanochat (one command, a report card).
 """
 
 import math
@@ -14,13 +12,11 @@ from xml.sax.saxutils import escape, quoteattr
 from nanolevels.evaluate import exact_match
 from nanolevels.train import format_eta
 
-# the kept seeds table: docs/ beside the package
 KEPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 LEVELS = {1: "prompting", 2: "RAG", 3: "fine-tuning", 4: "pretraining"}
 
-# The question sets, in the report's order: (heading, how a row is scored). Cloze comes first:
-# pretraining made the model every other row starts from, and a closed-book row cannot know a fact
-# it did not store.
+# The question sets, in the report's order: (heading, how a row is scored). Cloze first: every
+# other row starts from the model pretraining made, and cannot know a fact it did not store.
 QUESTIONS = {
     "cloze": ("Level 4, pretraining: the facts stored (cloze)",
               "Sentence completion, not question answering: the start of a biography sentence "
@@ -84,13 +80,11 @@ METHODS = {
                          "(nanolevels/graph.py; nothing trained here)"),
 }
 
-
-# What the report card claims, each judged on one run here and at the MIN over seeds in
-# bench/seeds.py: (description, test on {method: row} and the retrieval table).
+# What the README claims: each judged on this run here, and at the MIN over seeds in bench/seeds.py.
 TARGETS = [
     ("pretrain-cloze test >= 90%", lambda r, ret: r["pretrain-cloze"]["acc_test"] >= 0.90),
-    ("prompt-program test >= 85% and >= 0.9 x cloze", lambda r, ret: r["prompt-program"]["acc_test"]
-     >= max(0.85, 0.9 * r["pretrain-cloze"]["acc_test"])),
+    ("prompt-program test >= 85% and >= 0.9 x cloze", lambda r, ret:
+     r["prompt-program"]["acc_test"] >= max(0.85, 0.9 * r["pretrain-cloze"]["acc_test"])),
     ("lora-qa test >= 90%", lambda r, ret: r["lora-qa"]["acc_test"] >= 0.90),
     ("lora-rag-qa new >= 95%", lambda r, ret: r["lora-rag-qa"]["acc_new"] >= 0.95),
     ("rag-base new > zero-shot new (closed book)",
@@ -100,9 +94,8 @@ TARGETS = [
      lambda r, ret: r["agentic-rag"]["acc_new"] >= max(0.90, r["rag-2hop"]["acc_new"] + 0.40)),
     ("agentic-rag <= 2.5 retrievals per new question",
      lambda r, ret: r["agentic-rag"]["calls_new"] <= 2.5),
-    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points",
-     lambda r, ret: r["graph-rag-global"]["acc_new"]
-     >= max(0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
+    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points", lambda r, ret:
+     r["graph-rag-global"]["acc_new"] >= max(0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
 ]
 
 
@@ -162,9 +155,8 @@ def examples(groups: list) -> list[str]:
                   f"answer: {md(test['answer'])}); new person \"{md(new['question'])}\" (true "
                   f"answer: {md(new['answer'])}).", "",
                   "| method | test person | new person |", "|---|---|---|"]
-        lines += [f"| {row['method']} | {answer(row['example']['test'], test['question'])} | "
-                  f"{answer(row['example']['new'], new['question'])} |" for row in rows]
-        lines.append("")
+        lines += [*(f"| {row['method']} | {answer(row['example']['test'], test['question'])} | "
+                    f"{answer(row['example']['new'], new['question'])} |" for row in rows), ""]
     return lines and ["## One question, each method's answer", "",
                       "The first question about a test person and about a new person, and what "
                       "each method answered in this run (✓ right, ✗ wrong).", "", *lines]
@@ -174,51 +166,47 @@ def story(report: dict) -> str:
     """A paragraph, from the numbers, on what each level bought."""
     r = {row["method"]: row for row in report["rows"]}
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
-    zero, kshot = r["zero-shot"]["acc_test"], r["k-shot"]["acc_test"]
+    test, new = (lambda m: pct(r[m]["acc_test"])), (lambda m: pct(r[m]["acc_new"]))
     program = "; ".join(f"{a} \"{p['template']}\"" + (" ranking the values" if p["ranked"] else "")
                         for a, p in report["program"].items())
     tfidf, gpt = report["retrieval"]["tfidf"]["recall@1"], report["retrieval"]["gpt"]["recall@1"]
     lora, full = r["lora-qa"]["trainable_params"], r["full-ft-qa"]["trainable_params"]
     return " ".join([
-        f"Pretraining stored {pct(r['pretrain-cloze']['acc_test'])} of the test people's facts "
-        f"(cloze) and {pct(r['pretrain-cloze']['acc_new'])} of the new people's, whom it never "
-        f"saw.",
-        f"Prompting answers {pct(zero)} of the test questions zero-shot and {pct(kshot)} with 3 "
-        f"random demonstrations, {pct(r['searched-demos']['acc_test'])} with demonstrations "
-        f"searched on the dev people.",
+        f"Pretraining stored {test('pretrain-cloze')} of the test people's facts (cloze) and "
+        f"{new('pretrain-cloze')} of the new people's, whom it never saw.",
+        f"Prompting answers {test('zero-shot')} of the test questions zero-shot and "
+        f"{test('k-shot')} with 3 random demonstrations, {test('searched-demos')} with "
+        f"demonstrations searched on the dev people.",
         f"The compiled prompt program asks each attribute with the prompt mined from the "
         f"pretraining text that scored best on the dev people ({program}) and answers "
-        f"{pct(r['prompt-program']['acc_test'])} of the test questions with no weight changed; "
-        f"{pct(r['prompt-program']['acc_new'])} of the new people's, whose facts are not in the "
-        f"weights.",
+        f"{test('prompt-program')} of the test questions with no weight changed; "
+        f"{new('prompt-program')} of the new people's, whose facts are not in the weights.",
         f"Retrieval finds the asked-about person's biography first for {pct(tfidf)} of the new "
         f"people's questions with TF-IDF ({pct(gpt)} with the GPT's own hidden states); with it "
-        f"in the prompt, the unchanged model answers {pct(r['rag-base']['acc_new'])} of them, "
-        f"against {pct(r['zero-shot']['acc_new'])} closed-book.",
+        f"in the prompt, the unchanged model answers {new('rag-base')} of them, against "
+        f"{new('zero-shot')} closed-book.",
         f"A LoRA adapter of {lora:,} parameters ({100 * lora / report['base_params']:.1f}% of the "
-        f"model), trained on questions about train people, answers "
-        f"{pct(r['lora-qa']['acc_test'])} of the test people's questions closed-book; full "
-        f"fine-tuning of all {full:,} parameters, at its own lower learning rate, "
-        f"{pct(r['full-ft-qa']['acc_test'])}.",
-        f"The RAG-QA adapter with retrieval answers {pct(r['lora-rag-qa']['acc_new'])} of the new "
-        f"people's questions.",
+        f"model), trained on questions about train people, answers {test('lora-qa')} of the test "
+        f"people's questions closed-book; full fine-tuning of all {full:,} parameters, at its own "
+        f"lower learning rate, {test('full-ft-qa')}.",
+        f"The RAG-QA adapter with retrieval answers {new('lora-rag-qa')} of the new people's "
+        f"questions.",
         *([] if "agentic-rag" not in r else [
             f"Two-hop questions (a fact about the company a new person worked for) need two "
             f"documents: one retrieval with the question finds the person's biography but not the "
-            f"profile, and the reader answers {pct(r['rag-2hop']['acc_new'])} (both documents "
-            f"given: {pct(r['oracle-2hop']['acc_new'])}). The agent adapter asks its own follow-up "
-            f"questions, {report['agentic']['new']['calls']:.1f} retrievals each on average, and "
-            f"answers {pct(r['agentic-rag']['acc_new'])}; closed book, "
-            f"{pct(r['closed-book-2hop']['acc_new'])}."]),
+            f"profile, and the reader answers {new('rag-2hop')} (both documents given: "
+            f"{new('oracle-2hop')}). The agent adapter asks its own follow-up questions, "
+            f"{report['agentic']['new']['calls']:.1f} retrievals each on average, and answers "
+            f"{new('agentic-rag')}; closed book, {new('closed-book-2hop')}."]),
         *([] if "graph-rag-global" not in r else [
             f"The same reader, asked about every document's subject, built an entity graph of "
             f"{report['graph']['nodes']:,} entities and {report['graph']['edges']:,} relations "
             f"(precision {report['graph']['precision']:.3f}, recall "
             f"{report['graph']['recall']:.3f} against the world's tables) in "
             f"{report['graph']['communities']} communities; map-reduce over their reports answers "
-            f"{pct(r['graph-rag-global']['acc_new'])} of the questions about the whole collection "
-            f"(counts, superlatives, lists, shared neighbours), the same aggregation over the top "
-            f"{report['rag_k']} retrieved documents {pct(r['chunk-rag-global']['acc_new'])}."]),
+            f"{new('graph-rag-global')} of the questions about the whole collection (counts, "
+            f"superlatives, lists, shared neighbours), the same aggregation over the top "
+            f"{report['rag_k']} retrieved documents {new('chunk-rag-global')}."]),
     ])
 
 
@@ -250,20 +238,18 @@ def legend(seeds: dict | None) -> list[str]:
 def question_table(q: str, rows: list[dict], spread: dict) -> list[str]:
     """A question set's section: its heading, how it is scored, one table line per row."""
     heading, scoring = QUESTIONS[q]
-    lines = [f"## {heading}", "", scoring, "",
-             "| method | level | reads | test people | new people | trainable params "
-             "| wall time (step) |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {row['method']} | {row['level']} {LEVELS[row['level']]} "
+    return [f"## {heading}", "", scoring, "",
+            "| method | level | reads | test people | new people | trainable params "
+            "| wall time (step) |", "|---|---|---|---|---|---|---|",
+            *(f"| {row['method']} | {row['level']} {LEVELS[row['level']]} "
               f"| {METHODS[row['method']][1]} | {cell(row, 'test', spread.get(row['method']))} "
               f"| {cell(row, 'new', spread.get(row['method']))} | {row['trainable_params']:,} "
-              f"| {format_eta(row['wall_s'])} ({row['step']}) |" for row in rows]
-    return lines + [""]
+              f"| {format_eta(row['wall_s'])} ({row['step']}) |" for row in rows), ""]
 
 
 def targets(report: dict, seeds: dict | None) -> list[str]:
     """The targets section: each target met or missed in this run, and on how many seeds."""
-    n_seeds = len(seeds["seeds"]) if seeds else 0
-    missed = seeds["targets_missed_by_seed"] if seeds else {}
+    n_seeds, missed = (len(seeds["seeds"]), seeds["targets_missed_by_seed"]) if seeds else (0, {})
     return ["## Targets", "",
             "A target is a claim the README makes about these numbers, judged here on this run. "
             "One run is one trajectory (floats differ between CPUs, and a skill that arrives by a "
@@ -287,17 +273,15 @@ def markdown(report: dict, seeds: dict | None = None) -> str:
     steps = {}
     for row in report["rows"]:
         steps.setdefault(row["step"], []).append(row["method"])
-    shared = [f"{', '.join(methods)} ({step})" for step, methods in steps.items()
-              if len(methods) > 1]
+    shared = "; ".join(f"{', '.join(made)} ({step})"
+                       for step, made in steps.items() if len(made) > 1)
     if shared:
-        lines += [f"Rows made by one step show that step's whole wall time: {'; '.join(shared)}.",
-                  ""]
-    lines += ["## What each row trains and puts in the prompt", ""]
-    lines += [f"- **{row['method']}** (level {row['level']} {LEVELS[row['level']]}, "
-              f"{METHODS[row['method']][1]}): {METHODS[row['method']][2]}."
-              for _, rows in groups for row in rows]
-    lines += ["", *examples(groups), "## What each level bought", "", story(report), "",
-              *targets(report, seeds), "",
+        lines += [f"Rows made by one step show that step's whole wall time: {shared}.", ""]
+    lines += ["## What each row trains and puts in the prompt", "",
+              *(f"- **{row['method']}** (level {row['level']} {LEVELS[row['level']]}, "
+                f"{METHODS[row['method']][1]}): {METHODS[row['method']][2]}."
+                for _, rows in groups for row in rows), "", *examples(groups),
+              "## What each level bought", "", story(report), "", *targets(report, seeds), "",
               "Why each training run stopped: "
               + "; ".join(f"{name}: {why}" for name, why in report["stopped"].items()) + ".", "",
               f"Answers rag.py marks as guesses (best match below "
@@ -307,20 +291,19 @@ def markdown(report: dict, seeds: dict | None = None) -> str:
               + f"; questions about made-up people caught: "
               f"{100 * report['unsure']['made_up_caught']:.0f}%.",
               "", "Retrieval of the new people's biographies:", "",
-              "| embedder | recall@1 | recall@5 |", "|---|---|---|"]
-    lines += [f"| {name} | {r['recall@1']:.3f} | {r['recall@5']:.3f} |"
-              for name, r in report["retrieval"].items()]
-    mc = report["machine"]
-    lines += ["", "![training loss](loss.svg)", "",
-              f"Machine: {mc['device']}, {mc['threads']} torch threads, {mc['cpu_count']} CPUs, "
-              f"torch {mc['torch']}, Python {mc['python']}, {mc['platform']}.",
+              "| embedder | recall@1 | recall@5 |", "|---|---|---|",
+              *(f"| {name} | {r['recall@1']:.3f} | {r['recall@5']:.3f} |"
+                for name, r in report["retrieval"].items()),
+              "", "![training loss](loss.svg)", "",
+              "Machine: {device}, {threads} torch threads, {cpu_count} CPUs, torch {torch}, "
+              "Python {python}, {platform}.".format(**report["machine"]),
               f"Total wall time {format_eta(report['total_wall_s'])}; peak memory "
               f"{report['peak_rss_mb']:.0f} MB.", ""]
     return "\n".join(lines)
 
 
 def svg(width: int, height: int, elements: list[str]) -> str:
-    """An SVG document of the given size: a white background, then the elements."""
+    """An SVG document, written by hand (no plotting library): a white background, the elements."""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">\n'
             f'<rect width="{width}" height="{height}" fill="white"/>\n' + "\n".join(elements)
@@ -332,8 +315,7 @@ PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#d
 
 
 def bars_svg(groups: list[tuple[str, list]], caption: str) -> str:
-    """Horizontal bars, one per row and split with a value, each with a whisker, in titled groups.
-
+    """Horizontal bars, one per row and split with a value, each with a whisker, in titled groups;
     groups: [(title, [(label, {split: (value, low, high) or None})])], shares in [0, 1]."""
     left, width, bar = 190, 460, 10  # label column, plot width (0% to 100%), bar height
     out, y = [], 58
@@ -365,11 +347,11 @@ def bars_svg(groups: list[tuple[str, list]], caption: str) -> str:
         grid += [f'<line x1="{x}" x2="{x}" y1="50" y2="{y}" stroke="#ddd"/>',
                  f'<text x="{x}" y="46" text-anchor="middle" font-size="10">'
                  f'{100 * tick:.0f}%</text>']
-    legend = [f'<text x="8" y="16">{escape(caption)}</text>']
+    key = [f'<text x="8" y="16">{escape(caption)}</text>']
     for i, (split, color) in enumerate(COLORS.items()):
-        legend += [f'<rect x="{8 + 130 * i}" y="24" width="10" height="10" fill="{color}"/>',
-                   f'<text x="{22 + 130 * i}" y="33">{split} people</text>']
-    return svg(left + width + 60, y + 10, grid + legend + out)
+        key += [f'<rect x="{8 + 130 * i}" y="24" width="10" height="10" fill="{color}"/>',
+                f'<text x="{22 + 130 * i}" y="33">{split} people</text>']
+    return svg(left + width + 60, y + 10, grid + key + out)
 
 
 def titled(rows: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -406,9 +388,8 @@ def seeds_svg(table: dict) -> str:
 
 
 def loss_svg(runs: dict[str, list[tuple[int, float]]]) -> str:
-    """out/loss.svg: each run's training loss against its step, one polyline per run, log axis."""
-    runs = {name: [(s, loss) for s, loss in points if loss > 0]
-            for name, points in runs.items()}  # no log(0)
+    """out/loss.svg: each run's training loss (> 0) against its step, a polyline each, log axis."""
+    runs = {name: [(s, loss) for s, loss in points if loss > 0] for name, points in runs.items()}
     left, top, width, height = 60, 20, 520, 300
     steps = max(s for points in runs.values() for s, _ in points) or 1
     losses = [loss for points in runs.values() for _, loss in points]
