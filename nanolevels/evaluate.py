@@ -1,8 +1,7 @@
 """Scoring, one way for every level: greedy completions, exact match, cloze accuracy.
 
-The model continues a prompt (after <|endoftext|>, as every pretraining document) greedily, the
-completion is cut at the first stop string (a newline for QA answers), and it counts only if it
-equals the true answer up to case, runs of spaces and a final period.
+A greedy completion, cut at its first stop string, counts only if it equals the true answer up to
+case, runs of spaces and a final period.
 References: SQuAD's exact match (arXiv:1606.05250); Wilson, JASA 1927 (the score interval).
 """
 
@@ -33,8 +32,7 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_
     model.eval()
     device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    # prompts of equal token length go in one batch: no padding, so exactly what one by one gives
-    by_length = defaultdict(list)
+    by_length = defaultdict(list)  # a batch per token length: no padding, same as one by one
     for i, ids in enumerate(encoded):
         by_length[len(ids)].append(i)
     out = [""] * len(prompts)
@@ -60,10 +58,8 @@ def accuracy(predictions: list[str], answers: list[str]) -> float:
 
 
 def wilson(acc: float, n: int, z: float = 1.96) -> list[float]:
-    """[low, high]: the 95% Wilson score interval of a share `acc` of n trials.
-
-    Unlike acc +- 1.96 * sqrt(acc * (1 - acc) / n), it stays inside [0, 1] and is not zero-width
-    at 0% or 100%: with all n questions right, the true accuracy may still be a little lower."""
+    """[low, high]: the 95% Wilson score interval of a share `acc` of n trials; unlike acc +- 1.96
+    * sqrt(acc * (1 - acc) / n), it stays inside [0, 1] and is not zero-width at 0% or 100%."""
     if n < 1:
         raise ValueError("an interval needs at least one question")
     centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
@@ -73,11 +69,8 @@ def wilson(acc: float, n: int, z: float = 1.96) -> list[float]:
 
 def report_row(method: str, level: int, questions: str, acc: dict, n: dict, trainable_params: int,
                fingerprints: dict, example: dict | None = None, **extra) -> dict:
-    """One row of the report card, as a scoring script writes it into metrics.json ("rows").
-
-    acc, n: {split: exact match, question count} on the test and new people (a split left out
-    where it does not apply); fingerprints: the model (and adapter) scored; example: {split:
-    {question, answer, prediction}}, the first question of each split answered."""
+    """A report card row, as a scoring script writes it into metrics.json: acc and n per split
+    (test, new; either may be missing), the model scored, example {split: {question, answer...}}."""
     row = {"method": method, "level": level, "questions": questions}
     for split in ("test", "new"):
         a = acc.get(split)
@@ -88,16 +81,14 @@ def report_row(method: str, level: int, questions: str, acc: dict, n: dict, trai
 
 
 def cloze_accuracy(model, tokenizer, people) -> float:
-    """Share of (person, attribute) the model completes exactly from a biography sentence's start,
-    e.g. '<|endoftext|>Ada Jo Crane was born in' -> ' Lyon.'"""
+    """Share of (person, attribute) completed exactly from a sentence start ('X was born in')."""
     prompts = [cloze_prompt(p, a) for p in people for a in ATTRIBUTES]
     answers = [p.value(a) for p in people for a in ATTRIBUTES]
     return accuracy(complete(model, tokenizer, prompts, stops=(".", "\n")), answers)
 
 
 def score_answers(questions: list[dict], predictions: list[str]) -> dict:
-    """{acc, example}: exact match over questions ({question, answer, ...}), and the first question
-    with the model's answer, so that the report card can show a real answer beside each number."""
+    """{acc, example}: exact match over questions, and the first one with the model's answer."""
     acc = accuracy(predictions, [q["answer"] for q in questions])  # raises on no questions
     first = questions[0]
     return {"acc": acc, "example": {"question": first["question"], "answer": first["answer"],
@@ -117,8 +108,7 @@ def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
 def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(),
              log=print) -> dict:
     """Level 2: retrieve k documents per question, put them in the prompt, answer; {acc, example,
-    by_attribute (a reader learns attributes one at a time), recall@1, recall@5 (how often the
-    person's biography was in the top 1 / 5: retrieval can help only then)}."""
+    by_attribute, recall@1, recall@5} (recall: how often the person's biography was retrieved)."""
     hits, recall = retrieval_recall(index, embedder, questions, k)
     budget = context_budget(model)
     prompts, dropped = [], 0

@@ -1,10 +1,8 @@
 """Level 1's compiled prompt program: prompts mined from the pretraining text, chosen on dev.
 
-A base model stores a fact in the words it read it in: it rarely answers "What is the birth city of
-X?", yet completes "X was born in" almost always. So we mine prompts from the corpus (as LPAQA did
-for BERT), score every (template x demonstrations) on the dev people against the metric (as DSPy
+A base model rarely answers "What is the birth city of X?", yet completes "X was born in": so we
+mine prompts from the corpus (as LPAQA), score each (template x demos) on the dev people (as DSPy
 compiles a program), keep the best per attribute and freeze it to the JSON `prompt.py --ask` runs.
-The program's input is (person, attribute), parsed from a question; its output, the values.
 References: LPAQA (arXiv:1911.12543), DSPy (arXiv:2310.03714).
 """
 
@@ -63,14 +61,12 @@ def mine_templates(text: str, facts: list[dict], keep: int = MINED) -> dict[str,
         for attribute, value in values[found.group()].items():
             at = sentence.find(value, found.end())  # a prompt ends where the value starts
             if at >= 0:
-                # the sentence cut just before the value, the name made the slot
                 counts[attribute][sentence[:at].rstrip().replace(found.group(), "{name}")] += n
     return {attribute: [t for t, _ in c.most_common(keep)] for attribute, c in counts.items()}
 
 
 def prompt_text(prompt: dict, name: str) -> str:
-    """The prompt's demonstrations, each answered and ended the way its template's answers end, then
-    the template for name: 'Bo Lee Vance was born in Porto. Ada Jo Crane was born in'."""
+    """The prompt's answered demos, then its template for name ('... Ada Jo Crane was born in')."""
     end = "\n" if prompt["stop"] == "\n" else ". "
     shots = "".join(f"{prompt['template'].replace('{name}', n)} {answer}{end}"
                     for n, answer in prompt["demos"])
@@ -90,8 +86,7 @@ def generate(model, tokenizer, prompts: list[dict], names: list[str]) -> list[st
 
 
 def candidates(attribute: str, mined: list[str], demo_sets: list[list], known: dict) -> list[dict]:
-    """Every (template, demo set) for attribute, fewer demos first; known[(person, attribute)]
-    answers the demos."""
+    """Every (template, demo set) for attribute, fewer demos first; `known` answers the demos."""
     templates = [{"template": t, "stop": "."} for t in mined]  # the mined sentence starts
     templates += [{"template": qa_prompt(q), "stop": "\n"}
                   for q in (QUESTIONS[attribute], PARAPHRASES[attribute])]
@@ -115,8 +110,7 @@ def search(candidates: dict[str, list[dict]], dev: dict[str, list[dict]],
 
 @torch.no_grad()
 def answer_logprobs(model, tokenizer, prompt: str, answers: list[str]) -> torch.Tensor:
-    """(len(answers),): log p(answer | prompt), summed over the tokens of ' ' + answer (teacher
-    forcing). The prompt is read once; each answer continues from its own copy of its KV cache."""
+    """(len(answers),): log p(' ' + answer | prompt), summed over its tokens (teacher forcing)."""
     device = next(model.parameters()).device
     answer_ids = [tokenizer.encode(" " + a) for a in answers]
     n, width = len(answers), max(map(len, answer_ids))
@@ -200,9 +194,8 @@ def run_program(model, tokenizer, program: dict, questions: list[dict]) -> list[
     entries = program["attributes"]
     out = [""] * len(questions)
     greedy = [i for i, q in enumerate(questions) if not entries[q["attribute"]]["values"]]
-    texts = generate(model, tokenizer,
-                     [entries[questions[i]["attribute"]]["prompts"][0] for i in greedy],
-                     [questions[i]["person"] for i in greedy])
+    prompts = [entries[questions[i]["attribute"]]["prompts"][0] for i in greedy]
+    texts = generate(model, tokenizer, prompts, [questions[i]["person"] for i in greedy])
     for i, text in zip(greedy, texts):
         out[i] = text
     for i, q in enumerate(questions):
@@ -236,7 +229,6 @@ def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout:
 
     def ask(questions, demos):  # the same template, greedy: rows differ only in the demos
         return eval_qa(model, tokenizer, questions, lambda q: few_shot(q["question"], demos))
-
     # the search picks by dev alone; every candidate is also scored on the held-out splits
     best, dev_scores = search_demos(lambda demos: ask(dev, demos)["acc"], candidates)
     results = [{split: ask(questions, demos) for split, questions in heldout.items()}
@@ -262,8 +254,7 @@ def eval_prompting(model, tokenizer, pool: list[dict], dev: list[dict], heldout:
 
 def eval_program(model, tokenizer, text: str, pool: list[dict], dev: list[dict], heldout: dict,
                  seed: int = 0, log=print) -> tuple[dict, dict, dict]:
-    """(row {dev, <split>: accuracy}, {<split>: example}, program): compile on dev, then score
-    each held-out split once."""
+    """(row {dev, <split>: accuracy}, {<split>: example}, program), compiled on dev."""
     program = compile_program(model, tokenizer, text, dev, pool, seed, log)
     row, examples = {"dev": program["dev"]}, {}
     for split, questions in heldout.items():
@@ -276,7 +267,7 @@ def eval_program(model, tokenizer, text: str, pool: list[dict], dev: list[dict],
 
 
 def well_formed(program) -> bool:
-    """Whether a loaded JSON value has every field run_program reads (KeyError if far off)."""
+    """Whether loaded JSON has every field run_program reads (KeyError/TypeError if far off)."""
     entries = program["attributes"].values()
     return (program["format"] == FORMAT and isinstance(program["fingerprints"], dict)
             and set(program["attributes"]) <= set(ATTRIBUTES)
@@ -288,8 +279,7 @@ def well_formed(program) -> bool:
 
 
 def load_program(path: str, model, tokenizer, recompile: str) -> dict:
-    """A compiled program, refused with one line ending in `recompile` (the command that makes a
-    new one) when missing, unreadable, or for another model."""
+    """The compiled program at path; refused in one line ending in `recompile` if bad or stale."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no compiled prompt program at {path}; "
                                 f"compile one with: {recompile}")
@@ -314,8 +304,7 @@ def question_forms() -> list[tuple[str, str]]:
 
 
 def parse_question(question: str, people: list[str]) -> tuple[str, str]:
-    """(person, attribute) a question asks about, in any form of question_forms() (case ignored);
-    a one-line ValueError listing the forms when it matches none or names nobody in people."""
+    """(person, attribute) a question asks about in a form of question_forms(), case ignored."""
     known = {n.lower(): n for n in people}
     named = None
     for attribute, form in question_forms():

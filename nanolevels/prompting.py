@@ -34,10 +34,8 @@ def answer_text(answer: str) -> str:
 
 
 def few_shot(question: str, demos=(), context=()) -> str:
-    """A k-shot prompt: each demo ({question, answer}) answered, then the context documents, if
-    any, then the question."""
-    # the documents stay right above the question, as a biography above its questions on a reading
-    # page: demos between the documents and the question would break the pattern the model learned
+    """A k-shot prompt: each demo ({question, answer}) answered, the documents, the question."""
+    # the documents right above the question, as on a reading page (demos between would break it)
     shots = "".join(qa_prompt(d["question"]) + answer_text(d["answer"]) for d in demos)
     return shots + qa_prompt(question, context)
 
@@ -58,19 +56,17 @@ def best_index(scores: list[float]) -> int:
 
 
 def search_demos(score, candidates: list[list]) -> tuple[list, list[float]]:
-    """(best demo set, score of every candidate): score(demos) -> dev accuracy, the final metric;
-    DSPy's BootstrapFewShotWithRandomSearch in short. Ties go to fewer demos (a shorter prompt)."""
+    """(best demo set, all scores): DSPy's BootstrapFewShotWithRandomSearch; ties to fewer demos."""
     scores = [score(demos) for demos in candidates]
     return candidates[best_index(scores)], scores
 
 
 def rag_prompt(question: str, docs: list[str], tokenizer, budget: int, demos=()) -> tuple[str, int]:
     """(prompt, number of documents dropped) for a question and its retrieved documents, best
-    first; while the prompt is `budget` tokens or longer, the lowest-ranked is dropped."""
+    first; while the prompt has `budget` tokens or more, the lowest-ranked goes (one stays)."""
     kept = list(docs)
     prompt = few_shot(question, demos, context=kept[::-1])  # the best LAST: where it is read best
-    # one document is always kept (generation then keeps the prompt's tail)
-    while len(kept) > 1 and len(tokenizer.encode(prompt)) >= budget:
+    while len(kept) > 1 and len(tokenizer.encode(prompt)) >= budget:  # generate keeps the tail
         kept.pop()
         prompt = few_shot(question, demos, context=kept[::-1])
     return prompt, len(docs) - len(kept)

@@ -1,9 +1,8 @@
 """Retrieval for level 2 (RAG): embedders that turn texts into vectors, and an exact cosine index.
 
-Documents are embedded once and L2-normalised; a question is embedded the same way, every document
-scored by one matrix product and the k best kept. Two embedders, to compare: a hashed TF-IDF bag of
-words (strong here: the name decides) and a GPT's mean hidden state (weak: not trained to retrieve).
-The search is exact; millions of documents call for approximate indexes (IVF, HNSW, as in faiss).
+Documents are embedded once and L2-normalised, a question the same way; one matrix product scores
+them all, exactly (millions call for approximate indexes: IVF, HNSW, faiss). Two embedders: hashed
+TF-IDF (strong here: the name decides) and a GPT's mean hidden state (weak: not trained for it).
 References: RAG (arXiv:2005.11401), DPR (arXiv:2004.04906), Sentence-BERT (arXiv:1908.10084).
 """
 
@@ -35,14 +34,9 @@ BLOCK = 1024  # documents per block in top_k_unordered's prefilter
 
 
 def top_k_unordered(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest scores of each row (Q, N), in no order; exact.
-
-    No full sort (O(N log N)): np.argpartition moves the k largest to the end in O(N). Alone it
-    touches every score at a few ns each, as much as the matrix product for a batch of queries
-    (bench/bench_retrieval.py measures both), so first each block of BLOCK scores' maximum: the k
-    largest scores lie in the k blocks with the largest maxima (any other block's scores are all
-    beaten by k scores, one in each of those blocks). argpartition then runs on those k blocks
-    only, plus the partial block at the end."""
+    """Column indices of the k largest scores of each row (Q, N), in no order; exact. argpartition
+    (O(N), as costly as a batch's matrix product) runs only on the k blocks with the largest maxima
+    (any other block's scores are all beaten by k scores, one in each) and the partial last one."""
     Q, n = scores.shape
     n_blocks = n // BLOCK
     if n_blocks <= k:
@@ -102,14 +96,12 @@ class VectorIndex:
             top = np.broadcast_to(np.arange(n), scores.shape)  # (Q, N): every document
         top_scores = np.take_along_axis(scores, top, axis=1)  # (Q, k)
         order = np.argsort(-top_scores, axis=1, kind="stable")  # sort only the k, best first
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        top, top_scores = (np.take_along_axis(a, order, axis=1) for a in (top, top_scores))
         return [[(float(s), self.docs[i]) for s, i in zip(row_scores, row)]
                 for row_scores, row in zip(top_scores, top)]
 
     def save(self, path: str) -> None:
-        """Write ONE .npz file, atomically: vectors, documents (JSON), dim, embedder, fingerprints.
-        One file, so a crash never pairs vectors with other documents."""
+        """Write ONE .npz file, atomically: a crash never pairs vectors with other documents."""
         buffer = io.BytesIO()
         docs = np.frombuffer(json.dumps(self.docs, ensure_ascii=False).encode(), dtype=np.uint8)
         np.savez(buffer, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs,
@@ -143,10 +135,7 @@ class VectorIndex:
 
 
 class TfidfEmbedder:
-    """Hashed TF-IDF over lower-cased word unigrams and bigrams: no vocabulary, fixed length `dim`.
-
-    Hashing each feature straight to one of `dim` buckets stores no vocabulary and places words
-    never seen in fit() too; two features sharing a bucket blur a little, rarely at 4096."""
+    """Hashed TF-IDF over lower-cased word unigrams and bigrams: no vocabulary, length `dim`."""
 
     name = "tfidf"
 
@@ -160,8 +149,7 @@ class TfidfEmbedder:
         # the pairs "ada jo" and "jo crane" are in this person's biographies only: the name decides
         features = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
         # crc32 is the same on every machine and in every process; hash() is salted per process
-        return np.array([zlib.crc32(f.encode("utf-8")) % self.dim for f in features],
-                        dtype=np.int64)
+        return np.array([zlib.crc32(f.encode()) % self.dim for f in features], dtype=np.int64)
 
     def fit(self, texts: list[str]) -> "TfidfEmbedder":
         """Learn each bucket's idf from its document frequency: how many texts contain it."""
@@ -184,12 +172,8 @@ class TfidfEmbedder:
 
 
 class GPTEmbedder:
-    """A text's vector = the mean of the GPT's final hidden states (after ln_f) over its tokens.
-
-    Weaker than TF-IDF here: trained to predict the next token, its states encode what comes next
-    ("born in" -> a city), much the same in every biography; the name is a few tokens among dozens
-    that the mean dilutes; and a few large common directions give every pair a high cosine. Models
-    that retrieve well (Sentence-BERT, DPR, E5) are trained for it, contrastively."""
+    """A text's vector: the mean of the GPT's last hidden states (after ln_f). Weak: they encode
+    what comes next ("born in" -> a city), diluting the name; DPR and E5 are trained to retrieve."""
 
     name = "gpt"
 
@@ -237,8 +221,7 @@ def make_embedder(name: str, docs_texts: list[str], model=None, tokenizer=None):
 
 def recall_at_k(results: list[list[tuple[float, dict]]], gold_ids_per_query: list[str],
                 k: int) -> float:
-    """Share of queries whose top-k documents include one about the gold person (doc["person"];
-    a company profile has none)."""
+    """Share of queries whose top k hold a document about the gold person (doc["person"])."""
     if len(results) != len(gold_ids_per_query):
         raise ValueError(f"{len(results)} result lists for {len(gold_ids_per_query)} gold ids: "
                          "give one gold id per query")
@@ -265,8 +248,7 @@ def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
     """The best-match score below which retrieval found nothing relevant, from the best scores of
     dev questions about people in the collection (known) and about made-up people (unknown)."""
     scores = np.unique(np.concatenate([known, unknown]))  # sorted
-    # of the cuts midway between neighbouring scores, the one that misclassifies the smallest share
-    # of each set (the two shares summed); among equally good cuts, the middle (of two, the higher)
+    # the midway cut with fewest errors (both shares summed); of ties, the middle (of two, higher)
     cuts = (scores[:-1] + scores[1:]) / 2 if len(scores) > 1 else scores
     errors = (known[None] < cuts[:, None]).mean(1) + (unknown[None] >= cuts[:, None]).mean(1)
     best = np.flatnonzero(errors == errors.min())
@@ -274,8 +256,7 @@ def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
 
 
 def fingerprints(docs: list[dict], embedder) -> dict:
-    """What an index's vectors depend on: the file format, the documents in order, the embedder
-    and its settings (the hashing dimension; the GPT's config and weights)."""
+    """What an index's vectors depend on: format, documents in order, embedder and its setting."""
     setting = (embedder.dim if isinstance(embedder, TfidfEmbedder)
                else provenance.model(embedder.model))
     return {"format": INDEX_FORMAT, "docs": provenance.value([[d["id"], d["text"]] for d in docs]),
@@ -284,9 +265,8 @@ def fingerprints(docs: list[dict], embedder) -> dict:
 
 def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, model=None,
                         tokenizer=None, log=print):
-    """(index, embedder) for docs, reusing out_dir/index_<embedder>.npz only when it holds exactly
-    these documents, embedded by this embedder with these settings; anything else (missing,
-    damaged, foreign, stale) is built again, with a line saying why, and saved there."""
+    """(index, embedder) for docs, reusing out_dir/index_<embedder>.npz only when it holds these
+    documents, embedded as now; anything else is built again, with a line saying why, and saved."""
     texts = [d["text"] for d in docs]
     embedder = make_embedder(embedder_name, texts, model, tokenizer)
     path = os.path.join(out_dir, f"index_{embedder_name}.npz")
