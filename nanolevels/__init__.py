@@ -1,1 +1,1 @@
-"""nanolevels: the four levels of LLM engineering (prompting, RAG, fine-tuning, pretraining), from scratch."""
+"""nanolevels: the four levels of LLM engineering (prompting, RAG, fine-tuning, pretraining)."""

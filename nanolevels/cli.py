@@ -1,10 +1,8 @@
-"""What every level script shares: the common flags and the user-error convention.
+"""What every level script shares: the common flags, the default paths and the user-error rule.
 
-A user's mistake (bad flag value, corrupt checkpoint) is raised as ValueError, and a missing file
-or a problem of the machine (no network, disk full) as an OSError, with a message that says what
-to do; `run` prints it as one line and exits 2, with no stack trace. A flag argparse cannot read
-is one line and exit 2 too (ArgumentParser). Ctrl-C exits 130 after whatever cleanup the script's
-own code did.
+A user's mistake (bad flag, corrupt checkpoint) is a ValueError, a missing file or the machine's
+problem an OSError, with a message that says what to do; `run` prints it as one line and exits 2.
+References: karpathy/nanochat (a package plus thin scripts that import it).
 """
 
 import argparse
@@ -16,25 +14,25 @@ import torch
 
 from nanolevels.device import DEVICES, DTYPES
 
-# The scripts' default paths: where each one writes, and where the next one looks (relative to the working
-# directory, the repository's root when a learner runs them; the world is kept beside its prepare.py).
-WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "world")
+# The scripts' default paths: where each one writes and the next one looks (relative to the working
+# directory, the repository's root when a learner runs them; the world lives beside prepare.py).
+WORLD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "data", "world")
 MODEL = "out/pretrain/model.safetensors"  # train_pretrain.py's
 RAG_OUT = "out/rag"  # rag.py's: the retrieval index, metrics.json, the graph
-READER = "out/lora/rag-qa/adapter.safetensors"  # train_lora.py --task rag-qa's: the agent starts from it
+READER = "out/lora/rag-qa/adapter.safetensors"  # train_lora.py --task rag-qa's; the agent's start
 AGENT = "out/lora/agent/adapter.safetensors"  # train_lora.py --task agent's
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, with a usage error in one line (not the whole usage), like every user error."""
+    """argparse's parser, with a usage error in one line (not the whole usage), as every error."""
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 class _SetThreads(argparse.Action):
-    """--threads N calls torch.set_num_threads(N) as the flag is read: every script obeys it, and the
-    orchestrator's setting holds for the steps it runs in its own process."""
+    """--threads N calls torch.set_num_threads(N) as the flag is read: every script obeys it."""
 
     def __call__(self, parser, namespace, value, option_string=None):
         if value < 1:
@@ -47,11 +45,13 @@ def add_device_flags(parser, dtype: bool = True) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="where to run: auto picks cuda, then mps, then cpu (default: auto)")
     parser.add_argument("--threads", type=int, default=None, action=_SetThreads,
-                        help="CPU threads for torch (default: torch's own, one per core); on a machine where other "
-                             "programs are busy, fewer (even 1) can be many times faster")
+                        help="CPU threads for torch (default: torch's own, one per core); on a "
+                             "machine where other programs are busy, fewer (even 1) can be many "
+                             "times faster")
     if dtype:
         parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                            help="compute dtype; bfloat16/float16 run under autocast (default: float32)")
+                            help="compute dtype; bfloat16/float16 run under autocast "
+                                 "(default: float32)")
 
 
 def run(main, argv=None) -> int:
@@ -67,15 +67,11 @@ def run(main, argv=None) -> int:
 
 
 def add_config_flags(parser, config_cls, title: str, exclude=(), **defaults) -> None:
-    """One flag per field of a config dataclass (--max-steps for max_steps), with the field's help, in
-    a --help section `title` that names the dataclass and its file.
-
-    `defaults` overrides a field's default for this script (e.g. fewer steps for fine-tuning);
-    fields in `exclude` are left for the script to define itself. A script names the flags where it
-    calls this, so that searching it for one finds where it comes from.
-    """
+    """One flag per field of a config dataclass (--max-steps for max_steps), in a --help section
+    `title`; `defaults` overrides a field's default here; fields in `exclude` the script defines."""
     where = f"{config_cls.__module__.replace('.', '/')}.py"
-    group = parser.add_argument_group(title, f"one flag per field of {config_cls.__name__} in {where}")
+    group = parser.add_argument_group(title, f"one flag per field of {config_cls.__name__} "
+                                             f"in {where}")
     for f in dataclasses.fields(config_cls):
         if f.name in exclude:
             continue

@@ -1,8 +1,8 @@
 """Device switch: --device auto|cpu|cuda|mps, --dtype, autocast where it helps, and seeding.
 
-auto picks cuda, then mps, then cpu. Weights stay float32; a lower --dtype runs the forward and
-backward passes under autocast (bf16 on cuda is the fast, safe choice; fp16 also needs the loss
-scaler in train.py; on the CPU, float32 is the fast path for a model this small).
+Weights stay float32; a lower --dtype runs forward and backward under autocast (bf16 on cuda: fast
+and safe; fp16 also needs train.py's loss scaler; on the CPU float32 is fastest for this model).
+References: karpathy/nanoGPT (train.py's device, dtype and autocast context).
 """
 
 import contextlib
@@ -28,9 +28,11 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but this machine has no CUDA GPU; use --device cpu")
+        raise ValueError("--device cuda was asked for but this machine has no CUDA GPU; "
+                         "use --device cpu")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for but MPS is not available here; use --device cpu")
+        raise ValueError("--device mps was asked for but MPS is not available here; "
+                         "use --device cpu")
     return torch.device(name)
 
 
@@ -60,7 +62,6 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_rss_mb(usage=None) -> float:
-    """The peak resident memory in MB of this process, or of the one whose resource usage is given
-    (os.wait4's); ru_maxrss is KB on Linux, bytes on macOS."""
-    rss = (usage or resource.getrusage(resource.RUSAGE_SELF)).ru_maxrss
+    """Peak resident memory in MB of this process, or of the one whose usage (os.wait4) is given."""
+    rss = (usage or resource.getrusage(resource.RUSAGE_SELF)).ru_maxrss  # KB; bytes on macOS
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024

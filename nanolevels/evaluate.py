@@ -1,9 +1,8 @@
 """Scoring, one way for every level: greedy completions, exact match, cloze accuracy.
 
-Every level is measured the same way: the model continues a prompt greedily, the completion is cut
-at the first stop string (a newline for QA answers), and it counts only if it equals the true
-answer after normalisation (case, runs of spaces and a final period do not matter).
-Every prompt starts with <|endoftext|>, as every document did in pretraining.
+A greedy completion, cut at its first stop string, counts only if it equals the true answer up to
+case, runs of spaces and a final period.
+References: SQuAD's exact match (arXiv:1606.05250); Wilson, JASA 1927 (the score interval).
 """
 
 import math
@@ -27,17 +26,13 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 
 @torch.no_grad()
-def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_TOKENS, stops=("\n",),
-             batch_size: int = 64) -> list[str]:
-    """Greedy completion of each prompt, cut at the first stop string (or <|endoftext|>).
-
-    Prompts of equal token length are generated together as one batch (no padding needed, so the
-    batch gives exactly what one-by-one generation gives, only faster).
-    """
+def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_TOKENS,
+             stops=("\n",), batch_size: int = 64) -> list[str]:
+    """Greedy completion of each prompt, cut at the first stop string (or <|endoftext|>)."""
     model.eval()
     device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    by_length = defaultdict(list)
+    by_length = defaultdict(list)  # a batch per token length: no padding, same as one by one
     for i, ids in enumerate(encoded):
         by_length[len(ids)].append(i)
     out = [""] * len(prompts)
@@ -63,10 +58,8 @@ def accuracy(predictions: list[str], answers: list[str]) -> float:
 
 
 def wilson(acc: float, n: int, z: float = 1.96) -> list[float]:
-    """[low, high]: the 95% Wilson score interval of a share `acc` of n trials.
-
-    Unlike acc +- 1.96 * sqrt(acc * (1 - acc) / n), it stays inside [0, 1] and is not zero-width at
-    0% or 100%: with n questions all answered right, the true accuracy may still be a little lower."""
+    """[low, high]: the 95% Wilson score interval of a share `acc` of n trials; unlike acc +- 1.96
+    * sqrt(acc * (1 - acc) / n), it stays inside [0, 1] and is not zero-width at 0% or 100%."""
     if n < 1:
         raise ValueError("an interval needs at least one question")
     centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
@@ -76,29 +69,26 @@ def wilson(acc: float, n: int, z: float = 1.96) -> list[float]:
 
 def report_row(method: str, level: int, questions: str, acc: dict, n: dict, trainable_params: int,
                fingerprints: dict, example: dict | None = None, **extra) -> dict:
-    """One row of the report card, as a scoring script writes it into its metrics.json ("rows"): the
-    method's exact match on the test and new people's questions (acc, a split left out where it does not
-    apply), with the question counts (n) and 95% intervals; what it trained; the model (and adapter) it
-    scored; the first question of each split answered (example: {split: {question, answer, prediction}})."""
+    """A report card row, as a scoring script writes it into metrics.json: acc and n per split
+    (test, new; either may be missing), the model scored, example {split: {question, answer...}}."""
     row = {"method": method, "level": level, "questions": questions}
     for split in ("test", "new"):
         a = acc.get(split)
         row |= {f"acc_{split}": a, f"ci_{split}": None if a is None else wilson(a, n[split]),
                 f"n_{split}": None if a is None else n[split]}
-    return {**row, "trainable_params": trainable_params, "example": example, "fingerprints": fingerprints, **extra}
+    return {**row, "trainable_params": trainable_params, "example": example,
+            "fingerprints": fingerprints, **extra}
 
 
 def cloze_accuracy(model, tokenizer, people) -> float:
-    """Share of (person, attribute) the model completes exactly from a biography sentence's start,
-    e.g. '<|endoftext|>Ada Jo Crane was born in' -> ' Lyon.'"""
+    """Share of (person, attribute) completed exactly from a sentence start ('X was born in')."""
     prompts = [cloze_prompt(p, a) for p in people for a in ATTRIBUTES]
     answers = [p.value(a) for p in people for a in ATTRIBUTES]
     return accuracy(complete(model, tokenizer, prompts, stops=(".", "\n")), answers)
 
 
 def score_answers(questions: list[dict], predictions: list[str]) -> dict:
-    """{acc, example}: exact match over questions ({question, answer, ...}), and the first question with
-    the model's answer, so that the report card can show a real answer beside each number."""
+    """{acc, example}: exact match over questions, and the first one with the model's answer."""
     acc = accuracy(predictions, [q["answer"] for q in questions])  # raises on no questions
     first = questions[0]
     return {"acc": acc, "example": {"question": first["question"], "answer": first["answer"],
@@ -111,29 +101,29 @@ def eval_qa(model, tokenizer, questions: list[dict], make_prompt) -> dict:
 
 
 def qa_accuracy(model, tokenizer, questions: list[dict], make_prompt) -> float:
-    """eval_qa's exact match alone: for checks that only need the number (a dev check, a baseline)."""
+    """eval_qa's exact match alone: for checks that need only the number (dev check, baseline)."""
     return eval_qa(model, tokenizer, questions, make_prompt)["acc"]
 
 
-def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(), log=print) -> dict:
-    """Level 2 on questions: retrieve k documents per question, put them in the prompt, answer.
-
-    Returns exact-match accuracy and its example (see score_answers), the share per attribute (a reader
-    learns attributes one at a time), and recall@1 / recall@5: how often the asked-about person's
-    biography was among the top 1 / top 5 documents (retrieval can only help when it was)."""
+def eval_rag(model, tokenizer, index, embedder, questions: list[dict], k: int, demos=(),
+             log=print) -> dict:
+    """Level 2: retrieve k documents per question, put them in the prompt, answer; {acc, example,
+    by_attribute, recall@1, recall@5} (recall: how often the person's biography was retrieved)."""
     hits, recall = retrieval_recall(index, embedder, questions, k)
     budget = context_budget(model)
     prompts, dropped = [], 0
     for q, top in zip(questions, hits):
-        prompt, n = rag_prompt(q["question"], [doc["text"] for _, doc in top[:k]], tokenizer, budget, demos)
+        docs = [doc["text"] for _, doc in top[:k]]
+        prompt, n = rag_prompt(q["question"], docs, tokenizer, budget, demos)
         prompts.append(prompt)
         dropped += n > 0
     if dropped:
-        log(f"note: {dropped} of {len(prompts)} prompts did not fit the {model.config.block_size}-token block; "
-            f"their lowest-ranked documents were dropped")
+        log(f"note: {dropped} of {len(prompts)} prompts did not fit the "
+            f"{model.config.block_size}-token block; their lowest-ranked documents were dropped")
     predictions = complete(model, tokenizer, prompts)
     by_attribute = defaultdict(list)
     for p, q in zip(predictions, questions):
         by_attribute[q["attribute"]].append(exact_match(p, q["answer"]))
     return {**score_answers(questions, predictions),
-            "by_attribute": {a: sum(hits) / len(hits) for a, hits in by_attribute.items()}, **recall}
+            "by_attribute": {a: sum(right) / len(right) for a, right in by_attribute.items()},
+            **recall}

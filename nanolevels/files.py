@@ -6,17 +6,16 @@ import os
 
 
 def atomic_write(path: str, data: str | bytes) -> None:
-    """Write path so that a crash or Ctrl-C leaves either the old file or the new one, never half."""
+    """Write path so that a crash or Ctrl-C leaves the old file or the new one, never half."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # a kill -9 can leave it behind; *.tmp is git-ignored and never read
+    tmp = f"{path}.{os.getpid()}.tmp"  # a kill -9 can leave it; *.tmp is git-ignored, never read
     with open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
 def shown(path: str) -> str:
-    """path as a reader wants to see it: relative to the working directory when it lies inside it
-    (data/world, not /home/you/nanolevels/data/world); any other string unchanged."""
+    """path as a reader wants it: relative to the working directory when inside it, else as is."""
     if not os.path.isabs(path):
         return path
     relative = os.path.relpath(path)
@@ -44,8 +43,8 @@ def read_text(path: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"line {line} of {path} is not UTF-8 (byte {raw[e.start]:#04x}); save the file as "
-                         f"UTF-8") from None
+        raise ValueError(f"line {line} of {path} is not UTF-8 (byte {raw[e.start]:#04x}); "
+                         f"save the file as UTF-8") from None
 
 
 def read_jsonl(path: str) -> list:
@@ -56,5 +55,6 @@ def read_jsonl(path: str) -> list:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"line {n} of {path} is not JSON ({e.msg}); fix or regenerate the file") from None
+                raise ValueError(f"line {n} of {path} is not JSON ({e.msg}); "
+                                 f"fix or regenerate the file") from None
     return rows

@@ -1,15 +1,11 @@
 """Prompts: the one QA layout every level uses, few-shot prompts, and a search for the best demos.
 
-Level 1 changes no weight: what we put in front of the question is the program. The layout is
-
     Q: <question>\nA: <answer>\n ...       (k demonstrations, level 1; none when zero-shot)
     [context document]\n ...              (retrieved documents, level 2; none when closed-book)
     Q: <question>\nA:                      (the model continues with " <answer>\n")
 
-which is exactly how the pretraining text's reading pages are written (a biography, then its
-questions answered), so a base model has seen the pattern. The demo search is the idea of DSPy's
-BootstrapFewShotWithRandomSearch, from scratch and short: draw candidate demo sets (zero-shot
-included), score each on a dev set with the same metric as the final evaluation, keep the best.
+That is how the pretraining text's reading pages are written, so a base model has seen it.
+References: GPT-3's few-shot prompts (arXiv:2005.14165), DSPy (arXiv:2310.03714).
 """
 
 import random
@@ -18,7 +14,7 @@ ANSWER_TOKENS = 16  # the longest answer generated: room every prompt leaves in 
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
-    """The token ids a prompt is fed as: <|endoftext|> first, as before every document in pretraining."""
+    """The token ids a prompt is fed as: <|endoftext|> first, as before every pretraining text."""
     return [tokenizer.eot_id] + tokenizer.encode(text)
 
 
@@ -38,12 +34,8 @@ def answer_text(answer: str) -> str:
 
 
 def few_shot(question: str, demos=(), context=()) -> str:
-    """A k-shot prompt: each demo (a dict with question, answer) answered, then the context
-    documents, if any, then the question.
-
-    The documents stay right above the question, as a biography sits above its questions on a
-    reading page, the layout the model learned to read from (demos between the documents and the
-    question break that pattern)."""
+    """A k-shot prompt: each demo ({question, answer}) answered, the documents, the question."""
+    # the documents right above the question, as on a reading page (demos between would break it)
     shots = "".join(qa_prompt(d["question"]) + answer_text(d["answer"]) for d in demos)
     return shots + qa_prompt(question, context)
 
@@ -59,27 +51,22 @@ def candidate_demo_sets(pool: list, ks=(0, 1, 3, 5), per_k: int = 4, seed: int =
 
 
 def best_index(scores: list[float]) -> int:
-    """The index of the highest score; ties go to the earlier candidate (list the shorter prompts first)."""
+    """The index of the highest score; ties go to the earlier (list the shorter prompts first)."""
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def search_demos(score, candidates: list[list]) -> tuple[list, list[float]]:
-    """(best demo set, score of every candidate): score(demos) -> dev accuracy, higher is better.
-
-    Ties go to the earlier candidate, i.e. to fewer demos: a shorter prompt for the same score."""
+    """(best demo set, all scores): DSPy's BootstrapFewShotWithRandomSearch; ties to fewer demos."""
     scores = [score(demos) for demos in candidates]
     return candidates[best_index(scores)], scores
 
 
 def rag_prompt(question: str, docs: list[str], tokenizer, budget: int, demos=()) -> tuple[str, int]:
-    """(prompt, number of documents dropped) for a question and its retrieved documents, best first.
-
-    The best document goes LAST, right before the question, where a small model reads best. If
-    the prompt is `budget` tokens or longer, the lowest-ranked documents are dropped first; one
-    document is always kept (generation then keeps the prompt's tail)."""
+    """(prompt, number of documents dropped) for a question and its retrieved documents, best
+    first; while the prompt has `budget` tokens or more, the lowest-ranked goes (one stays)."""
     kept = list(docs)
-    prompt = few_shot(question, demos, context=kept[::-1])
-    while len(kept) > 1 and len(tokenizer.encode(prompt)) >= budget:
+    prompt = few_shot(question, demos, context=kept[::-1])  # the best LAST: where it is read best
+    while len(kept) > 1 and len(tokenizer.encode(prompt)) >= budget:  # generate keeps the tail
         kept.pop()
         prompt = few_shot(question, demos, context=kept[::-1])
     return prompt, len(docs) - len(kept)

@@ -1,10 +1,8 @@
 """The report card: report.json's numbers as out/report.md, out/report.svg and out/loss.svg.
 
-report.md explains itself: who the test and new people are, what each row trains and puts in the
-prompt, one real answer per method, and beside each number the range the seeds table measured
-(docs/seeds.json, written by `python bench/seeds.py --keep`), so a reader can tell a normal run from
-a broken one. The pictures are SVG written by hand: no plotting library to install, and an SVG opens
-in any browser and renders on code hosts.
+report.md explains itself: who is scored, what each row trains and reads, one real answer per
+method, and beside each number the range of the kept seeds table (KEPT_DIR), so that a reader can
+tell a normal run from a broken one. References: karpathy/nanochat (one command, a report card).
 """
 
 import math
@@ -14,79 +12,90 @@ from xml.sax.saxutils import escape, quoteattr
 from nanolevels.evaluate import exact_match
 from nanolevels.train import format_eta
 
-KEPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")  # the kept seeds table
+KEPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 LEVELS = {1: "prompting", 2: "RAG", 3: "fine-tuning", 4: "pretraining"}
 
-# The question sets, in the report's order: (heading, how a row is scored). Cloze comes first: pretraining
-# made the model every other row starts from, and a closed-book row cannot know a fact it did not store.
+# The question sets, in the report's order: (heading, how a row is scored). Cloze first: every
+# other row starts from the model pretraining made, and cannot know a fact it did not store.
 QUESTIONS = {
     "cloze": ("Level 4, pretraining: the facts stored (cloze)",
-              "Sentence completion, not question answering: the start of a biography sentence (\"X was born in\") "
-              "completed greedily up to its period, right if it is the fact."),
+              "Sentence completion, not question answering: the start of a biography sentence "
+              "(\"X was born in\") completed greedily up to its period, right if it is the fact."),
     "one-hop": ("Exact match on one-hop questions",
-                "One fact about one person, e.g. \"What is the birth city of X?\". A greedy answer is right when it "
-                "equals the true one (case, spaces and a final period aside)."),
+                "One fact about one person, e.g. \"What is the birth city of X?\". A greedy answer "
+                "is right when it equals the true one (case, spaces and a final period aside)."),
     "two-hop": ("Exact match on two-hop questions",
-                "A fact about the person, then a fact about that fact, e.g. \"In which year was the company that X "
-                "worked for founded?\": two documents are needed. Scored like the one-hop questions."),
+                "A fact about the person, then a fact about that fact, e.g. \"In which year was "
+                "the company that X worked for founded?\": two documents are needed. Scored like "
+                "the one-hop questions."),
     "global": ("Exact match on global questions",
-               "About the whole collection (every person of every split; shown in the new-people column), e.g. \"How "
-               "many people worked for X?\": no single document holds the answer. Right when the count or company is "
-               "the true one; a list must be the exact set of names; \"a person who worked for the same company as "
-               "X\" may be any such person."),
+               "About the whole collection (every person of every split; shown in the new-people "
+               "column), e.g. \"How many people worked for X?\": no single document holds the "
+               "answer. Right when the count or company is the true one; a list must be the exact "
+               "set of names; \"a person who worked for the same company as X\" may be any such "
+               "person."),
 }
 
-# Every method: (its question set, what it reads, what it trains and puts in the prompt). A row whose method is
-# missing here stops the report (see ordered), so no row is ever shown without its description.
+# Every method: (its question set, what it reads, what it trains and puts in the prompt). A row
+# whose method is missing here stops the report (see ordered): no row is shown undescribed.
 METHODS = {
-    "pretrain-cloze": ("cloze", "closed book", "the pretrained model (all weights, from random, on the biographies "
-                       "of train, dev and test people) completes the start of a biography sentence"),
-    "zero-shot": ("one-hop", "closed book", "nothing trained; the prompt is the question alone (\"Q: ...\\nA:\")"),
-    "k-shot": ("one-hop", "closed book", "nothing trained; 3 answered questions about train people, then the "
-               "question (the mean over 2 random sets)"),
-    "searched-demos": ("one-hop", "closed book", "nothing trained; the answered questions (0, 1 or 3) that scored "
-                       "best on the dev people, then the question"),
-    "prompt-program": ("one-hop", "closed book", "nothing trained; per attribute, the sentence start mined from the "
-                       "pretraining text that scored best on the dev people (e.g. \"The birthplace of X is\"), some "
-                       "ranking the attribute's possible values where that scored better"),
-    "rag-base": ("one-hop", "with retrieval", "nothing trained; the retrieved biographies, then the question"),
-    "lora-qa": ("one-hop", "closed book", "a LoRA adapter on the attention layers, trained on questions about "
-                "train people; the question alone"),
-    "full-ft-qa": ("one-hop", "closed book", "every weight trained on the same questions, at a lower learning rate; "
-                   "the question alone"),
-    "lora-rag-qa": ("one-hop", "with retrieval", "a LoRA adapter trained to answer from a biography or company profile "
-                    "in the prompt (of made-up people and companies, never the scored ones); the retrieved "
-                    "biographies, then the question"),
-    "closed-book-2hop": ("two-hop", "closed book", "nothing trained; the base model, the two-hop question alone"),
-    "rag-2hop": ("two-hop", "with retrieval", "one retrieval with the question as the query, read by the rag-qa "
-                 "adapter (lora-rag-qa's)"),
-    "oracle-2hop": ("two-hop", "gold documents", "both documents the answer needs (the person's biography and the "
-                    "company's profile) in the prompt, read by the rag-qa adapter: what perfect retrieval would give"),
-    "agentic-rag": ("two-hop", "with retrieval", "the rag-qa adapter trained further on Self-Ask traces about made-up "
-                    "people at made-up companies; it writes \"Follow up:\" queries, a controller retrieves a document "
-                    "for each and inserts it, until it writes \"So the final answer is:\""),
-    "chunk-rag-global": ("global", "with retrieval", "the same exact aggregation as graph-rag-global, run in code "
-                         "over the facts the rag-qa adapter read from the top-k documents retrieved for the question"),
-    "graph-rag-global": ("global", "with retrieval", "map-reduce over the community reports of an entity graph the "
-                         "rag-qa adapter extracted from every document (nanolevels/graph.py; nothing trained here)"),
+    "pretrain-cloze": ("cloze", "closed book", "the pretrained model (all weights, from random, on "
+                       "the biographies of train, dev and test people) completes the start of a "
+                       "biography sentence"),
+    "zero-shot": ("one-hop", "closed book",
+                  "nothing trained; the prompt is the question alone (\"Q: ...\\nA:\")"),
+    "k-shot": ("one-hop", "closed book", "nothing trained; 3 answered questions about train "
+               "people, then the question (the mean over 2 random sets)"),
+    "searched-demos": ("one-hop", "closed book", "nothing trained; the answered questions (0, 1 or "
+                       "3) that scored best on the dev people, then the question"),
+    "prompt-program": ("one-hop", "closed book", "nothing trained; per attribute, the sentence "
+                       "start mined from the pretraining text that scored best on the dev people "
+                       "(e.g. \"The birthplace of X is\"), some ranking the attribute's possible "
+                       "values where that scored better"),
+    "rag-base": ("one-hop", "with retrieval",
+                 "nothing trained; the retrieved biographies, then the question"),
+    "lora-qa": ("one-hop", "closed book", "a LoRA adapter on the attention layers, trained on "
+                "questions about train people; the question alone"),
+    "full-ft-qa": ("one-hop", "closed book", "every weight trained on the same questions, at a "
+                   "lower learning rate; the question alone"),
+    "lora-rag-qa": ("one-hop", "with retrieval", "a LoRA adapter trained to answer from a "
+                    "biography or company profile in the prompt (of made-up people and companies, "
+                    "never the scored ones); the retrieved biographies, then the question"),
+    "closed-book-2hop": ("two-hop", "closed book",
+                         "nothing trained; the base model, the two-hop question alone"),
+    "rag-2hop": ("two-hop", "with retrieval", "one retrieval with the question as the query, read "
+                 "by the rag-qa adapter (lora-rag-qa's)"),
+    "oracle-2hop": ("two-hop", "gold documents", "both documents the answer needs (the person's "
+                    "biography and the company's profile) in the prompt, read by the rag-qa "
+                    "adapter: what perfect retrieval would give"),
+    "agentic-rag": ("two-hop", "with retrieval", "the rag-qa adapter trained further on Self-Ask "
+                    "traces about made-up people at made-up companies; it writes \"Follow up:\" "
+                    "queries, a controller retrieves a document for each and inserts it, until it "
+                    "writes \"So the final answer is:\""),
+    "chunk-rag-global": ("global", "with retrieval", "the same exact aggregation as "
+                         "graph-rag-global, run in code over the facts the rag-qa adapter read "
+                         "from the top-k documents retrieved for the question"),
+    "graph-rag-global": ("global", "with retrieval", "map-reduce over the community reports of an "
+                         "entity graph the rag-qa adapter extracted from every document "
+                         "(nanolevels/graph.py; nothing trained here)"),
 }
 
-
-# What the report card claims, each judged on one run here and at the MIN over seeds in bench/seeds.py:
-# (description, test on {method: row} and the retrieval table).
+# What the README claims: each judged on this run here, and at the MIN over seeds in bench/seeds.py.
 TARGETS = [
     ("pretrain-cloze test >= 90%", lambda r, ret: r["pretrain-cloze"]["acc_test"] >= 0.90),
-    ("prompt-program test >= 85% and >= 0.9 x cloze", lambda r, ret: r["prompt-program"]["acc_test"] >= max(
-        0.85, 0.9 * r["pretrain-cloze"]["acc_test"])),
+    ("prompt-program test >= 85% and >= 0.9 x cloze", lambda r, ret:
+     r["prompt-program"]["acc_test"] >= max(0.85, 0.9 * r["pretrain-cloze"]["acc_test"])),
     ("lora-qa test >= 90%", lambda r, ret: r["lora-qa"]["acc_test"] >= 0.90),
     ("lora-rag-qa new >= 95%", lambda r, ret: r["lora-rag-qa"]["acc_new"] >= 0.95),
-    ("rag-base new > zero-shot new (closed book)", lambda r, ret: r["rag-base"]["acc_new"] > r["zero-shot"]["acc_new"]),
+    ("rag-base new > zero-shot new (closed book)",
+     lambda r, ret: r["rag-base"]["acc_new"] > r["zero-shot"]["acc_new"]),
     ("tfidf recall@1 >= 0.98", lambda r, ret: ret["tfidf"]["recall@1"] >= 0.98),
-    ("agentic-rag new >= 90% and >= rag-2hop new + 40 points", lambda r, ret: r["agentic-rag"]["acc_new"] >= max(
-        0.90, r["rag-2hop"]["acc_new"] + 0.40)),
-    ("agentic-rag <= 2.5 retrievals per new question", lambda r, ret: r["agentic-rag"]["calls_new"] <= 2.5),
-    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points",
-     lambda r, ret: r["graph-rag-global"]["acc_new"] >= max(0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
+    ("agentic-rag new >= 90% and >= rag-2hop new + 40 points",
+     lambda r, ret: r["agentic-rag"]["acc_new"] >= max(0.90, r["rag-2hop"]["acc_new"] + 0.40)),
+    ("agentic-rag <= 2.5 retrievals per new question",
+     lambda r, ret: r["agentic-rag"]["calls_new"] <= 2.5),
+    ("graph-rag-global >= 90% and >= chunk-rag-global + 40 points", lambda r, ret:
+     r["graph-rag-global"]["acc_new"] >= max(0.90, r["chunk-rag-global"]["acc_new"] + 0.40)),
 ]
 
 
@@ -97,11 +106,11 @@ def judge(rows: list[dict], retrieval: dict) -> dict[str, bool]:
 
 
 def ordered(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """[(question set, its rows by level)] in the report's order; a row with no description is an error."""
+    """[(question set, its rows by level)] in the report's order; an undescribed row is an error."""
     missing = [row["method"] for row in rows if row["method"] not in METHODS]
     if missing:
-        raise ValueError(f"no description of {', '.join(missing)} in METHODS (nanolevels/report.py): "
-                         f"add one line per row")
+        raise ValueError(f"no description of {', '.join(missing)} in METHODS "
+                         f"(nanolevels/report.py): add one line per row")
     groups = [(q, [row for row in rows if METHODS[row["method"]][0] == q]) for q in QUESTIONS]
     return [(q, sorted(group, key=lambda row: row["level"])) for q, group in groups if group]
 
@@ -111,7 +120,7 @@ def percent(x: float) -> str:
 
 
 def cell(row: dict, split: str, spread: dict | None) -> str:
-    """'93.8% [91.2-95.6]; seeds 89.0-95.0%': the accuracy, its 95% interval and the seeds' range, or '-'."""
+    """'93.8% [91.2-95.6]; seeds 89.0-95.0%': accuracy, 95% interval, the seeds' range; or '-'."""
     acc, ci = row[f"acc_{split}"], row[f"ci_{split}"]
     if acc is None:
         return "-"
@@ -135,144 +144,170 @@ def answer(example: dict | None, asked: str) -> str:
 
 
 def examples(groups: list) -> list[str]:
-    """Per question set, the first test and new question and each method's answer to it (rows from a
-    metrics.json written before answers were kept have none: nothing to show for them)."""
+    """Per question set, the first test and new question and each method's answer to it."""
     lines = []
     for q, rows in groups:
-        rows = [row for row in rows if row.get("example")]
+        rows = [row for row in rows if row.get("example")]  # a metrics.json older than examples
         if not rows:
             continue
-        first = rows[0]["example"]
-        lines += [f"{q.capitalize()} questions: test person \"{md(first['test']['question'])}\" (true answer: "
-                  f"{md(first['test']['answer'])}); new person \"{md(first['new']['question'])}\" (true answer: "
-                  f"{md(first['new']['answer'])}).", "",
+        test, new = rows[0]["example"]["test"], rows[0]["example"]["new"]
+        lines += [f"{q.capitalize()} questions: test person \"{md(test['question'])}\" (true "
+                  f"answer: {md(test['answer'])}); new person \"{md(new['question'])}\" (true "
+                  f"answer: {md(new['answer'])}).", "",
                   "| method | test person | new person |", "|---|---|---|"]
-        lines += [f"| {row['method']} | {answer(row['example']['test'], first['test']['question'])} | "
-                  f"{answer(row['example']['new'], first['new']['question'])} |" for row in rows]
-        lines.append("")
-    return lines and ["## One question, each method's answer", "", "The first question about a test person and about "
-                      "a new person, and what each method answered in this run (✓ right, ✗ wrong).", "", *lines]
+        lines += [*(f"| {row['method']} | {answer(row['example']['test'], test['question'])} | "
+                    f"{answer(row['example']['new'], new['question'])} |" for row in rows), ""]
+    return lines and ["## One question, each method's answer", "",
+                      "The first question about a test person and about a new person, and what "
+                      "each method answered in this run (✓ right, ✗ wrong).", "", *lines]
 
 
 def story(report: dict) -> str:
     """A paragraph, from the numbers, on what each level bought."""
     r = {row["method"]: row for row in report["rows"]}
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
-    zero, kshot = r["zero-shot"]["acc_test"], r["k-shot"]["acc_test"]
+    test, new = (lambda m: pct(r[m]["acc_test"])), (lambda m: pct(r[m]["acc_new"]))
     program = "; ".join(f"{a} \"{p['template']}\"" + (" ranking the values" if p["ranked"] else "")
                         for a, p in report["program"].items())
+    tfidf, gpt = report["retrieval"]["tfidf"]["recall@1"], report["retrieval"]["gpt"]["recall@1"]
+    lora, full = r["lora-qa"]["trainable_params"], r["full-ft-qa"]["trainable_params"]
     return " ".join([
-        f"Pretraining stored {pct(r['pretrain-cloze']['acc_test'])} of the test people's facts (cloze) and "
-        f"{pct(r['pretrain-cloze']['acc_new'])} of the new people's, whom it never saw.",
-        f"Prompting answers {pct(zero)} of the test questions zero-shot and {pct(kshot)} with 3 random "
-        f"demonstrations, {pct(r['searched-demos']['acc_test'])} with demonstrations searched on the dev people.",
-        f"The compiled prompt program asks each attribute with the prompt mined from the pretraining text that "
-        f"scored best on the dev people ({program}) and answers {pct(r['prompt-program']['acc_test'])} of the test "
-        f"questions with no weight changed; {pct(r['prompt-program']['acc_new'])} of the new people's, whose facts "
-        f"are not in the weights.",
-        f"Retrieval finds the asked-about person's biography first for {pct(report['retrieval']['tfidf']['recall@1'])} "
-        f"of the new people's questions with TF-IDF ({pct(report['retrieval']['gpt']['recall@1'])} with the GPT's own "
-        f"hidden states); with it in the prompt, the unchanged model answers {pct(r['rag-base']['acc_new'])} of them, "
-        f"against {pct(r['zero-shot']['acc_new'])} closed-book.",
-        f"A LoRA adapter of {r['lora-qa']['trainable_params']:,} parameters "
-        f"({100 * r['lora-qa']['trainable_params'] / report['base_params']:.1f}% of the model), trained on questions about "
-        f"train people, answers {pct(r['lora-qa']['acc_test'])} of the test people's questions closed-book; full "
-        f"fine-tuning of all {r['full-ft-qa']['trainable_params']:,} parameters, at its own lower learning rate, "
-        f"{pct(r['full-ft-qa']['acc_test'])}.",
-        f"The RAG-QA adapter with retrieval answers {pct(r['lora-rag-qa']['acc_new'])} of the new people's questions.",
+        f"Pretraining stored {test('pretrain-cloze')} of the test people's facts (cloze) and "
+        f"{new('pretrain-cloze')} of the new people's, whom it never saw.",
+        f"Prompting answers {test('zero-shot')} of the test questions zero-shot and "
+        f"{test('k-shot')} with 3 random demonstrations, {test('searched-demos')} with "
+        f"demonstrations searched on the dev people.",
+        f"The compiled prompt program asks each attribute with the prompt mined from the "
+        f"pretraining text that scored best on the dev people ({program}) and answers "
+        f"{test('prompt-program')} of the test questions with no weight changed; "
+        f"{new('prompt-program')} of the new people's, whose facts are not in the weights.",
+        f"Retrieval finds the asked-about person's biography first for {pct(tfidf)} of the new "
+        f"people's questions with TF-IDF ({pct(gpt)} with the GPT's own hidden states); with it "
+        f"in the prompt, the unchanged model answers {new('rag-base')} of them, against "
+        f"{new('zero-shot')} closed-book.",
+        f"A LoRA adapter of {lora:,} parameters ({100 * lora / report['base_params']:.1f}% of the "
+        f"model), trained on questions about train people, answers {test('lora-qa')} of the test "
+        f"people's questions closed-book; full fine-tuning of all {full:,} parameters, at its own "
+        f"lower learning rate, {test('full-ft-qa')}.",
+        f"The RAG-QA adapter with retrieval answers {new('lora-rag-qa')} of the new people's "
+        f"questions.",
         *([] if "agentic-rag" not in r else [
-            f"Two-hop questions (a fact about the company a new person worked for) need two documents: one retrieval "
-            f"with the question finds the person's biography but not the profile, and the reader answers "
-            f"{pct(r['rag-2hop']['acc_new'])} (both documents given: {pct(r['oracle-2hop']['acc_new'])}). The agent "
-            f"adapter asks its own follow-up questions, {report['agentic']['new']['calls']:.1f} retrievals each on "
-            f"average, and answers {pct(r['agentic-rag']['acc_new'])}; closed book, "
-            f"{pct(r['closed-book-2hop']['acc_new'])}."]),
+            f"Two-hop questions (a fact about the company a new person worked for) need two "
+            f"documents: one retrieval with the question finds the person's biography but not the "
+            f"profile, and the reader answers {new('rag-2hop')} (both documents given: "
+            f"{new('oracle-2hop')}). The agent adapter asks its own follow-up questions, "
+            f"{report['agentic']['new']['calls']:.1f} retrievals each on average, and answers "
+            f"{new('agentic-rag')}; closed book, {new('closed-book-2hop')}."]),
         *([] if "graph-rag-global" not in r else [
             f"The same reader, asked about every document's subject, built an entity graph of "
-            f"{report['graph']['nodes']:,} entities and {report['graph']['edges']:,} relations (precision "
-            f"{report['graph']['precision']:.3f}, recall {report['graph']['recall']:.3f} against the world's "
-            f"tables) in {report['graph']['communities']} communities; map-reduce over their reports answers "
-            f"{pct(r['graph-rag-global']['acc_new'])} of the questions about the whole collection (counts, "
-            f"superlatives, lists, shared neighbours), the same aggregation over the top {report['rag_k']} retrieved "
-            f"documents {pct(r['chunk-rag-global']['acc_new'])}."]),
+            f"{report['graph']['nodes']:,} entities and {report['graph']['edges']:,} relations "
+            f"(precision {report['graph']['precision']:.3f}, recall "
+            f"{report['graph']['recall']:.3f} against the world's tables) in "
+            f"{report['graph']['communities']} communities; map-reduce over their reports answers "
+            f"{new('graph-rag-global')} of the questions about the whole collection (counts, "
+            f"superlatives, lists, shared neighbours), the same aggregation over the top "
+            f"{report['rag_k']} retrieved documents {new('chunk-rag-global')}."]),
     ])
 
 
+def legend(seeds: dict | None) -> list[str]:
+    """report.md's opening: who is scored, what a row reads and what a cell holds."""
+    return [
+        "# nanolevels report card", "",
+        "One tiny GPT and four levels of LLM engineering, each scored on questions about the "
+        "people of a made-up world:", "",
+        "- **test people**: their biographies are in the pretraining text; their questions were "
+        "never trained on and never used to choose anything.",
+        "- **new people**: their biographies were never pretrained on; they are only in the "
+        "retrieval collection, so only a row that reads documents can know them (closed book: "
+        "chance).",
+        "- **dev and dev-new people** (like test, like new): used only to choose things (when "
+        "training stops, which prompt, which threshold); never scored here.",
+        "- **closed book**: the model answers from its weights alone. **with retrieval**: "
+        "documents a retriever found for the question (TF-IDF) are put in the prompt above it. "
+        "**gold documents**: the documents the answer needs are put there, no retriever.",
+        "- Each cell: this run's share of the questions answered right [its 95% interval (Wilson)]"
+        + (f"; **seeds**: the lowest and highest share over the {len(seeds['seeds'])} seeds of the "
+           "kept seeds table (docs/seeds.json). A run of yours at the default sizes should land "
+           "in or near that range." if seeds else ". (No seeds range: the kept seeds table, "
+           "docs/seeds.json, is measured at the default sizes; `python bench/seeds.py` measures "
+           "the spread for yours.)"),
+        "", "![accuracy per method](report.svg)", ""]
+
+
+def question_table(q: str, rows: list[dict], spread: dict) -> list[str]:
+    """A question set's section: its heading, how it is scored, one table line per row."""
+    heading, scoring = QUESTIONS[q]
+    return [f"## {heading}", "", scoring, "",
+            "| method | level | reads | test people | new people | trainable params "
+            "| wall time (step) |", "|---|---|---|---|---|---|---|",
+            *(f"| {row['method']} | {row['level']} {LEVELS[row['level']]} "
+              f"| {METHODS[row['method']][1]} | {cell(row, 'test', spread.get(row['method']))} "
+              f"| {cell(row, 'new', spread.get(row['method']))} | {row['trainable_params']:,} "
+              f"| {format_eta(row['wall_s'])} ({row['step']}) |" for row in rows), ""]
+
+
+def targets(report: dict, seeds: dict | None) -> list[str]:
+    """The targets section: each target met or missed in this run, and on how many seeds."""
+    n_seeds, missed = (len(seeds["seeds"]), seeds["targets_missed_by_seed"]) if seeds else (0, {})
+    return ["## Targets", "",
+            "A target is a claim the README makes about these numbers, judged here on this run. "
+            "One run is one trajectory (floats differ between CPUs, and a skill that arrives by a "
+            "phase change can arrive late), so the README claims each at the MIN over the seeds "
+            "of `python bench/seeds.py`: it holds when it holds on every seed. If this run misses "
+            "one, compare the row with its seeds range: a number near it is one more trajectory; "
+            "far below it, something differs.",
+            "", "| target | this run | seeds where it holds |", "|---|---|---|",
+            *(f"| {name} | {'met' if ok else 'missed'} | "
+              + (f"{n_seeds - len(missed[name])} of {n_seeds}" if name in missed else "-") + " |"
+              for name, ok in report["targets"].items())]
+
+
 def markdown(report: dict, seeds: dict | None = None) -> str:
-    """report.md; seeds: the seeds table (docs/seeds.json) whose ranges go beside the numbers, or None."""
+    """report.md; seeds: the seeds table (docs/seeds.json) whose ranges go beside the numbers."""
     groups = ordered(report["rows"])
     spread = {row["method"]: row for row in seeds["rows"]} if seeds else {}
-    n_seeds = len(seeds["seeds"]) if seeds else 0
-    lines = ["# nanolevels report card", "",
-             "One tiny GPT and four levels of LLM engineering, each scored on questions about the people of a "
-             "made-up world:", "",
-             "- **test people**: their biographies are in the pretraining text; their questions were never trained "
-             "on and never used to choose anything.",
-             "- **new people**: their biographies were never pretrained on; they are only in the retrieval "
-             "collection, so only a row that reads documents can know them (closed book: chance).",
-             "- **dev and dev-new people** (like test, like new): used only to choose things (when training stops, "
-             "which prompt, which threshold); never scored here.",
-             "- **closed book**: the model answers from its weights alone. **with retrieval**: documents a retriever "
-             "found for the question (TF-IDF) are put in the prompt above it. **gold documents**: the documents the "
-             "answer needs are put there, no retriever.",
-             "- Each cell: this run's share of the questions answered right [its 95% interval (Wilson)]"
-             + (f"; **seeds**: the lowest and highest share over the {n_seeds} seeds of the kept seeds table "
-                "(docs/seeds.json). A run of yours at the default sizes should land in or near that range."
-                if seeds else ". (No seeds range: the kept seeds table, docs/seeds.json, is measured at the default "
-                "sizes; `python bench/seeds.py` measures the spread for yours.)"),
-             "", "![accuracy per method](report.svg)", ""]
+    lines = legend(seeds)
     for q, rows in groups:
-        heading, scoring = QUESTIONS[q]
-        lines += [f"## {heading}", "", scoring, "",
-                  "| method | level | reads | test people | new people | trainable params | wall time (step) |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {row['method']} | {row['level']} {LEVELS[row['level']]} | {METHODS[row['method']][1]} | "
-                  f"{cell(row, 'test', spread.get(row['method']))} | {cell(row, 'new', spread.get(row['method']))} | "
-                  f"{row['trainable_params']:,} | {format_eta(row['wall_s'])} ({row['step']}) |" for row in rows]
-        lines.append("")
+        lines += question_table(q, rows, spread)
     steps = {}
     for row in report["rows"]:
         steps.setdefault(row["step"], []).append(row["method"])
-    shared = [f"{', '.join(methods)} ({step})" for step, methods in steps.items() if len(methods) > 1]
+    shared = "; ".join(f"{', '.join(made)} ({step})"
+                       for step, made in steps.items() if len(made) > 1)
     if shared:
-        lines += ["Rows made by one step show that step's whole wall time: " + "; ".join(shared) + ".", ""]
-    lines += ["## What each row trains and puts in the prompt", ""]
-    lines += [f"- **{row['method']}** (level {row['level']} {LEVELS[row['level']]}, {METHODS[row['method']][1]}): "
-              f"{METHODS[row['method']][2]}." for _, rows in groups for row in rows]
-    lines += ["", *examples(groups), "## What each level bought", "", story(report), "",
-              "## Targets", "",
-              "A target is a claim the README makes about these numbers, judged here on this run. One run is one "
-              "trajectory (floats differ between CPUs, and a skill that arrives by a phase change can arrive late), "
-              "so the README claims each at the MIN over the seeds of `python bench/seeds.py`: it holds when it "
-              "holds on every seed. If this run misses one, compare the row with its seeds range: a number near it "
-              "is one more trajectory; far below it, something differs.",
-              "", "| target | this run | seeds where it holds |", "|---|---|---|"]
-    missed = seeds["targets_missed_by_seed"] if seeds else {}
-    lines += [f"| {name} | {'met' if ok else 'missed'} | "
-              + (f"{n_seeds - len(missed[name])} of {n_seeds}" if name in missed else "-") + " |"
-              for name, ok in report["targets"].items()]
-    lines += ["", "Why each training run stopped: " + "; ".join(
-        f"{name}: {why}" for name, why in report["stopped"].items()) + ".", "",
-              f"Answers rag.py marks as guesses (best match below {report['unsure']['threshold']:.3f}, a threshold "
-              f"chosen on the dev-new people): " + ", ".join(f"{n} of the {split} questions" for split, n in
-                                                           report["unsure"]["guesses"].items())
-              + f"; questions about made-up people caught: {100 * report['unsure']['made_up_caught']:.0f}%.",
+        lines += [f"Rows made by one step show that step's whole wall time: {shared}.", ""]
+    lines += ["## What each row trains and puts in the prompt", "",
+              *(f"- **{row['method']}** (level {row['level']} {LEVELS[row['level']]}, "
+                f"{METHODS[row['method']][1]}): {METHODS[row['method']][2]}."
+                for _, rows in groups for row in rows), "", *examples(groups),
+              "## What each level bought", "", story(report), "", *targets(report, seeds), "",
+              "Why each training run stopped: "
+              + "; ".join(f"{name}: {why}" for name, why in report["stopped"].items()) + ".", "",
+              f"Answers rag.py marks as guesses (best match below "
+              f"{report['unsure']['threshold']:.3f}, a threshold chosen on the dev-new people): "
+              + ", ".join(f"{n} of the {split} questions"
+                          for split, n in report["unsure"]["guesses"].items())
+              + f"; questions about made-up people caught: "
+              f"{100 * report['unsure']['made_up_caught']:.0f}%.",
               "", "Retrieval of the new people's biographies:", "",
-              "| embedder | recall@1 | recall@5 |", "|---|---|---|"]
-    lines += [f"| {name} | {r['recall@1']:.3f} | {r['recall@5']:.3f} |" for name, r in report["retrieval"].items()]
-    mc = report["machine"]
-    lines += ["", "![training loss](loss.svg)", "",
-              f"Machine: {mc['device']}, {mc['threads']} torch threads, {mc['cpu_count']} CPUs, torch {mc['torch']}, "
-              f"Python {mc['python']}, {mc['platform']}.",
-              f"Total wall time {format_eta(report['total_wall_s'])}; peak memory {report['peak_rss_mb']:.0f} MB.", ""]
+              "| embedder | recall@1 | recall@5 |", "|---|---|---|",
+              *(f"| {name} | {r['recall@1']:.3f} | {r['recall@5']:.3f} |"
+                for name, r in report["retrieval"].items()),
+              "", "![training loss](loss.svg)", "",
+              "Machine: {device}, {threads} torch threads, {cpu_count} CPUs, torch {torch}, "
+              "Python {python}, {platform}.".format(**report["machine"]),
+              f"Total wall time {format_eta(report['total_wall_s'])}; peak memory "
+              f"{report['peak_rss_mb']:.0f} MB.", ""]
     return "\n".join(lines)
 
 
 def svg(width: int, height: int, elements: list[str]) -> str:
-    """An SVG document of the given size: a white background, then the elements."""
+    """An SVG document, written by hand (no plotting library): a white background, the elements."""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">\n'
-            f'<rect width="{width}" height="{height}" fill="white"/>\n' + "\n".join(elements) + "\n</svg>\n")
+            f'<rect width="{width}" height="{height}" fill="white"/>\n' + "\n".join(elements)
+            + "\n</svg>\n")
 
 
 COLORS = {"test": "#4c72b0", "new": "#dd8452"}  # one colour per split, in the bars and their legend
@@ -280,8 +315,7 @@ PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#d
 
 
 def bars_svg(groups: list[tuple[str, list]], caption: str) -> str:
-    """Horizontal bars, one per row and split with a value, each with a whisker, in titled groups.
-
+    """Horizontal bars, one per row and split with a value, each with a whisker, in titled groups;
     groups: [(title, [(label, {split: (value, low, high) or None})])], shares in [0, 1]."""
     left, width, bar = 190, 460, 10  # label column, plot width (0% to 100%), bar height
     out, y = [], 58
@@ -289,35 +323,39 @@ def bars_svg(groups: list[tuple[str, list]], caption: str) -> str:
         out.append(f'<text x="8" y="{y + 12}" font-weight="bold">{escape(title)}</text>')
         y += 20
         for label, splits in rows:
-            out.append(f'<text x="{left - 8}" y="{y + bar + 4}" text-anchor="end">{escape(label)}</text>')
+            out.append(f'<text x="{left - 8}" y="{y + bar + 4}" text-anchor="end">'
+                       f'{escape(label)}</text>')
             for i, (split, v) in enumerate(splits.items()):
                 top = y + i * bar
                 if v is None:
                     continue
                 value, low, high = v
-                tip = escape(f"{label}, {split} people: {percent(value)}% [{percent(low)}-{percent(high)}]")
+                tip = escape(f"{label}, {split} people: {percent(value)}% "
+                             f"[{percent(low)}-{percent(high)}]")
                 out += [f'<rect class="bar" data-split={quoteattr(split)} x="{left}" y="{top}" '
-                        f'width="{width * value:.1f}" height="{bar - 1}" fill="{COLORS[split]}"><title>{tip}</title>'
-                        f'</rect>',
-                        f'<line x1="{left + width * low:.1f}" x2="{left + width * high:.1f}" y1="{top + bar / 2}" '
-                        f'y2="{top + bar / 2}" stroke="#222"/>',
-                        f'<text x="{left + width + 6}" y="{top + bar - 1}" font-size="10">{percent(value)}%</text>']
+                        f'width="{width * value:.1f}" height="{bar - 1}" fill="{COLORS[split]}">'
+                        f'<title>{tip}</title></rect>',
+                        f'<line x1="{left + width * low:.1f}" x2="{left + width * high:.1f}" '
+                        f'y1="{top + bar / 2}" y2="{top + bar / 2}" stroke="#222"/>',
+                        f'<text x="{left + width + 6}" y="{top + bar - 1}" font-size="10">'
+                        f'{percent(value)}%</text>']
             y += 2 * bar + 8
         y += 6
     grid = []
     for tick in (0, 0.25, 0.5, 0.75, 1):
         x = left + width * tick
         grid += [f'<line x1="{x}" x2="{x}" y1="50" y2="{y}" stroke="#ddd"/>',
-                 f'<text x="{x}" y="46" text-anchor="middle" font-size="10">{100 * tick:.0f}%</text>']
-    legend = [f'<text x="8" y="16">{escape(caption)}</text>']
+                 f'<text x="{x}" y="46" text-anchor="middle" font-size="10">'
+                 f'{100 * tick:.0f}%</text>']
+    key = [f'<text x="8" y="16">{escape(caption)}</text>']
     for i, (split, color) in enumerate(COLORS.items()):
-        legend += [f'<rect x="{8 + 130 * i}" y="24" width="10" height="10" fill="{color}"/>',
-                   f'<text x="{22 + 130 * i}" y="33">{split} people</text>']
-    return svg(left + width + 60, y + 10, grid + legend + out)
+        key += [f'<rect x="{8 + 130 * i}" y="24" width="10" height="10" fill="{color}"/>',
+                f'<text x="{22 + 130 * i}" y="33">{split} people</text>']
+    return svg(left + width + 60, y + 10, grid + key + out)
 
 
 def titled(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """The rows in the report's order, grouped by question set and level, each group with its title."""
+    """The rows in the report's order, grouped by question set and level, each group titled."""
     out = []
     for q, group in ordered(rows):
         for level in sorted({row["level"] for row in group}):
@@ -327,26 +365,31 @@ def titled(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 
 
 def report_svg(report: dict) -> str:
-    """out/report.svg: this run's accuracy per method on test and new people, whiskers its 95% interval."""
+    """out/report.svg: this run's accuracy per method and split, whiskers its 95% interval."""
     def bars(row):
-        return {s: None if row[f"acc_{s}"] is None else (row[f"acc_{s}"], *row[f"ci_{s}"]) for s in ("test", "new")}
-    groups = [(title, [(row["method"], bars(row)) for row in rows]) for title, rows in titled(report["rows"])]
-    return bars_svg(groups, "Share answered right (cloze: facts completed); whiskers: 95% interval (Wilson)")
+        return {s: None if row[f"acc_{s}"] is None else (row[f"acc_{s}"], *row[f"ci_{s}"])
+                for s in ("test", "new")}
+    groups = [(title, [(row["method"], bars(row)) for row in rows])
+              for title, rows in titled(report["rows"])]
+    return bars_svg(groups, "Share answered right (cloze: facts completed); "
+                            "whiskers: 95% interval (Wilson)")
 
 
 def seeds_svg(table: dict) -> str:
-    """The seeds table's picture (docs/report.svg): the mean over seeds, whiskers from the lowest to the highest."""
+    """The seeds table's picture (docs/report.svg): mean over seeds, whiskers lowest to highest."""
     def bars(row):
-        return {s: None if row[f"acc_{s}"] is None else tuple(row[f"acc_{s}"][k] for k in ("mean", "min", "max"))
+        return {s: None if row[f"acc_{s}"] is None
+                else tuple(row[f"acc_{s}"][k] for k in ("mean", "min", "max"))
                 for s in ("test", "new")}
-    groups = [(title, [(row["method"], bars(row)) for row in rows]) for title, rows in titled(table["rows"])]
-    return bars_svg(groups, f"Share answered right (cloze: facts completed), mean over {len(table['seeds'])} seeds; "
-                            f"whiskers: lowest to highest seed")
+    groups = [(title, [(row["method"], bars(row)) for row in rows])
+              for title, rows in titled(table["rows"])]
+    return bars_svg(groups, f"Share answered right (cloze: facts completed), mean over "
+                            f"{len(table['seeds'])} seeds; whiskers: lowest to highest seed")
 
 
 def loss_svg(runs: dict[str, list[tuple[int, float]]]) -> str:
-    """out/loss.svg: each run's training loss against its step, one polyline per run, on a log axis."""
-    runs = {name: [(s, loss) for s, loss in points if loss > 0] for name, points in runs.items()}  # no log(0)
+    """out/loss.svg: each run's training loss (> 0) against its step, a polyline each, log axis."""
+    runs = {name: [(s, loss) for s, loss in points if loss > 0] for name, points in runs.items()}
     left, top, width, height = 60, 20, 520, 300
     steps = max(s for points in runs.values() for s, _ in points) or 1
     losses = [loss for points in runs.values() for _, loss in points]
@@ -354,23 +397,27 @@ def loss_svg(runs: dict[str, list[tuple[int, float]]]) -> str:
     hi += hi == lo  # one decade at least
 
     def xy(step, loss):
-        return f"{left + width * step / steps:.1f},{top + height * (hi - math.log10(loss)) / (hi - lo):.1f}"
+        x, y = left + width * step / steps, top + height * (hi - math.log10(loss)) / (hi - lo)
+        return f"{x:.1f},{y:.1f}"
     out = []
     for d in range(lo, hi + 1):  # one grid line per decade
         y = top + height * (hi - d) / (hi - lo)
         out += [f'<line x1="{left}" x2="{left + width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>',
                 f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10.0 ** d:g}</text>']
     base = 10 ** math.floor(math.log10(steps))
-    tick = next(m * base for m in (0.1, 0.2, 0.5, 1, 2) if steps / (m * base) <= 6)  # a round step, 6 ticks at most
+    # a round step between ticks, 6 ticks at most
+    tick = next(m * base for m in (0.1, 0.2, 0.5, 1, 2) if steps / (m * base) <= 6)
     for i in range(int(steps / tick) + 1):
         out.append(f'<text x="{left + width * i * tick / steps:.1f}" y="{top + height + 16}" '
                    f'text-anchor="middle">{i * tick:g}</text>')
     for i, (name, points) in enumerate(runs.items()):
         color = PALETTE[i % len(PALETTE)]
         out += [f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
-                f'points="{" ".join(xy(s, loss) for s, loss in points)}"><title>{escape(name)}</title></polyline>',
-                f'<rect x="{left + width + 16}" y="{top + 18 * i}" width="10" height="10" fill="{color}"/>',
+                f'points="{" ".join(xy(s, loss) for s, loss in points)}">'
+                f'<title>{escape(name)}</title></polyline>',
+                f'<rect x="{left + width + 16}" y="{top + 18 * i}" width="10" height="10" '
+                f'fill="{color}"/>',
                 f'<text x="{left + width + 30}" y="{top + 18 * i + 9}">{escape(name)}</text>']
-    out.append(f'<text x="{left + width / 2}" y="{top + height + 38}" text-anchor="middle">optimizer step; '
-               f'training loss on a log scale</text>')
+    out.append(f'<text x="{left + width / 2}" y="{top + height + 38}" text-anchor="middle">'
+               f'optimizer step; training loss on a log scale</text>')
     return svg(left + width + 160, top + height + 44, out)

@@ -1,44 +1,9 @@
-"""Retrieval for level 2 (RAG): embedders that turn texts into vectors, and a numpy cosine-similarity index.
+"""Retrieval for level 2 (RAG): embedders that turn texts into vectors, and an exact cosine index.
 
-Retrieval in three steps:
-  1. Embed every document as a vector and L2-normalise it (divide by its length), once, offline.
-  2. Embed the question the same way.
-  3. Score every document by cosine similarity with the question. For unit vectors the cosine IS the
-     dot product, so scoring N documents is one matrix-vector product (N, d) @ (d,), and scoring a
-     batch of Q questions is one matrix product (Q, d) @ (d, N). Then keep the k best.
-
-Keeping the k best does not need a full sort (O(N log N)): np.argpartition moves the k largest scores
-to the end of the row in O(N) (introselect), in no particular order, and only those k are sorted; a
-per-block maximum first narrows the rows down to k blocks (top_k_unordered).
-The matrix product reads every stored number once: it is the floor of any exact search. For one
-query the selection adds a few percent to it; a batch of queries makes the product faster per query
-(matrix-matrix runs near the CPU's peak) while a plain argpartition costs the same per score, so it
-would add about half again; the block prefilter brings that down to about a third
-(bench/bench_retrieval.py measures both against the bare product).
-Millions of documents call for approximate indexes (IVF, HNSW, as in faiss); this one is exact.
-
-Two embedders, to compare:
-
-TfidfEmbedder, a hashed TF-IDF bag of words, is a strong retriever for our questions. A question like
-"What is the birth city of Ada Jo Crane?" and every biography of Ada Jo Crane share the words that
-matter: the full name, repeated in each sentence of the biography. TF-IDF weighs a word by
-1 + log(count in this text) (term frequency, damped) times log((1 + N) / (1 + df)) + 1 (inverse
-document frequency: words in few documents weigh more). "the", "of" and "was" are in almost every
-biography and weigh little; "crane" is only in those of the few people named Crane, and the word pairs
-(bigrams) "ada jo" and "jo crane" together are in this person's biographies only, so the name decides
-the ranking. Hashing each word or pair straight to
-one of `dim` buckets with a fixed hash function (crc32; Python's hash() of a string changes from one
-process to the next) means there is no vocabulary to store, words never seen in fit() still land
-somewhere, and the vector has a fixed length; two features sharing a bucket (a collision) blur them a
-little, rarely with a few thousand buckets.
-
-GPTEmbedder averages a GPT's last hidden states over the text's tokens. Our GPT is weaker at this: it
-was trained to predict the next token, not to place texts about the same person near each other.
-Its states at each position encode what comes next ("born in" -> a city), which is much the same in
-every biography; the name is a handful of tokens among dozens of template words, and averaging
-dilutes it; and hidden states of language models share a few large common directions, so every pair
-of texts has a high cosine and the differences that matter are small. Embedding models that retrieve
-well (Sentence-BERT, DPR, E5) are trained for it, contrastively, on pairs of texts that belong together.
+Documents are embedded once and L2-normalised, a question the same way; one matrix product scores
+them all, exactly (millions call for approximate indexes: IVF, HNSW, faiss). Two embedders: hashed
+TF-IDF (strong here: the name decides) and a GPT's mean hidden state (weak: not trained for it).
+References: RAG (arXiv:2005.11401), DPR (arXiv:2004.04906), Sentence-BERT (arXiv:1908.10084).
 """
 
 import io
@@ -55,11 +20,11 @@ import torch
 from nanolevels import provenance
 from nanolevels.files import atomic_write, shown
 
-INDEX_FORMAT = "nanolevels-index-3"  # in every index file: change it when the embedders or the file change
+INDEX_FORMAT = "nanolevels-index-3"  # in every index file: change it when embedders or file change
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of x (n, d) divided by their L2 norms, as float32; zero rows stay zero (no division by 0)."""
+    """Rows of x (n, d) divided by their L2 norms, as float32; zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0).astype(np.float32)
@@ -69,18 +34,14 @@ BLOCK = 1024  # documents per block in top_k_unordered's prefilter
 
 
 def top_k_unordered(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest scores of each row (Q, N), in no order; exact.
-
-    argpartition alone touches every score at a few ns each, as much as the matrix product for a
-    batch of queries. So first take each block of BLOCK scores' maximum (a fast, vectorised
-    reduction): the k largest scores lie in the k blocks with the largest maxima (any other block's
-    scores are all beaten by k scores, one in each of those blocks). argpartition then runs on
-    those k blocks only, plus the partial block at the end."""
+    """Column indices of the k largest scores of each row (Q, N), in no order; exact. argpartition
+    (O(N), as costly as a batch's matrix product) runs only on the k blocks with the largest maxima
+    (any other block's scores are all beaten by k scores, one in each) and the partial last one."""
     Q, n = scores.shape
     n_blocks = n // BLOCK
     if n_blocks <= k:
         return np.argpartition(scores, n - k, axis=1)[:, n - k:]
-    block_max = scores[:, :n_blocks * BLOCK].reshape(Q, n_blocks, BLOCK).max(axis=2)  # (Q, n_blocks)
+    block_max = scores[:, :n_blocks * BLOCK].reshape(Q, n_blocks, BLOCK).max(axis=2)  # (Q, blocks)
     best = np.argpartition(block_max, n_blocks - k, axis=1)[:, n_blocks - k:]  # (Q, k)
     candidates = (best[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(Q, k * BLOCK)
     tail = np.broadcast_to(np.arange(n_blocks * BLOCK, n), (Q, n - n_blocks * BLOCK))
@@ -96,53 +57,56 @@ class VectorIndex:
     def __init__(self, dim: int, embedder_name: str = "", fingerprints: dict | None = None):
         self.dim = dim
         self.embedder_name = embedder_name  # which embedder made the vectors, e.g. "tfidf"
-        self.fingerprints = fingerprints or {}  # what the vectors were made from (see retrieval.fingerprints)
+        self.fingerprints = fingerprints or {}  # what the vectors were made from (fingerprints())
         self.embeddings = np.zeros((0, dim), dtype=np.float32)  # (N, dim), rows of length 1 (or 0)
-        self.docs: list[dict] = []  # docs[i] belongs to embeddings[i]; each has at least "id" and "text"
+        self.docs: list[dict] = []  # docs[i] belongs to embeddings[i]; each has "id" and "text"
 
     def __len__(self):
         return len(self.docs)
 
     def add(self, vectors: np.ndarray, docs: list[dict]) -> None:
-        """Append documents and their vectors (len(docs), dim); the vectors are L2-normalised here."""
+        """Append documents and their vectors (len(docs), dim), L2-normalised here."""
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
         if len(vectors) != len(docs):
-            raise ValueError(f"{len(vectors)} vectors for {len(docs)} documents: give one vector per document")
+            raise ValueError(f"{len(vectors)} vectors for {len(docs)} documents: "
+                             f"give one vector per document")
         self.embeddings = np.concatenate([self.embeddings, normalize_rows(vectors)])
         self.docs.extend(docs)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[float, dict]]]:
-        """The k best (score, doc) per query, best first; queries (dim,) or (Q, dim); one list per query."""
+        """The k best (score, doc) per query, best first; queries (dim,) or (Q, dim)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         queries = np.asarray(queries)
         if queries.ndim == 1:
             queries = queries[None]  # (1, dim)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape ({self.dim},) or (Q, {self.dim}), got {queries.shape}")
+            raise ValueError(f"queries must have shape ({self.dim},) or (Q, {self.dim}), "
+                             f"got {queries.shape}")
         n, k = len(self), min(k, len(self))
         if n == 0:
             return [[] for _ in queries]
-        scores = normalize_rows(queries) @ self.embeddings.T  # (Q, N): cosine similarities
+        # for unit vectors the cosine IS the dot product: a batch is one matrix product
+        scores = normalize_rows(queries) @ self.embeddings.T  # (Q, N)
         if k < n:
             top = top_k_unordered(scores, k)  # (Q, k): the k largest, in no order
         else:
             top = np.broadcast_to(np.arange(n), scores.shape)  # (Q, N): every document
         top_scores = np.take_along_axis(scores, top, axis=1)  # (Q, k)
         order = np.argsort(-top_scores, axis=1, kind="stable")  # sort only the k, best first
-        top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+        top, top_scores = (np.take_along_axis(a, order, axis=1) for a in (top, top_scores))
         return [[(float(s), self.docs[i]) for s, i in zip(row_scores, row)]
                 for row_scores, row in zip(top_scores, top)]
 
     def save(self, path: str) -> None:
-        """Write ONE .npz file, atomically: the vectors, the documents (as JSON), the dimension, the
-        embedder's name and the fingerprints. One file, so a crash never pairs vectors with other documents."""
+        """Write ONE .npz file, atomically: a crash never pairs vectors with other documents."""
         buffer = io.BytesIO()
         docs = np.frombuffer(json.dumps(self.docs, ensure_ascii=False).encode(), dtype=np.uint8)
-        np.savez(buffer, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs, dim=np.int64(self.dim),
-                 embedder_name=np.str_(self.embedder_name), fingerprints=np.str_(json.dumps(self.fingerprints)))
+        np.savez(buffer, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs,
+                 dim=np.int64(self.dim), embedder_name=np.str_(self.embedder_name),
+                 fingerprints=np.str_(json.dumps(self.fingerprints)))
         atomic_write(path, buffer.getvalue())
 
     @classmethod
@@ -156,20 +120,22 @@ class VectorIndex:
             with np.load(path, allow_pickle=False) as f:
                 if f["format"] != INDEX_FORMAT:
                     raise ValueError(f"format {f['format']}, not {INDEX_FORMAT}")
-                index = cls(int(f["dim"]), str(f["embedder_name"]), json.loads(str(f["fingerprints"])))
+                dim, name = int(f["dim"]), str(f["embedder_name"])
+                index = cls(dim, name, json.loads(str(f["fingerprints"])))
                 embeddings, docs = f["embeddings"], json.loads(f["docs"].tobytes().decode())
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} is not a readable index ({e})") from None
         if (embeddings.dtype != np.float32 or embeddings.shape != (len(docs), index.dim)
                 or not isinstance(index.fingerprints, dict)
                 or not all(isinstance(d, dict) and "id" in d and "text" in d for d in docs)):
-            raise ValueError(f"{path} is inconsistent: {embeddings.shape} vectors for {len(docs)} documents")
+            raise ValueError(f"{path} is inconsistent: {embeddings.shape} vectors for "
+                             f"{len(docs)} documents")
         index.embeddings, index.docs = embeddings, docs
         return index
 
 
 class TfidfEmbedder:
-    """Hashed TF-IDF over lower-cased word unigrams and bigrams: no vocabulary, fixed length `dim`."""
+    """Hashed TF-IDF over lower-cased word unigrams and bigrams: no vocabulary, length `dim`."""
 
     name = "tfidf"
 
@@ -180,15 +146,17 @@ class TfidfEmbedder:
     def buckets(self, text: str) -> np.ndarray:
         """The text's features (words and word pairs), each hashed to a bucket in [0, dim)."""
         words = re.findall(r"\w+", text.lower())
+        # the pairs "ada jo" and "jo crane" are in this person's biographies only: the name decides
         features = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
         # crc32 is the same on every machine and in every process; hash() is salted per process
-        return np.array([zlib.crc32(f.encode("utf-8")) % self.dim for f in features], dtype=np.int64)
+        return np.array([zlib.crc32(f.encode()) % self.dim for f in features], dtype=np.int64)
 
     def fit(self, texts: list[str]) -> "TfidfEmbedder":
-        """Learn the idf of every bucket from the documents' frequencies: how many texts contain it."""
+        """Learn each bucket's idf from its document frequency: how many texts contain it."""
         df = np.zeros(self.dim, dtype=np.int64)
         for text in texts:
             df[np.unique(self.buckets(text))] += 1
+        # words in few documents weigh more: "crane" far more than "the", "of", "was"
         self.idf = (np.log((1 + len(texts)) / (1 + df)) + 1).astype(np.float32)
         return self
 
@@ -199,12 +167,13 @@ class TfidfEmbedder:
         tf = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             buckets, counts = np.unique(self.buckets(text), return_counts=True)
-            tf[row, buckets] = 1 + np.log(counts)
+            tf[row, buckets] = 1 + np.log(counts)  # term frequency, damped
         return normalize_rows(tf * self.idf)
 
 
 class GPTEmbedder:
-    """A text's vector = the mean of the GPT's final hidden states (after ln_f) over its tokens."""
+    """A text's vector: the mean of the GPT's last hidden states (after ln_f). Weak: they encode
+    what comes next ("born in" -> a city), diluting the name; DPR and E5 are trained to retrieve."""
 
     name = "gpt"
 
@@ -215,7 +184,7 @@ class GPTEmbedder:
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), n_embd) float32, unit rows. A text longer than block_size keeps its first tokens."""
+        """(len(texts), n_embd) float32, unit rows; a long text keeps its first block_size."""
         block_size = self.model.config.block_size
         device = self.model.lm_head.weight.device
         was_training = self.model.training
@@ -232,13 +201,15 @@ class GPTEmbedder:
                 mask[row, :len(i)] = 1.0
             h = self.model.hidden_states(idx.to(device)).float().cpu()  # (B, T, C)
             # average over real positions only; an empty text gives a zero vector
-            out.append(((h * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)).numpy())
+            mean = (h * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, C)
+            out.append(mean.numpy())
         self.model.train(was_training)
-        return normalize_rows(np.concatenate(out) if out else np.zeros((0, self.model.config.n_embd)))
+        return normalize_rows(np.concatenate(out) if out
+                              else np.zeros((0, self.model.config.n_embd)))
 
 
 def make_embedder(name: str, docs_texts: list[str], model=None, tokenizer=None):
-    """The embedder called name ("tfidf": fitted on docs_texts; "gpt": needs model and tokenizer)."""
+    """The embedder called name ("tfidf": fitted on docs_texts; "gpt": needs model, tokenizer)."""
     if name == "tfidf":
         return TfidfEmbedder().fit(docs_texts)
     if name == "gpt":
@@ -248,9 +219,9 @@ def make_embedder(name: str, docs_texts: list[str], model=None, tokenizer=None):
     raise ValueError(f"unknown embedder {name!r}: choose 'tfidf' or 'gpt'")
 
 
-def recall_at_k(results: list[list[tuple[float, dict]]], gold_ids_per_query: list[str], k: int) -> float:
-    """Share of queries for which one of the top-k documents is about the gold person (doc["person"]; a company
-    profile has none)."""
+def recall_at_k(results: list[list[tuple[float, dict]]], gold_ids_per_query: list[str],
+                k: int) -> float:
+    """Share of queries whose top k hold a document about the gold person (doc["person"])."""
     if len(results) != len(gold_ids_per_query):
         raise ValueError(f"{len(results)} result lists for {len(gold_ids_per_query)} gold ids: "
                          "give one gold id per query")
@@ -262,7 +233,7 @@ def recall_at_k(results: list[list[tuple[float, dict]]], gold_ids_per_query: lis
 
 
 def retrieval_recall(index: VectorIndex, embedder, questions: list[dict], k: int):
-    """(top-max(k, 5) hits, {"recall@1", "recall@5"}) for questions, each {question, person, ...}."""
+    """(top-max(k, 5) hits, {"recall@1", "recall@5"}) for questions, each {question, person}."""
     hits = index.search(embedder.embed([q["question"] for q in questions]), max(k, 5))
     gold = [q["person"] for q in questions]
     return hits, {"recall@1": recall_at_k(hits, gold, 1), "recall@5": recall_at_k(hits, gold, 5)}
@@ -274,31 +245,28 @@ def best_scores(index: VectorIndex, embedder, texts: list[str]) -> np.ndarray:
 
 
 def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
-    """The best-match score below which retrieval found nothing relevant, chosen from the best scores of
-    dev questions about people in the collection (known) and about made-up people (unknown).
-
-    Rule: of the cuts midway between neighbouring scores, the one that misclassifies the smallest share
-    of each set (the two shares summed); among equally good cuts, the middle one (of two, the higher)."""
+    """The best-match score below which retrieval found nothing relevant, from the best scores of
+    dev questions about people in the collection (known) and about made-up people (unknown)."""
     scores = np.unique(np.concatenate([known, unknown]))  # sorted
+    # the midway cut with fewest errors (both shares summed); of ties, the middle (of two, higher)
     cuts = (scores[:-1] + scores[1:]) / 2 if len(scores) > 1 else scores
-    errors = (known[None] < cuts[:, None]).mean(1) + (unknown[None] >= cuts[:, None]).mean(1)  # (cuts,)
+    errors = (known[None] < cuts[:, None]).mean(1) + (unknown[None] >= cuts[:, None]).mean(1)
     best = np.flatnonzero(errors == errors.min())
     return float(cuts[best[len(best) // 2]])
 
 
 def fingerprints(docs: list[dict], embedder) -> dict:
-    """What an index's vectors depend on: the file format, the documents in order, and the embedder with
-    its settings (the hashing dimension; the GPT's config and weights)."""
-    setting = embedder.dim if isinstance(embedder, TfidfEmbedder) else provenance.model(embedder.model)
+    """What an index's vectors depend on: format, documents in order, embedder and its setting."""
+    setting = (embedder.dim if isinstance(embedder, TfidfEmbedder)
+               else provenance.model(embedder.model))
     return {"format": INDEX_FORMAT, "docs": provenance.value([[d["id"], d["text"]] for d in docs]),
             "embedder": provenance.value([embedder.name, setting])}
 
 
-def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, model=None, tokenizer=None,
-                        log=print):
-    """(index, embedder) for docs, reusing out_dir/index_<embedder>.npz only when it holds exactly these
-    documents, embedded by this embedder with these settings; anything else (a missing, damaged,
-    foreign or stale file) is built again, with a line saying why, and saved there."""
+def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, model=None,
+                        tokenizer=None, log=print):
+    """(index, embedder) for docs, reusing out_dir/index_<embedder>.npz only when it holds these
+    documents, embedded as now; anything else is built again, with a line saying why, and saved."""
     texts = [d["text"] for d in docs]
     embedder = make_embedder(embedder_name, texts, model, tokenizer)
     path = os.path.join(out_dir, f"index_{embedder_name}.npz")
@@ -319,5 +287,6 @@ def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, mode
     index = VectorIndex(vectors.shape[1], embedder_name, wanted)
     index.add(vectors, docs)
     index.save(path)
-    log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in {time.time() - t0:.1f}s -> {shown(path)}")
+    log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in "
+        f"{time.time() - t0:.1f}s -> {shown(path)}")
     return index, embedder
