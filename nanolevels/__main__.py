@@ -167,8 +167,7 @@ def why_run(record: dict | None, argv: list[str], now: dict) -> str | None:
 
 def launch(step: Step, args) -> tuple[int, float]:
     """Run the step's script as its own process; (exit code, its peak memory in MB). Ctrl-C reaches
-    the script, which saves a checkpoint and exits; this process waits for it rather than leave it
-    half done."""
+    the script, which saves a checkpoint and exits: this process waits for it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its progress lines appear as they come
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -184,12 +183,9 @@ def launch(step: Step, args) -> tuple[int, float]:
 
 
 def run_steps(args, steps: list[Step]) -> dict:
-    """Run (or reuse, see why_run) every step; return their records (reused steps keep those of
-    their own run).
-
-    out/steps.json remembers each step's arguments (paths relative to <out> and <world>),
-    fingerprints, wall time, torch threads and peak memory: a report built later, by a process that
-    only reuses steps, still says how they ran."""
+    """Run (or reuse, see why_run) every step; their records in out/steps.json: arguments (paths
+    relative to <out> and <world>), fingerprints, wall time, torch threads and peak memory, so that
+    a report built from reused steps still says how they ran."""
     record_path = os.path.join(args.out, "steps.json")
     record = read_json(record_path) if os.path.exists(record_path) and not args.fresh else {}
     t_start = time.time()
@@ -225,9 +221,8 @@ def run_steps(args, steps: list[Step]) -> dict:
 
 
 def build_report(args, steps: list[Step], records: dict) -> dict:
-    """The report card's numbers: every step's rows (its metrics.json "rows", with the step and its
-    wall time), what each adds to the report ("report"), why each training run stopped, and how the
-    steps ran."""
+    """The report card's numbers: every step's rows (from its metrics.json, with its wall time),
+    what each adds to the report ("report"), why each training run stopped, how the steps ran."""
     metrics = {s.name: read_json(s.output) for s in steps}
     rows = [{**row, "step": s.name, "wall_s": records[s.name]["wall_s"]} for s in steps
             for row in metrics[s.name].get("rows", [])]

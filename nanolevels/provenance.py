@@ -1,12 +1,8 @@
-"""Provenance: what a result was made from, and whether it is still current.
-
-One fingerprint family (16 hex digits of a sha256) for tensors, files, folders and code, and one
-rule for every cache of the repository (the orchestrator's steps, the retrieval index, the graph,
-the compiled prompt program): a result records the fingerprints of what it was made from; it is
-reused while they all match today's, and made again, with a line saying what changed, when one does
-not. A step's code is its script and every nanolevels module it imports, transitively, so an edit to
-lora.py reruns the steps that use LoRA and no other (see code()).
-"""
+"""Provenance: one fingerprint family (16 hex digits of a sha256) for tensors, files and code, and
+one rule for every cache (the orchestrator's steps, the index, the graph, the prompt program): a
+result records what it was made from, and is reused while all of it is unchanged (stale()). A
+step's code is its script and every package module it imports, so an edit to lora.py reruns the
+steps that use LoRA and no other (code())."""
 
 import ast
 import hashlib
@@ -25,8 +21,7 @@ def _hex(h) -> str:
 
 
 def tensors(named: dict[str, torch.Tensor]) -> str:
-    """Named tensors by their values: names in order, each name and shape, then its numbers as
-    float32."""
+    """Named tensors by value: in name order, each name and shape, then its numbers as float32."""
     h = hashlib.sha256()
     for name in sorted(named):
         t = named[name].detach().float().cpu().contiguous()
@@ -120,9 +115,8 @@ def _source(path: str) -> str:
 
 
 def code(script: str) -> dict[str, str]:
-    """{file: fingerprint} of a script (a path relative to ROOT) and every nanolevels module it
-    imports, directly or through another module: all the code a step runs that is this repository's.
-    """
+    """{file: fingerprint} of a script (relative to ROOT) and every package module it imports,
+    directly or through another: all the code of this repository that a step runs."""
     todo, seen = [script], set()
     while todo:
         path = todo.pop()
