@@ -15,6 +15,7 @@ match on held-out questions.
 """
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -23,7 +24,7 @@ from typing import Callable
 
 from nanolevels import cli, data, provenance
 from nanolevels.agent import evaluate_agent, retriever, two_hop_baselines
-from nanolevels.checkpoint import save_model
+from nanolevels.checkpoint import read_metadata, save_model
 from nanolevels.corpus import agent_examples, reading_examples
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import eval_qa, eval_rag, qa_accuracy, report_row
@@ -240,9 +241,13 @@ def add_lora_flags(g) -> None:
 
 def check_args(args):
     """The flags' defaults that depend on others, and the combinations that cannot work."""
-    if args.stop_acc <= 0:
+    if not args.stop_acc > 0:  # NaN is not above 0 either
         raise ValueError(f"--stop-acc must be above 0 (above 1 turns the dev check off), "
                          f"got {args.stop_acc}")
+    if not (math.isfinite(args.alpha) and args.alpha > 0):
+        raise ValueError(f"--alpha must be a positive number, got {args.alpha}")
+    if not 0 <= args.lora_dropout < 1:
+        raise ValueError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout}")
     task = "custom" if args.data else args.task
     args.out = args.out or os.path.join("out", "full" if args.full else "lora", task)
     if args.init_adapter is None:
@@ -272,14 +277,24 @@ def check_loaded_adapter(meta: dict, path: str, args) -> None:
                          f"{args.targets}: give the flags it was trained with")
 
 
-def make_trainable(model, args, device, weights_path, log):
+def make_trainable(model, args, device, weights_path, base: str, log):
     """What this run trains: all weights (--full, restored by train() on --resume), a saved adapter
-    (--resume, --init-adapter) or a fresh one; the model to train."""
+    (--resume, --init-adapter) or a fresh one; the model to train. base: --checkpoint's
+    fingerprint, which a resumed run must have started from (load_adapter checks an adapter's)."""
     if args.full and args.resume:
+        started = read_metadata(weights_path).get("base") if os.path.exists(weights_path) else None
+        if started not in (None, base):
+            raise ValueError(f"{weights_path} was trained from another base model than "
+                             f"--checkpoint {args.checkpoint}; resume with the --checkpoint it "
+                             f"started from")
         model, _ = load_adapted(weights_path, None, device)
     elif args.resume or args.init_adapter != "none":
         path = weights_path if args.resume else args.init_adapter
-        check_loaded_adapter(load_adapter(path, model), path, args)
+        meta = load_adapter(path, model)
+        check_loaded_adapter(meta, path, args)
+        if args.resume and meta.get("task", args.task) != args.task:
+            raise ValueError(f"{path} is a --task {meta['task']} adapter, not {args.task}: give "
+                             f"the --task it was trained for")
         if not args.resume:
             log(f"starting from the adapter {path}")
     elif not args.full:
@@ -342,9 +357,10 @@ def main(argv=None):
     cfg = cli.config_from_args(TrainConfig, args)
     log = print if ddp.is_main else (lambda *a, **k: None)
     weights_name = "model.safetensors" if args.full else "adapter.safetensors"
-    check_out_dir(args.out, weights_name, args.resume, args.overwrite,
-                  extra=("merged.safetensors",), ddp=ddp)
+    replaces = check_out_dir(args.out, weights_name, args.resume, args.overwrite,
+                             extra=("merged.safetensors",), ddp=ddp)
     model, tokenizer = load_adapted(args.checkpoint, None, device)
+    base = provenance.checkpoint(args.checkpoint)
     base_params = model.num_params()
     task = None if args.data else TASKS[args.task]
     world = None if task is None else data.load_world(args.world)
@@ -356,7 +372,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     weights_path = os.path.join(args.out, weights_name)
     seed_everything(cfg.seed)
-    model = make_trainable(model, args, device, weights_path, log)
+    model = make_trainable(model, args, device, weights_path, base, log)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{args.task if args.data is None else args.data}: {len(train_examples):,} training "
         f"examples, {len(val)} for validation; training {trainable:,} of {base_params:,} "
@@ -370,7 +386,7 @@ def main(argv=None):
 
     def save_weights(step):
         if args.full:
-            save_model(weights_path, model, tokenizer, step=step)
+            save_model(weights_path, model, tokenizer, step=step, base=base)
         else:
             save_adapter(weights_path, model, step=step, task=args.task)
 
@@ -380,7 +396,7 @@ def main(argv=None):
 
     on_eval = dev_check(args, task, model, tokenizer, heldout, index, log)
     metrics = train(model, cfg, get_batch, args.out, device, dtype, save_weights, on_eval,
-                    args.resume, ddp, log)
+                    args.resume, ddp, log, replaces)
     if not ddp.is_main:
         return
     metrics |= final_scores(args, task, model, tokenizer, heldout, index, trainable, weights_path,

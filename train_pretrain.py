@@ -76,12 +76,17 @@ def parse_args(argv):
     cli.add_config_flags(p, TrainConfig, "training", max_steps=4000, eval_interval=250)
     cli.add_device_flags(p)  # --device --threads --dtype
     args = p.parse_args(argv)
+    args.given = p.given(argv)  # --resume refuses a size flag that contradicts the saved run
     if args.init not in ("scratch", "gpt2") and not args.init.endswith(".safetensors"):
         raise ValueError(f"--init takes scratch, gpt2 or a GPT-2 model.safetensors path, "
                          f"got {args.init!r}")
-    if args.stop_cloze <= 0:
+    if not args.stop_cloze > 0:  # NaN is not above 0 either
         raise ValueError(f"--stop-cloze must be above 0 (above 1 turns the dev check off), "
                          f"got {args.stop_cloze}")
+    if not args.stop_reading >= 0:
+        raise ValueError(f"--stop-reading must be 0 or more, got {args.stop_reading}")
+    if os.path.isfile(args.world):
+        raise ValueError(f"--world {args.world} is a file; give the folder of a prepared world")
     return args
 
 
@@ -117,6 +122,12 @@ def make_model(args, cfg, data_dir, model_path):
             raise FileNotFoundError(f"nothing to resume in {args.out}: no model.safetensors; "
                                     f"start a run there without --resume")
         model, tokenizer, _ = load_model(model_path)
+        for key in ("n_layer", "n_head", "n_embd", "block_size", "dropout"):
+            if key in args.given and getattr(args, key) != getattr(model.config, key):
+                flag = "--" + key.replace("_", "-")
+                raise ValueError(f"{flag} {getattr(args, key)} contradicts the run in {args.out} "
+                                 f"({key} {getattr(model.config, key)}); resume without it, or "
+                                 f"start again with --overwrite")
     elif args.init != "scratch":
         tokenizer = Tokenizer.gpt2()
         init = download_gpt2(os.path.join(args.out, "gpt2")) if args.init == "gpt2" else args.init
@@ -177,7 +188,7 @@ def main(argv=None):
     device, ddp = setup(args.device)
     dtype = pick_dtype(args.dtype, device)
     cfg = cli.config_from_args(TrainConfig, args)
-    check_out_dir(args.out, "model.safetensors", args.resume, args.overwrite, ddp=ddp)
+    replaces = check_out_dir(args.out, "model.safetensors", args.resume, args.overwrite, ddp=ddp)
     os.makedirs(args.out, exist_ok=True)
     log = print if ddp.is_main else (lambda *a, **k: None)
     data_dir = prepare_data(args, ddp, log)
@@ -196,7 +207,8 @@ def main(argv=None):
     world = data.load_world(data_dir) if args.data is None else None
     metrics = train(model, cfg, get_batch, args.out, device, dtype,
                     lambda step: save_model(model_path, model, tokenizer, step=step),
-                    dev_check(model, tokenizer, world, data_dir, args, log), args.resume, ddp, log)
+                    dev_check(model, tokenizer, world, data_dir, args, log), args.resume, ddp, log,
+                    replaces)
     if not ddp.is_main:
         return
     # what this run trained on and produced, so that its numbers are never read for another model's

@@ -30,6 +30,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
+    def given(self, argv) -> set[str]:
+        """The flags (by dest) that the command line sets, as against those left at the default."""
+        unset = object()
+        namespace = argparse.Namespace(**{a.dest: unset for a in self._actions})
+        self.parse_known_args(argv, namespace)  # argparse fills in defaults only where none is
+        return {dest for dest, value in vars(namespace).items() if value is not unset}
+
 
 class _SetThreads(argparse.Action):
     """--threads N calls torch.set_num_threads(N) as the flag is read: every script obeys it."""

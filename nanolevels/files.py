@@ -7,7 +7,11 @@ import os
 
 def atomic_write(path: str, data: str | bytes) -> None:
     """Write path so that a crash or Ctrl-C leaves the old file or the new one, never half."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file stands where a folder should
+        raise NotADirectoryError(f"cannot write {path}: a file stands where its folder should be; "
+                                 f"give a folder") from None
     tmp = f"{path}.{os.getpid()}.tmp"  # a kill -9 can leave it; *.tmp is git-ignored, never read
     with open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)

@@ -12,6 +12,7 @@ import atexit
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -24,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanolevels.checkpoint import load_train_state, save_train_state
 from nanolevels.device import autocast, peak_rss_mb, pick_device
-from nanolevels.files import atomic_write
+from nanolevels.files import atomic_write, read_jsonl
 
 EVAL_STEP_OFFSET = 10**9  # eval batches use step numbers no training step reaches
 STATE_FILE = "train_state.safetensors"  # beside a run's weights file: what --resume reads
@@ -55,11 +56,23 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model (a slow start; pays off on GPUs)")
 
     def __post_init__(self):
+        """Refuse what cannot train, before it trains (a NaN rate would only show as a NaN loss)."""
+        def flag(name):
+            return "--" + name.replace("_", "-")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches",
                      "log_interval", "ckpt_interval"):
             if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        inf = math.inf
+        for name, low, high in (("lr", 0, inf), ("min_lr", 0, inf), ("weight_decay", 0, inf),
+                                ("beta1", 0, 1), ("beta2", 0, 1), ("grad_clip", 0, inf)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value < high) or (name == "lr" and value == 0):
+                within = "a positive number" if name == "lr" else (
+                    f"in [{low}, {high})" if high < math.inf else f"a number >= {low}")
+                raise ValueError(f"{flag(name)} must be {within}, got {value}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -104,23 +117,51 @@ def setup(device_name: str = "auto") -> tuple[torch.device, Dist]:
     return device, d
 
 
+ASIDE = "replaced"  # --overwrite moves the old run here; it goes at the new run's first checkpoint
+
+
 def check_out_dir(out_dir: str, weights_name: str, resume: bool, overwrite: bool, extra=(),
-                  ddp: Dist = Dist()) -> None:
+                  ddp: Dist = Dist()) -> list[str]:
     """Never replace a run by accident: a run in out_dir (its weights or training state) is
-    continued with --resume or started again with --overwrite; with neither, one line. extra: the
-    script's files."""
+    continued with --resume or started again with --overwrite; with neither, one line. Returns the
+    old run's files that --overwrite replaces (train() sets them aside; extra: the script's own)."""
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite starts it again: "
                          "give one of them")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a folder; give a folder for the run")
+    if ddp.is_main:
+        put_back(out_dir, unless=weights_name)
+        for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+            if name.endswith(".tmp"):  # half a write a kill left behind: never read, now gone
+                os.remove(os.path.join(out_dir, name))
     held = [n for n in (weights_name, STATE_FILE) if os.path.exists(os.path.join(out_dir, n))]
     if held and not (resume or overwrite):
         raise ValueError(f"{out_dir} already holds a run ({held[0]}); continue it with --resume or "
                          f"start it again with --overwrite")
-    # the old run's files go first: none of them (metrics.json above all) may pass for the new run's
-    if overwrite and ddp.is_main:
-        for name in ("metrics.json", STATE_FILE, weights_name, "log.jsonl", *extra):
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
+    names = ("metrics.json", STATE_FILE, weights_name, "log.jsonl", *extra)
+    return [n for n in names if overwrite and os.path.exists(os.path.join(out_dir, n))]
+
+
+def set_aside(out_dir: str, names: list[str]) -> None:
+    """Move the old run's files into out_dir/replaced/: none of them (metrics.json above all) may
+    pass for the new run's, and until the new run's first checkpoint they can come back."""
+    if names:
+        os.makedirs(os.path.join(out_dir, ASIDE), exist_ok=True)
+    for name in names:
+        os.replace(os.path.join(out_dir, name), os.path.join(out_dir, ASIDE, name))
+
+
+def put_back(out_dir: str, unless: str | None = None) -> None:
+    """An --overwrite that ended before its first checkpoint: the run it replaced comes back
+    (unless the file `unless` shows that the new run did save one before a kill)."""
+    aside = os.path.join(out_dir, ASIDE)
+    if not os.path.isdir(aside) or (unless and os.path.exists(os.path.join(out_dir, unless))):
+        return
+    for name in os.listdir(aside):
+        os.replace(os.path.join(aside, name), os.path.join(out_dir, name))
+    os.rmdir(aside)
+    print(f"{out_dir}: the run an --overwrite set aside is back (the new run made no checkpoint)")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
@@ -181,6 +222,14 @@ def restore(state_path: str, model, optimizer, scaler, cfg: TrainConfig) -> int:
     return step
 
 
+def trim_log(log_path: str, step: int) -> None:
+    """The log as it stood at a checkpoint of `step`: what came after comes again on resume."""
+    if os.path.exists(log_path):
+        rows = read_jsonl(log_path)
+        kept = [r for r in rows if r["step"] < step or (r["step"] == step and "loss" in r)]
+        atomic_write(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
 @torch.no_grad()
 def estimate_loss(net, get_batch, cfg: TrainConfig, device, dtype, ddp: Dist) -> dict:
     """{train_loss, val_loss}: the mean over eval_batches fixed batches of each split (all ranks).
@@ -219,24 +268,16 @@ def forward_backward(net, get_batch, cfg: TrainConfig, step: int, scaler, device
     return loss_sum.item() / cfg.grad_accum / ddp.world_size, tokens
 
 
-def update(net, model, optimizer, scaler, get_batch, cfg: TrainConfig, step: int, device, dtype,
-           ddp: Dist) -> tuple[float, float, int]:
-    """One optimizer step; (its loss, its learning rate, the tokens it read). A step whose loss is
-    not finite changes no weight."""
-    # dropout's randomness is a function of (seed, step, rank) too, so a resume is exact
-    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, ddp.rank]).generate_state(1)[0]))
-    lr = lr_at(step, cfg)
-    loss, tokens = forward_backward(net, get_batch, cfg, step, scaler, device, dtype, ddp)
-    if math.isfinite(loss):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+def optimizer_step(model, optimizer, scaler, cfg: TrainConfig, lr: float) -> None:
+    """Clip the gradient's norm, step the optimizer at learning rate lr, clear the gradients."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss, lr, tokens
 
 
 def progress(step: int, cfg: TrainConfig, loss: float, lr: float, tokens: int, elapsed: float,
@@ -247,83 +288,132 @@ def progress(step: int, cfg: TrainConfig, loss: float, lr: float, tokens: int, e
             f"{tokens / max(elapsed, 1e-9) / 1000:.1f}k tok/s | ETA {format_eta(eta)}")
 
 
-def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device,
-          dtype: torch.dtype, save_weights, on_eval=None, resume: bool = False, ddp: Dist = Dist(),
-          log=print) -> dict:
-    """Train model's trainable parameters; return the final metrics. get_batch(split, step,
-    micro) gives this rank's (x, y); save_weights(step) writes the weights file (model or adapter);
-    a reason on_eval(step) returns after a loss estimate (rank 0) stops training there."""
-    os.makedirs(out_dir, exist_ok=True)
-    state_path, log_path = os.path.join(out_dir, STATE_FILE), os.path.join(out_dir, "log.jsonl")
-    model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 only
-    step = restore(state_path, model, optimizer, scaler, cfg) if resume else 0
-    if resume:
-        log(f"resuming from step {step} of {state_path}")
-    elif ddp.is_main:
-        atomic_write(log_path, "")
-    net = DDP(model) if ddp.world_size > 1 else model
-    net = torch.compile(net) if cfg.compile else net
+class Run:
+    """A training run's state beside the model: its optimizer, its folder (log.jsonl, checkpoints)
+    and the step of its last checkpoint, whose weights passed a loss check."""
 
-    def write_log(row: dict):
-        if ddp.is_main:
-            with open(log_path, "a") as f:
+    def __init__(self, model, cfg: TrainConfig, get_batch, out_dir: str, device, dtype,
+                 save_weights, resume: bool, ddp: Dist, log, replaces):
+        os.makedirs(out_dir, exist_ok=True)
+        self.model, self.cfg, self.get_batch, self.out_dir = model, cfg, get_batch, out_dir
+        model.to(device)
+        self.device, self.dtype, self.ddp, self.log = device, dtype, ddp, log
+        self.save_weights = save_weights
+        self.state_path = os.path.join(out_dir, STATE_FILE)
+        self.log_path = os.path.join(out_dir, "log.jsonl")
+        self.optimizer = make_optimizer(model, cfg, device)
+        # the loss scaler of float16 (a no-op otherwise)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.step = 0
+        if resume:
+            self.step = restore(self.state_path, model, self.optimizer, self.scaler, cfg)
+        self.saved = self.step if resume else None
+        self.replaces = replaces
+        if ddp.is_main and resume:
+            trim_log(self.log_path, self.step)
+        elif ddp.is_main:
+            set_aside(out_dir, list(replaces))  # until this run's first checkpoint
+            atomic_write(self.log_path, "")
+        if resume:
+            log(f"resuming from step {self.step} of {self.state_path}")
+        net = DDP(model) if ddp.world_size > 1 else model
+        self.net = torch.compile(net) if cfg.compile else net
+
+    def write_log(self, row: dict):
+        if self.ddp.is_main:
+            with open(self.log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def checkpoint(at_step: int):
+    def checkpoint(self, step: int):
         # weights first: a kill between the writes leaves the state (a whole unit) one save behind
-        if ddp.is_main:
-            save_weights(at_step)
-            save_train_state(state_path, model, optimizer, at_step, scaler=scaler.state_dict())
+        if self.ddp.is_main:
+            self.save_weights(step)
+            save_train_state(self.state_path, self.model, self.optimizer, step,
+                             scaler=self.scaler.state_dict())
+            if self.saved is None and self.replaces:
+                shutil.rmtree(os.path.join(self.out_dir, ASIDE))  # the old run is replaced now
+        self.saved = step
 
-    def evaluate(at_step: int) -> str | None:
+    def evaluate(self, step: int, on_eval) -> str | None:
         """The train/val loss, then on rank 0 on_eval's dev check: why to stop here, or None."""
-        losses = estimate_loss(net, get_batch, cfg, device, dtype, ddp)
-        write_log({"step": at_step, **losses})
+        losses = estimate_loss(self.net, self.get_batch, self.cfg, self.device, self.dtype,
+                               self.ddp)
+        self.write_log({"step": step, **losses})
         reason = None
-        if ddp.is_main:
-            log(f"step {at_step}: train loss {losses['train_loss']:.4f}, "
-                f"val loss {losses['val_loss']:.4f}")
-            reason = on_eval(at_step) if on_eval else None
-        if not _any_rank(reason is not None, device, ddp):  # every rank stops at the same step
+        if self.ddp.is_main:
+            self.log(f"step {step}: train loss {losses['train_loss']:.4f}, "
+                     f"val loss {losses['val_loss']:.4f}")
+            reason = on_eval(step) if on_eval else None
+        if not _any_rank(reason is not None, self.device, self.ddp):  # all ranks stop at one step
             return None
         return reason or "a dev check passed"  # the reason itself is known on rank 0
 
+    def diverged(self, loss: float, step: int) -> ValueError:
+        """The error of a run whose loss stopped being a number, naming what is kept."""
+        kept = "no checkpoint of this run was written"
+        if self.saved is not None:
+            kept = f"{self.out_dir} keeps the checkpoint of step {self.saved}"
+        return ValueError(f"the loss became {loss} at step {step}; {kept}; try a lower --lr")
+
+
+def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device,
+          dtype: torch.dtype, save_weights, on_eval=None, resume: bool = False, ddp: Dist = Dist(),
+          log=print, replaces=()) -> dict:
+    """Train model's trainable parameters; return the final metrics. get_batch(split, step,
+    micro) gives this rank's (x, y); save_weights(step) writes the weights file (model or adapter);
+    a reason on_eval(step) returns after a loss estimate (rank 0) stops training there; replaces:
+    the old run's files (check_out_dir), set aside until this run's first checkpoint."""
+    run = Run(model, cfg, get_batch, out_dir, device, dtype, save_weights, resume, ddp, log,
+              replaces)
+    step, tokens_seen, loss, t_start = run.step, 0, None, time.time()
+    stopped, due = f"the step cap (--max-steps {cfg.max_steps})", None
     model.train()
-    tokens_seen, loss, t_start, start_step = 0, None, time.time(), step
-    stopped = f"the step cap (--max-steps {cfg.max_steps})"
-    with _StopFlag() as stop:
-        while step < cfg.max_steps:
-            if step % cfg.eval_interval == 0 and (reason := evaluate(step)):
-                stopped = reason
-                log(f"stopping at step {step} of at most {cfg.max_steps}: {stopped}")
-                write_log({"step": step, "stopped": stopped})
-                break
-            loss, lr, tokens = update(net, model, optimizer, scaler, get_batch, cfg, step, device,
-                                      dtype, ddp)
-            if not math.isfinite(loss):
-                raise ValueError(f"the loss became {loss} at step {step}; the last good checkpoint "
-                                 f"in {out_dir} is kept; try a lower --lr")
-            step, tokens_seen = step + 1, tokens_seen + tokens
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                elapsed = time.time() - t_start
-                tok_s = round(tokens_seen / max(elapsed, 1e-9))
-                write_log({"step": step, "loss": loss, "lr": lr, "tokens_per_s": tok_s,
-                           "elapsed_s": round(elapsed, 2)})
-                log(progress(step, cfg, loss, lr, tokens_seen, elapsed, step - start_step))
-            if _any_rank(stop.set, device, ddp):  # every rank stops at the same step
-                checkpoint(step)
-                log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")
-                raise KeyboardInterrupt
-            if step % cfg.ckpt_interval == 0 and step < cfg.max_steps:
-                checkpoint(step)
-        else:
-            log(f"stopping at {stopped}")
-    wall_s = time.time() - t_start
-    losses = estimate_loss(net, get_batch, cfg, device, dtype, ddp)
-    write_log({"step": step, **losses})
-    checkpoint(step)
+    try:
+        with _StopFlag() as stop:
+            while step < cfg.max_steps:
+                if step % cfg.eval_interval == 0 and (reason := run.evaluate(step, on_eval)):
+                    stopped = reason
+                    log(f"stopping at step {step} of at most {cfg.max_steps}: {stopped}")
+                    run.write_log({"step": step, "stopped": stopped})
+                    break
+                # dropout's randomness is a function of (seed, step, rank) too: a resume is exact
+                seed = np.random.SeedSequence([cfg.seed, step, ddp.rank]).generate_state(1)[0]
+                torch.manual_seed(int(seed))
+                lr = lr_at(step, cfg)
+                loss, tokens = forward_backward(run.net, get_batch, cfg, step, run.scaler, device,
+                                                dtype, ddp)
+                if not math.isfinite(loss):
+                    raise run.diverged(loss, step)
+                if due == step:  # these weights gave a finite loss: now they may be saved
+                    run.checkpoint(step)
+                optimizer_step(model, run.optimizer, run.scaler, cfg, lr)
+                step, tokens_seen = step + 1, tokens_seen + tokens
+                if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                    elapsed = time.time() - t_start
+                    run.write_log({"step": step, "loss": loss, "lr": lr,
+                                   "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9)),
+                                   "elapsed_s": round(elapsed, 2)})
+                    log(progress(step, cfg, loss, lr, tokens_seen, elapsed, step - run.step))
+                if _any_rank(stop.set, device, ddp):  # every rank stops at the same step
+                    if not all(p.isfinite().all() for p in model.parameters() if p.requires_grad):
+                        raise run.diverged(float("nan"), step)
+                    run.checkpoint(step)
+                    log(f"saved a checkpoint at step {step} in {out_dir}; continue with --resume")
+                    raise KeyboardInterrupt
+                if step % cfg.ckpt_interval == 0:
+                    due = step  # saved once the next step's loss shows these weights are sound
+            else:
+                log(f"stopping at {stopped}")
+        wall_s = time.time() - t_start
+        losses = estimate_loss(run.net, get_batch, cfg, device, dtype, ddp)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise run.diverged(losses["val_loss"], step)
+        run.write_log({"step": step, **losses})
+        run.checkpoint(step)
+    except BaseException:
+        if run.saved is None and ddp.is_main:
+            put_back(out_dir)  # a run that made no checkpoint replaces nothing
+        raise
     return {**losses, "steps": step, "stopped": stopped, "tokens_seen": tokens_seen,
             "wall_s": wall_s, "tokens_per_s": tokens_seen / max(wall_s, 1e-9),
             "last_train_loss": loss, "peak_rss_mb": peak_rss_mb()}

@@ -127,3 +127,25 @@ def test_resume_refuses_another_adapter_and_a_run_needs_resume_or_overwrite(tiny
     assert code == 0 and "resuming from step 7" in out_text
     assert run_main(train_lora.main, *args, "--overwrite", "--r", "4")[0] == 0
     assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 4 and read_metadata(adapter)["r"] == 4
+
+
+def test_overwrite_with_bad_inputs_leaves_the_old_run_and_resume_keeps_its_base(tiny_run, tmp_path, run_main):
+    out = str(tmp_path / "full")
+    args = ["--data", write_pairs(tmp_path / "pairs.jsonl"), "--checkpoint", tiny_run["checkpoint"], "--out", out,
+            "--full", *FAST]
+    assert run_main(train_lora.main, *args)[0] == 0
+    old = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
+    other = str(tmp_path / "other.safetensors")  # another base: the same model trained one step more
+    model, tokenizer, _ = load_model(tiny_run["checkpoint"])
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.01)
+    from nanolevels.checkpoint import save_model
+    save_model(other, model, tokenizer)
+    for extra, message in [(["--checkpoint", str(tmp_path / "none.safetensors"), "--overwrite"], "no model at"),
+                           (["--overwrite", "--alpha", "nan"], "--alpha must be a positive number"),
+                           (["--overwrite", "--weight-decay", "nan"], "--weight-decay must be a number >= 0"),
+                           (["--overwrite", "--stop-acc", "nan"], "--stop-acc must be above 0"),
+                           (["--resume", "--checkpoint", other, "--max-steps", "6"], "another base model")]:
+        code, _, err = run_main(train_lora.main, *args, *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == old, extra

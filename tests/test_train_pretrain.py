@@ -11,8 +11,8 @@ import sys
 import pytest
 
 import train_pretrain
-from nanolevels import data
-from nanolevels import provenance
+from nanolevels import data, provenance
+from nanolevels.checkpoint import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32", "--batch-size", "4",
@@ -109,6 +109,15 @@ def test_own_text(tmp_path):
     (["--block-size", "100000"], "too few for block size"),
     (["--dtype", "float16"], "float16"),
     (["--eval-interval", "0"], "--eval-interval must be at least 1"),
+    (["--min-lr", "nan"], "--min-lr must be a number >= 0, got nan"),
+    (["--lr", "inf"], "--lr must be a positive number, got inf"),
+    (["--weight-decay", "nan"], "--weight-decay must be a number >= 0"),
+    (["--beta2", "1"], "--beta2 must be in [0, 1)"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be 0 or more, got -5"),
+    (["--stop-cloze", "nan"], "--stop-cloze must be above 0"),
+    (["--stop-reading", "nan"], "--stop-reading must be 0 or more"),
+    (["--world", "train_pretrain.py"], "is a file; give the folder of a prepared world"),
+    (["--out", "train_pretrain.py"], "is a file, not a folder"),
 ])
 def test_user_errors_are_one_line(world, tmp_path, args, message):
     if args == ["--device", "cuda"] and os.environ.get("CUDA_VISIBLE_DEVICES") != "":
@@ -163,14 +172,70 @@ def test_a_run_is_never_replaced_silently(world, tmp_path, run_main):
         code, _, err = run_main(train_pretrain.main, *args, "--max-steps", "3", *extra)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert json.load(open(os.path.join(out, "metrics.json"))) == metrics  # nothing touched
-    # --overwrite starts again; the old metrics.json is deleted first, so a cut run cannot leave it behind
-    code, _, err = run_main(train_pretrain.main, *args, "--max-steps", "3", "--overwrite", "--ckpt-interval", "1",
-                            "--dropout", "nan")
-    assert code == 2 and "--dropout" in err and not os.path.exists(os.path.join(out, "metrics.json"))
     assert run_main(train_pretrain.main, *args, "--max-steps", "3", "--overwrite")[0] == 0
     again = json.load(open(os.path.join(out, "metrics.json")))
-    assert again["steps"] == 3
+    assert again["steps"] == 3 and not os.path.exists(os.path.join(out, "replaced"))
     assert again["fingerprints"]["model"] == provenance.checkpoint(model) != metrics["fingerprints"]["model"]
+
+
+def files_of(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(world, tmp_path, run_main):
+    out = str(tmp_path / "run")
+    args = ["--world", world, "--out", out, *TINY]
+    assert run_main(train_pretrain.main, *args, "--max-steps", "7")[0] == 0
+    old = files_of(out)
+    for extra, message in [(["--data", str(tmp_path / "none.txt")], "cannot read"),
+                           (["--lr", "nan"], "--lr must be a positive number"),
+                           (["--dropout", "nan"], "--dropout"),
+                           (["--lr", "1e38", "--ckpt-interval", "1"], "no checkpoint of this run was written")]:
+        code, _, err = run_main(train_pretrain.main, *args, "--max-steps", "5", "--overwrite", *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert files_of(out) == old, extra  # the inputs were refused, or the new run diverged first
+    # a kill -9 between --overwrite setting the old run aside and the new run's first checkpoint
+    os.makedirs(os.path.join(out, "replaced"))
+    for name in old:
+        os.replace(os.path.join(out, name), os.path.join(out, "replaced", name))
+    open(os.path.join(out, "log.jsonl"), "w").write('{"step": 0}\n')
+    open(os.path.join(out, "model.safetensors.123.tmp"), "wb").write(b"half")
+    code, printed, _ = run_main(train_pretrain.main, *args, "--max-steps", "8", "--resume")
+    assert code == 0 and "is back" in printed and "resuming from step 7" in printed
+    assert "replaced" not in os.listdir(out) and not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_a_diverging_run_keeps_its_last_sound_checkpoint_and_resumes_from_it(world, tmp_path):
+    """An update that blows the weights up is never saved: at --ckpt-interval 1 a rate of 1e38 ends
+    the run at the next step's NaN loss, the last sound checkpoint stays, and resuming from it gives
+    the log of a run that never diverged (no row twice)."""
+    runs = {}
+    for name, diverge in (("calm", False), ("diverged", True)):
+        out = runs[name] = str(tmp_path / name)
+        assert pretrain("--world", world, "--out", out, "--max-steps", "4", *TINY).returncode == 0
+        if diverge:
+            r = pretrain("--world", world, "--out", out, "--max-steps", "8", "--resume", "--lr", "1e38",
+                         "--ckpt-interval", "1", *TINY)
+            assert r.returncode == 2 and f"{out} keeps the checkpoint of step 4" in r.stderr, r.stderr
+            model, _, meta = load_model(os.path.join(out, "model.safetensors"))
+            assert meta["step"] == 4 and all(p.isfinite().all() for p in model.parameters())
+        r = pretrain("--world", world, "--out", out, "--max-steps", "8", "--resume", *TINY)
+        assert r.returncode == 0 and "resuming from step 4" in r.stdout, r.stderr
+    rows = {name: [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))] for name, out in runs.items()}
+    timing = ("tokens_per_s", "elapsed_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows["diverged"]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows["calm"]]
+    steps = [(r["step"], tuple(r)) for r in rows["calm"]]
+    assert len(steps) == len(set(steps)) and (4, ("step", "train_loss", "val_loss")) in steps
+
+
+def test_resume_refuses_a_size_that_contradicts_the_saved_run(world, tmp_path, run_main):
+    out = str(tmp_path / "run")
+    assert run_main(train_pretrain.main, "--world", world, "--out", out, "--max-steps", "2", *TINY)[0] == 0
+    for extra in (["--n-layer", "3"], ["--n-lay", "3"], ["--block-size", "512"]):
+        code, _, err = run_main(train_pretrain.main, "--world", world, "--out", out, "--max-steps", "4", "--resume",
+                                *TINY, *extra)
+        assert code == 2 and "contradicts the run in" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("args, message", [
