@@ -307,15 +307,17 @@ def make_trainable(model, args, device, weights_path, base: str, log):
 
 def dev_check(args, task, model, tokenizer, heldout, index, log):
     """on_eval(step) for train(): exact match on a dev split, the way the skill is used
-    (Task.check), never on test or new; the reason to stop once it reaches --stop-acc."""
-    def on_eval(step):
+    (Task.check), never on test or new; "stop" (the reason) once it reaches --stop-acc."""
+    def on_eval(step) -> dict:
         if step == 0 or task is None:
-            return None
+            return {}
         model.eval()
         acc, what = task.check(model, tokenizer, heldout, index)
         model.train()
         log(f"  dev check: exact match {acc:.3f} (stop at {args.stop_acc}) on {what}")
-        return f"dev exact match {acc:.3f} >= {args.stop_acc}" if acc >= args.stop_acc else None
+        if acc >= args.stop_acc:
+            return {"dev_acc": acc, "stop": f"dev exact match {acc:.3f} >= {args.stop_acc}"}
+        return {"dev_acc": acc}
     return on_eval
 
 

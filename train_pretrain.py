@@ -159,7 +159,8 @@ def dev_check(model, tokenizer, world, data_dir, args, log):
             index.extend(load_or_build_index(args.out, docs, "tfidf", log=log))
         return eval_rag(model, tokenizer, *index, dev_new, k=2, log=lambda *a: None)["acc"]
 
-    def on_eval(step):
+    def on_eval(step) -> dict:
+        """What the dev checks measured, with "stop" (the reason) once both skills are there."""
         prompt = "" if world is None else f"{world.split('dev')[0].name} was born in"
         model.eval()
         ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
@@ -167,19 +168,20 @@ def dev_check(model, tokenizer, world, data_dir, args, log):
         log(f"  sample: {tokenizer.decode(out[0, 1:].tolist())!r}")
         if world is None or step == 0:
             model.train()
-            return None
+            return {}
         dev = cloze_accuracy(model, tokenizer, world.split("dev"))
         log(f"  dev check: cloze accuracy of the dev people {dev:.3f} (stop at {args.stop_cloze})")
         read = reading() if dev >= args.stop_cloze else None  # only then: it takes longer
         model.train()
         if read is None:
-            return None
+            return {"dev_cloze": dev}
         log(f"  dev check: the dev-new people's questions answered from retrieved biographies "
             f"{read:.3f} (stop at {args.stop_reading})")
-        if read < args.stop_reading:
-            return None
-        return (f"dev cloze {dev:.3f} >= {args.stop_cloze} and dev-new reading {read:.3f} >= "
-                f"{args.stop_reading}")
+        checked = {"dev_cloze": dev, "dev_reading": read}
+        if read >= args.stop_reading:
+            checked["stop"] = (f"dev cloze {dev:.3f} >= {args.stop_cloze} and dev-new reading "
+                               f"{read:.3f} >= {args.stop_reading}")
+        return checked
     return on_eval
 
 

@@ -318,6 +318,7 @@ class Run:
             log(f"resuming from step {self.step} of {self.state_path}")
         net = DDP(model) if ddp.world_size > 1 else model
         self.net = torch.compile(net) if cfg.compile else net
+        self.t_start = time.time()
 
     def write_log(self, row: dict):
         if self.ddp.is_main:
@@ -335,15 +336,18 @@ class Run:
         self.saved = step
 
     def evaluate(self, step: int, on_eval) -> str | None:
-        """The train/val loss, then on rank 0 on_eval's dev check: why to stop here, or None."""
+        """The train/val loss, then on rank 0 on_eval's dev check, logged together with the time so
+        far (one plot shows where time went): why to stop here, or None."""
         losses = estimate_loss(self.net, self.get_batch, self.cfg, self.device, self.dtype,
                                self.ddp)
-        self.write_log({"step": step, **losses})
-        reason = None
+        checked = {}
         if self.ddp.is_main:
             self.log(f"step {step}: train loss {losses['train_loss']:.4f}, "
                      f"val loss {losses['val_loss']:.4f}")
-            reason = on_eval(step) if on_eval else None
+            checked = (on_eval(step) if on_eval else None) or {}
+        self.write_log({"step": step, **losses, "elapsed_s": round(time.time() - self.t_start, 2),
+                        **{k: v for k, v in checked.items() if k != "stop"}})
+        reason = checked.get("stop")
         if not _any_rank(reason is not None, self.device, self.ddp):  # all ranks stop at one step
             return None
         return reason or "a dev check passed"  # the reason itself is known on rank 0
@@ -361,11 +365,12 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
           log=print, replaces=()) -> dict:
     """Train model's trainable parameters; return the final metrics. get_batch(split, step,
     micro) gives this rank's (x, y); save_weights(step) writes the weights file (model or adapter);
-    a reason on_eval(step) returns after a loss estimate (rank 0) stops training there; replaces:
-    the old run's files (check_out_dir), set aside until this run's first checkpoint."""
+    on_eval(step) runs on rank 0 after each loss estimate: what its dev check measured goes into the
+    log, and a "stop" it returns (the reason) stops training there; replaces: the old run's files
+    (check_out_dir), set aside until this run's first checkpoint."""
     run = Run(model, cfg, get_batch, out_dir, device, dtype, save_weights, resume, ddp, log,
               replaces)
-    step, tokens_seen, loss, t_start = run.step, 0, None, time.time()
+    step, tokens_seen, loss, t_start = run.step, 0, None, run.t_start
     stopped, due = f"the step cap (--max-steps {cfg.max_steps})", None
     model.train()
     try:
@@ -408,7 +413,7 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
         losses = estimate_loss(run.net, get_batch, cfg, device, dtype, ddp)
         if not all(math.isfinite(v) for v in losses.values()):
             raise run.diverged(losses["val_loss"], step)
-        run.write_log({"step": step, **losses})
+        run.write_log({"step": step, **losses, "elapsed_s": round(wall_s, 2)})
         run.checkpoint(step)
     except BaseException:
         if run.saved is None and ddp.is_main:

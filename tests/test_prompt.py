@@ -28,7 +28,8 @@ def test_generate_is_seeded_and_greedy_is_deterministic(tiny_run):
     assert a.stdout == b.stdout and a.stdout.startswith("Ada")
     g1 = prompt(*args, "--temperature", "0", "--seed", "1")
     g2 = prompt(*args, "--temperature", "0", "--seed", "2")
-    assert g1.stdout == g2.stdout
+    tiny = prompt(*args, "--temperature", "1e-45", "--seed", "3")  # logits / 1e-45 would overflow
+    assert g1.stdout == g2.stdout == tiny.stdout and tiny.returncode == 0, tiny.stderr
 
 
 def test_interactive_reads_until_eof(tiny_run):

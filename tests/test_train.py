@@ -1,5 +1,6 @@
 """The one training loop: schedule, exact resume, gradient accumulation, NaN stop."""
 
+import json
 import os
 
 import numpy as np
@@ -146,7 +147,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(setup, tmp_path, monkeypatch):
 
 
 def test_dev_check_stops_training(setup, tmp_path):
-    """on_eval returning a reason stops at that evaluation, before the step cap, and says why."""
+    """on_eval returning a "stop" reason stops at that evaluation, before the step cap, and says why;
+    what it measured goes into the log's evaluation row, with the time so far."""
     tok, tokens = setup
     cfg = TrainConfig(max_steps=20, batch_size=4, warmup_steps=2, eval_interval=3, eval_batches=1, log_interval=2,
                       ckpt_interval=100)
@@ -157,9 +159,13 @@ def test_dev_check_stops_training(setup, tmp_path):
 
     metrics = train(model, cfg, get_batch, str(tmp_path), CPU, torch.float32,
                     lambda step: save_model(str(tmp_path / "model.safetensors"), model, tok, step=step),
-                    on_eval=lambda step: "dev check passed" if step >= 6 else None, log=lines.append)
+                    on_eval=lambda step: {"dev": step / 10, **({"stop": "dev check passed"} if step >= 6 else {})},
+                    log=lines.append)
     assert metrics["steps"] == 6 and metrics["stopped"] == "dev check passed"
     assert "stopping at step 6 of at most 20: dev check passed" in lines
+    evals = [row for row in map(json.loads, open(tmp_path / "log.jsonl")) if "val_loss" in row]
+    assert [(row["step"], row["dev"]) for row in evals[:3]] == [(0, 0.0), (3, 0.3), (6, 0.6)]
+    assert all(row["elapsed_s"] >= 0 and "stop" not in row for row in evals)
     assert load_model(str(tmp_path / "model.safetensors"))[2]["step"] == 6
     metrics = train(fresh_model(tok), cfg, get_batch, str(tmp_path / "cap"), CPU, torch.float32, lambda step: None,
                     on_eval=lambda step: None, log=lines.append)
