@@ -210,10 +210,16 @@ def story(report: dict) -> str:
     ])
 
 
-def legend(seeds: dict | None) -> list[str]:
+TINY = ("> **A --tiny run**: a toy world (12 people) and a model trained for seconds, to check "
+        "that every step runs and writes its files. Its numbers say nothing about the levels: "
+        "0% cells and answers like \"uuuu\" are what a model this small gives, and the targets "
+        "are not judged. `python -m nanolevels` (no --tiny) makes the real report card.")
+
+
+def legend(seeds: dict | None, tiny: bool = False) -> list[str]:
     """report.md's opening: who is scored, what a row reads and what a cell holds."""
     return [
-        "# nanolevels report card", "",
+        "# nanolevels report card", "", *([TINY, ""] if tiny else []),
         "One tiny GPT and four levels of LLM engineering, each scored on questions about the "
         "people of a made-up world:", "",
         "- **test people**: their biographies are in the pretraining text; their questions were "
@@ -249,6 +255,8 @@ def question_table(q: str, rows: list[dict], spread: dict) -> list[str]:
 
 def targets(report: dict, seeds: dict | None) -> list[str]:
     """The targets section: each target met or missed in this run, and on how many seeds."""
+    if not report["targets"]:
+        return ["## Targets", "", "Not judged: the targets are claims about the default sizes."]
     n_seeds, missed = (len(seeds["seeds"]), seeds["targets_missed_by_seed"]) if seeds else (0, {})
     return ["## Targets", "",
             "A target is a claim the README makes about these numbers, judged here on this run. "
@@ -267,7 +275,7 @@ def markdown(report: dict, seeds: dict | None = None) -> str:
     """report.md; seeds: the seeds table (docs/seeds.json) whose ranges go beside the numbers."""
     groups = ordered(report["rows"])
     spread = {row["method"]: row for row in seeds["rows"]} if seeds else {}
-    lines = legend(seeds)
+    lines = legend(seeds, report.get("tiny", False))
     for q, rows in groups:
         lines += question_table(q, rows, spread)
     steps = {}
@@ -388,20 +396,33 @@ def seeds_svg(table: dict) -> str:
 
 
 def loss_svg(runs: dict[str, list[tuple[int, float]]]) -> str:
-    """out/loss.svg: each run's training loss (> 0) against its step, a polyline each, log axis."""
-    runs = {name: [(s, loss) for s, loss in points if loss > 0] for name, points in runs.items()}
-    left, top, width, height = 60, 20, 520, 300
-    steps = max(s for points in runs.values() for s, _ in points) or 1
-    losses = [loss for points in runs.values() for _, loss in points]
+    """out/loss.svg: one panel per training run (its own step axis: 4,000 pretraining steps and a
+    hundred fine-tuning steps would not share one), training loss (> 0) on a log axis."""
+    left, width, height, gap = 70, 520, 130, 56
+    out = [f'<text x="{left + width / 2}" y="18" text-anchor="middle" font-weight="bold">'
+           f'Training loss of each run</text>']
+    for i, (name, points) in enumerate(runs.items()):
+        top = 40 + i * (height + gap)
+        points = [(s, loss) for s, loss in points if loss > 0]
+        out += loss_panel(name, points, left, top, width, height, PALETTE[i % len(PALETTE)])
+    return svg(left + width + 30, 40 + len(runs) * (height + gap), out)
+
+
+def loss_panel(name: str, points: list, left: int, top: int, width: int, height: int,
+               color: str) -> list[str]:
+    """One run's loss against its step: a titled panel with a log loss axis and a step axis."""
+    steps = max((s for s, _ in points), default=0) or 1
+    losses = [loss for _, loss in points] or [1.0]
     lo, hi = math.floor(math.log10(min(losses))), math.ceil(math.log10(max(losses)))
     hi += hi == lo  # one decade at least
 
-    def xy(step, loss):
-        x, y = left + width * step / steps, top + height * (hi - math.log10(loss)) / (hi - lo)
-        return f"{x:.1f},{y:.1f}"
-    out = []
+    def y_of(loss):
+        return top + height * (hi - math.log10(loss)) / (hi - lo)
+    out = [f'<text x="{left}" y="{top - 8}" font-weight="bold">{escape(name)}</text>',
+           f'<text x="{left - 48}" y="{top + height / 2}" text-anchor="middle" '
+           f'transform="rotate(-90 {left - 48} {top + height / 2})">loss (log)</text>']
     for d in range(lo, hi + 1):  # one grid line per decade
-        y = top + height * (hi - d) / (hi - lo)
+        y = y_of(10.0 ** d)
         out += [f'<line x1="{left}" x2="{left + width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>',
                 f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10.0 ** d:g}</text>']
     base = 10 ** math.floor(math.log10(steps))
@@ -410,14 +431,8 @@ def loss_svg(runs: dict[str, list[tuple[int, float]]]) -> str:
     for i in range(int(steps / tick) + 1):
         out.append(f'<text x="{left + width * i * tick / steps:.1f}" y="{top + height + 16}" '
                    f'text-anchor="middle">{i * tick:g}</text>')
-    for i, (name, points) in enumerate(runs.items()):
-        color = PALETTE[i % len(PALETTE)]
-        out += [f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
-                f'points="{" ".join(xy(s, loss) for s, loss in points)}">'
-                f'<title>{escape(name)}</title></polyline>',
-                f'<rect x="{left + width + 16}" y="{top + 18 * i}" width="10" height="10" '
-                f'fill="{color}"/>',
-                f'<text x="{left + width + 30}" y="{top + 18 * i + 9}">{escape(name)}</text>']
-    out.append(f'<text x="{left + width / 2}" y="{top + height + 38}" text-anchor="middle">'
-               f'optimizer step; training loss on a log scale</text>')
-    return svg(left + width + 160, top + height + 44, out)
+    out.append(f'<text x="{left + width / 2}" y="{top + height + 32}" text-anchor="middle">'
+               f'optimizer step</text>')
+    xy = " ".join(f"{left + width * s / steps:.1f},{y_of(loss):.1f}" for s, loss in points)
+    return out + [f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}">'
+                  f'<title>{escape(name)}</title></polyline>']

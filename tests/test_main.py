@@ -53,7 +53,8 @@ def test_whole_pipeline_tiny(tiny_pipeline):
             assert row[f"n_{split}"] == (row["n_new"] if global_questions else 3 * per_person)  # 3 people
         if global_questions:
             assert row["acc_test"] is row["ci_test"] is row["n_test"] is None and row["n_new"] >= 1
-    assert set(report["targets"]) and set(report["stopped"]) == {"pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa",
+    assert report["tiny"] and report["targets"] == {} and "**A --tiny run**" in open(os.path.join(out, "report.md")).read()
+    assert set(report["stopped"]) == {"pretrain", "lora-qa", "full-ft-qa", "lora-rag-qa",
                                                                  "agent"}
     assert set(report["agentic"]) == {"test", "new"} and "gap" in report["agentic"]["new"]
     assert set(report["retrieval"]) == {"tfidf", "gpt"}

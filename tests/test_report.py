@@ -54,7 +54,7 @@ def test_seeds_svg_draws_the_mean_with_the_range():
     assert bars(seeds_svg(table)) == [("test", "lora-qa, test people: 90.0% [80.0-95.0]")]
 
 
-def test_loss_svg_has_one_polyline_per_run_on_a_log_axis():
+def test_loss_svg_has_one_panel_and_polyline_per_run_on_a_log_axis():
     runs = {"pretrain": [(0, 8.0), (100, 2.0), (200, 0.5)], "lora-qa": [(0, 1.0), (50, 0.001)], "a<b>&": [(1, 0.0),
                                                                                                      (2, 3.0)]}
     root = ET.fromstring(loss_svg(runs))
@@ -62,6 +62,10 @@ def test_loss_svg_has_one_polyline_per_run_on_a_log_axis():
     assert [p.find(f"{SVG}title").text for p in lines] == list(runs)
     ys = [float(xy.split(",")[1]) for xy in lines[0].get("points").split()]
     assert ys[0] < ys[1] < ys[2] and abs((ys[1] - ys[0]) - (ys[2] - ys[1])) < 0.2  # each step a factor 4: even
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert texts.count("optimizer step") == 3 and texts.count("loss (log)") == 3 and "a<b>&" in texts
+    ends = [float(p.get("points").split()[-1].split(",")[0]) for p in lines]
+    assert ends[0] == ends[1]  # each run's own step axis: 200 pretraining and 50 fine-tuning steps end alike
 
 
 def test_markdown_explains_itself():
