@@ -121,7 +121,8 @@ CONFIG = dict(vocab_size=None, block_size=16, n_layer=1, n_head=2, n_embd=16)
     (dict(tokenizer=None), "no 'tokenizer' in its metadata"),
     (dict(config="{not json"), "'config' in its metadata is not JSON"),
     (dict(config="[1, 2]"), "its config is a JSON list"),
-    (dict(config=json.dumps(CONFIG | {"vocab_size": 280, "colour": "red"})), "unknown key 'colour'"),
+    (dict(config=json.dumps(CONFIG | {"vocab_size": 280, "colour": "red"})),
+     "unknown key 'colour'"),
     (dict(config=json.dumps(CONFIG | {"vocab_size": 280, "n_layer": "1"})), "n_layer is '1'"),
     (dict(config=json.dumps(CONFIG | {"vocab_size": 280, "n_layer": 0})), "at least 1"),
     (dict(config=json.dumps({k: v for k, v in CONFIG.items() if k != "vocab_size"})), "vocab_size"),
@@ -155,7 +156,8 @@ def test_hf_gpt2_files_are_checked_before_any_download(tmp_path, monkeypatch):
         raise AssertionError("went for GPT-2's tokenizer before checking the weights")
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     missing = str(tmp_path / "nonexistent.safetensors")
-    with pytest.raises(FileNotFoundError, match=re.escape(f"no GPT-2 model.safetensors at {missing}")):
+    message = f"no GPT-2 model.safetensors at {missing}"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
         load_hf_gpt2(missing)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file at all" * 10)

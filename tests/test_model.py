@@ -321,7 +321,8 @@ def test_to_hf_gpt2_is_the_inverse_of_from_hf_gpt2(tmp_path):
     tensors = hf_gpt2_tensors(prefix="transformer.")
     save_file(tensors, str(tmp_path / "model.safetensors"))
     exported = GPT.from_hf_gpt2(str(tmp_path / "model.safetensors")).to_hf_gpt2()
-    weights = {n: t for n, t in tensors.items() if not n.endswith((".attn.bias", ".attn.masked_bias"))}
+    weights = {n: t for n, t in tensors.items()
+               if not n.endswith((".attn.bias", ".attn.masked_bias"))}
     assert exported.keys() == weights.keys()  # the save_pretrained names; lm_head is tied, left out
     assert all(torch.equal(exported[n], t) for n, t in weights.items())  # Conv1D (in, out) again
 
