@@ -156,8 +156,10 @@ def test_transformers_loads_the_export(tmp_path, world_run):
     ours, greedy = logits_and_greedy(model, ids)
     with torch.no_grad():
         theirs = hf(greedy).logits
-        hf_greedy = hf.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None,
-                                pad_token_id=tokenizer.eot_id)
+        # the mask said: without one, transformers masks every pad token, and <|endoftext|> (our
+        # prompts' first token) is the pad token too
+        hf_greedy = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                                do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eot_id)
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)  # conftest.FP32: other kernels
     assert torch.equal(hf_greedy, greedy)
     assert hf_tokenizer.decode(greedy[0, 1:]) == tokenizer.decode(greedy[0, 1:].tolist())
