@@ -2,10 +2,13 @@
 
 A second file beside it holds what only a resume needs: the optimizer's state, the step, and the
 trainable weights again. Every write is atomic. Names are saved without torch.compile's `_orig_mod.`
-prefix (and it is stripped on load), so compiled and plain models read each other's files.
-References: huggingface/safetensors; karpathy/nanoGPT's train.py (resuming from ckpt.pt).
+prefix (and it is stripped on load), so compiled and plain models read each other's files. A model
+also goes out as (and comes in from) a Hugging Face GPT-2 folder, which transformers loads.
+References: huggingface/safetensors; karpathy/nanoGPT's train.py (resuming from ckpt.pt);
+transformers' GPT2Config and save_pretrained layout.
 """
 
+import dataclasses
 import json
 import os
 
@@ -13,9 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from nanolevels.files import atomic_write
+from nanolevels.files import atomic_write, write_json
 from nanolevels.model import GPT, GPTConfig
-from nanolevels.tokenizer import Tokenizer
+from nanolevels.tokenizer import EOT, Tokenizer
 
 COMPILE_PREFIX = "_orig_mod."
 
@@ -31,6 +34,43 @@ def read_safetensors(path: str, what: str = "checkpoint"):
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path} is not a readable {what} (corrupt or truncated?): {e}") from None
     return tensors, metadata
+
+
+def decode_metadata(path: str, metadata: dict, what: str, required=()) -> dict:
+    """metadata with every value but `format` JSON-decoded; a required key that is missing or a
+    value that is not JSON is a one-line error naming the file."""
+    missing = [key for key in required if key not in metadata]
+    if missing:
+        raise ValueError(f"{path} is not a complete {what}: no {missing[0]!r} in its metadata "
+                         "(written by another program, or edited?)")
+    decoded = {}
+    for key, value in metadata.items():
+        try:
+            decoded[key] = value if key == "format" else json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: the {key!r} in its metadata is not JSON ({e}); "
+                             f"the {what} is damaged: write it again") from None
+    return decoded
+
+
+def config_from_dict(path: str, config) -> GPTConfig:
+    """GPTConfig(**config), with a one-line error naming the file for anything but its fields."""
+    fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: its config is a JSON {type(config).__name__}, not an object "
+                         f"with GPTConfig's fields ({', '.join(fields)})")
+    unknown = sorted(config.keys() - fields.keys())
+    if unknown:
+        raise ValueError(f"{path}: its config has an unknown key {unknown[0]!r}; GPTConfig's "
+                         f"fields are {', '.join(fields)}")
+    for key, value in config.items():  # bool is an int to Python; not to a config
+        if not (type(value) is fields[key] or fields[key] is float and type(value) is int):
+            raise ValueError(f"{path}: its config's {key} is {value!r}, not a "
+                             f"{fields[key].__name__}")
+    try:
+        return GPTConfig(**config)
+    except (TypeError, ValueError) as e:  # a missing field, a size below 1
+        raise ValueError(f"{path}: its config is not valid ({e})") from None
 
 
 def _unique_tensors(module: torch.nn.Module) -> dict:
@@ -77,19 +117,22 @@ def load_model(path: str, device="cpu"):
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != "nanolevels-gpt":
         raise ValueError(f"{path} is not a nanolevels model checkpoint (no config in its metadata)")
-    config = GPTConfig(**json.loads(metadata["config"]))
-    tokenizer = Tokenizer.from_dict(json.loads(metadata["tokenizer"]))
+    meta = decode_metadata(path, metadata, "model checkpoint", ("config", "tokenizer"))
+    config = config_from_dict(path, meta.pop("config"))
+    try:
+        tokenizer = Tokenizer.from_dict(meta.pop("tokenizer"))
+    except ValueError as e:
+        raise ValueError(f"{path}: its tokenizer metadata is not valid ({e})") from None
     model = GPT(config)
     load_weights(model, tensors, path)
-    extra = {k: json.loads(v) for k, v in metadata.items()
-             if k not in ("format", "config", "tokenizer")}
-    return model.to(device), tokenizer, extra
+    del meta["format"]
+    return model.to(device), tokenizer, meta
 
 
 def read_metadata(path: str) -> dict:
     """A checkpoint's metadata (JSON-decoded), without building the model."""
     _, metadata = read_safetensors(path)
-    return {k: (v if k == "format" else json.loads(v)) for k, v in metadata.items()}
+    return decode_metadata(path, metadata, "checkpoint")
 
 
 def _trainable(model: torch.nn.Module) -> dict:
@@ -118,10 +161,11 @@ def load_train_state(path: str, model: torch.nn.Module,
     tensors, metadata = read_safetensors(path, "training state")
     if metadata.get("format") != "nanolevels-train-state":
         raise ValueError(f"{path} is not a nanolevels training state")
+    meta = decode_metadata(path, metadata, "training state", ("step", "param_groups", "meta"))
     weights = {name.removeprefix("weights."): t for name, t in tensors.items()
                if name.startswith("weights.")}
     own = _trainable(model)
-    groups = json.loads(metadata["param_groups"])
+    groups = meta["param_groups"]
     if (weights.keys() != own.keys() or any(weights[k].shape != p.shape for k, p in own.items())
             or [len(g["params"]) for g in groups]
             != [len(g["params"]) for g in optimizer.param_groups]):
@@ -136,4 +180,66 @@ def load_train_state(path: str, model: torch.nn.Module,
             i, key = name.split(".", 1)
             state.setdefault(int(i), {})[key] = t
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    return int(metadata["step"]), json.loads(metadata["meta"])
+    return int(meta["step"]), meta["meta"]
+
+
+def hf_config(model: GPT, tokenizer: Tokenizer) -> dict:
+    """config.json of the Hugging Face GPT-2 that computes what model does (transformers'
+    GPT2Config names)."""
+    cfg = model.config
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_embd": cfg.n_embd,
+            "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,  # None: 4 * n_embd
+            "activation_function": "gelu_new",  # GELU's tanh approximation, as in our MLP
+            "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+            "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's default
+            "bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id,
+            "tie_word_embeddings": True, "dtype": str(model.lm_head.weight.dtype).split(".")[1]}
+
+
+def save_hf_gpt2(folder: str, model: GPT, tokenizer: Tokenizer) -> list[str]:
+    """Write model as a Hugging Face GPT-2 folder, which transformers' GPT2LMHeadModel and
+    AutoTokenizer load and from_hf_gpt2 reads back; the paths written."""
+    names = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    paths = [os.path.join(folder, name) for name in names]
+    write_json(paths[0], hf_config(model, tokenizer))
+    # the weights under their GPT-2 names; "format": "pt" is what transformers' loader checks
+    atomic_write(paths[1], save(model.to_hf_gpt2(), metadata={"format": "pt"}))
+    write_json(paths[2], tokenizer.to_hf())
+    # PreTrainedTokenizerFast runs tokenizer.json as it is: GPT2Tokenizer would split GPT-2's way
+    write_json(paths[3], {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT,
+                          "eos_token": EOT, "model_max_length": model.config.block_size,
+                          "clean_up_tokenization_spaces": False})
+    return paths
+
+
+def read_hf_config(weights_path: str) -> dict:
+    """The config.json beside a Hugging Face model.safetensors, {} where there is none."""
+    path = os.path.join(os.path.dirname(weights_path), "config.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable config.json ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a config.json: a JSON {type(config).__name__}")
+    n_head = config.get("n_head")  # the one field from_hf_gpt2 reads
+    if n_head is not None and not (type(n_head) is int and n_head >= 1):
+        raise ValueError(f"{path}: n_head is {n_head!r}, not a positive whole number")
+    return config
+
+
+def load_hf_gpt2(path: str):
+    """(model, tokenizer) from a Hugging Face GPT-2 folder or its model.safetensors: the weights
+    first, then the tokenizer.json beside them, else GPT-2's own (tiktoken downloads it once)."""
+    weights = path if path.endswith(".safetensors") else os.path.join(path, "model.safetensors")
+    model = GPT.from_hf_gpt2(weights)  # a missing or damaged file is named before any download
+    tokenizer_path = os.path.join(os.path.dirname(weights), "tokenizer.json")
+    tokenizer = (Tokenizer.load(tokenizer_path) if os.path.exists(tokenizer_path)
+                 else Tokenizer.gpt2())
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
+                         f"{model.config.vocab_size}; they do not belong together")
+    return model, tokenizer

@@ -17,11 +17,14 @@ import torch.nn as nn
 from safetensors.torch import save
 
 from nanolevels import provenance
-from nanolevels.checkpoint import COMPILE_PREFIX, load_model, read_safetensors
-from nanolevels.files import atomic_write
+from nanolevels.checkpoint import COMPILE_PREFIX, decode_metadata, load_model, read_safetensors
+from nanolevels.files import atomic_write, write_json
 
 # module-name suffixes; add "mlp.c_fc", "mlp.c_proj" to adapt the MLP too
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj")
+# what an adapter file's metadata must hold for load_adapter, and of what type
+ADAPTER_FIELDS = {"r": int, "alpha": (int, float), "dropout": (int, float), "rslora": bool,
+                  "targets": list, "base_fingerprint": str}
 
 
 class LoRALinear(nn.Module):
@@ -217,7 +220,11 @@ def load_adapter(path: str, model: nn.Module) -> dict:
     if raw.get("format") != "nanolevels-lora":
         raise ValueError(f"{path} is not a nanolevels LoRA adapter "
                          "(a full model checkpoint? use load_model)")
-    meta = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
+    meta = decode_metadata(path, raw, "LoRA adapter", ADAPTER_FIELDS)
+    for key, kind in ADAPTER_FIELDS.items():
+        if not isinstance(meta[key], kind):
+            raise ValueError(f"{path}: the adapter's {key} is {meta[key]!r}; the file is damaged "
+                             "or was not written by save_adapter")
     ours = base_fingerprint(model)
     if meta["base_fingerprint"] != ours:
         raise ValueError(f"adapter {path} was trained on another base model (fingerprint "
@@ -250,3 +257,29 @@ def load_adapted(path: str, adapter: str | None = None, device="cpu"):
     if adapter is not None:
         load_adapter(adapter, model)
     return model.eval(), tokenizer
+
+
+def save_peft_adapter(folder: str, model: nn.Module, base: str = "..") -> list[str]:
+    """Write the model's adapters as peft's LoRA layout for the GPT-2 that save_hf_gpt2 writes
+    (base: that folder, as the adapter's config names it): the paths written."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to save; load_adapter first")
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("the adapters are merged; unmerge_lora(model) before saving them apart")
+    first = next(iter(layers.values()))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
+              "r": first.r, "lora_alpha": first.alpha, "lora_dropout": first.dropout.p,
+              "use_rslora": first.rslora, "bias": "none", "inference_mode": True,
+              # the full module names, which peft matches exactly; GPT-2's Conv1D stores its
+              # weight (in, out), so peft transposes B @ A: fan_in_fan_out
+              "target_modules": list(layers), "fan_in_fan_out": True}
+    # peft's names: the model under base_model.model, then lora_A.weight (r, in) and lora_B.weight
+    # (out, r): the shapes of ours, as peft's lora_A and lora_B are nn.Linear layers
+    tensors = {f"base_model.model.{name}.weight": t.contiguous().cpu()
+               for name, t in lora_state_dict(model).items()}
+    paths = [os.path.join(folder, "adapter_config.json"),
+             os.path.join(folder, "adapter_model.safetensors")]
+    write_json(paths[0], config)
+    atomic_write(paths[1], save(tensors, metadata={"format": "pt"}))
+    return paths

@@ -1,7 +1,7 @@
-"""The GPT language model (GPT-2 architecture), its KV cache, generate(), and GPT-2 weight import.
+"""The GPT language model (GPT-2 architecture), its KV cache, generate(), GPT-2 weights in and out.
 
 Read top to bottom: config, the three modules of a block (attention, MLP, block), the cache,
-sampling, the model, and loading OpenAI's GPT-2 weights from a Hugging Face safetensors file.
+sampling, the model, and OpenAI's GPT-2 weights read from (and written in) Hugging Face's layout.
 References: karpathy/nanoGPT's model.py; Hugging Face's modeling_gpt2.py for the weight names;
 PaLM (arXiv 2204.02311) appendix B for the FLOPs per token.
 """
@@ -9,6 +9,7 @@ PaLM (arXiv 2204.02311) appendix B for the FLOPs per token.
 import copy
 import math
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -17,9 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-from safetensors.torch import load_file
 
 GPT2_URL = "https://huggingface.co/gpt2/resolve/main/model.safetensors"
+# GPT-2's Conv1D layers store their weight (in, out), the transpose of nn.Linear's (out, in)
+CONV1D = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
+# the modules of Hugging Face's GPT-2 under `transformer.`, the same names as ours
+HF_MODULE = r"wte|wpe|ln_f|h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)"
 
 
 @dataclass
@@ -326,11 +330,12 @@ class GPT(nn.Module):
 
     @classmethod
     def from_hf_gpt2(cls, path, n_head=None):
-        """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file; the head count
-        is not in the shapes, so n_head defaults to n_embd // 64, GPT-2's head size."""
+        """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file. The head count
+        is not in the shapes: n_head, else config.json's beside the file, else n_embd // 64."""
+        from nanolevels.checkpoint import read_hf_config, read_safetensors  # it imports model.py
+        tensors, _ = read_safetensors(path, "GPT-2 model.safetensors")
         # the .attn.bias / .attn.masked_bias entries are causal-mask buffers, not weights
-        weights = {name.removeprefix("transformer."): tensor
-                   for name, tensor in load_file(path).items()
+        weights = {name.removeprefix("transformer."): tensor for name, tensor in tensors.items()
                    if not name.endswith((".attn.bias", ".attn.masked_bias"))}
         if "wte.weight" not in weights or "wpe.weight" not in weights:
             raise ValueError(f"{path} does not look like GPT-2 weights: no wte.weight / wpe.weight")
@@ -339,7 +344,7 @@ class GPT(nn.Module):
             vocab_size=vocab_size,
             block_size=weights["wpe.weight"].shape[0],
             n_layer=len({name.split(".")[1] for name in weights if name.startswith("h.")}),
-            n_head=n_head or n_embd // 64,
+            n_head=n_head or read_hf_config(path).get("n_head") or n_embd // 64,
             n_embd=n_embd,
             bias="ln_f.bias" in weights,
         )
@@ -353,7 +358,7 @@ class GPT(nn.Module):
             raise ValueError(f"{path} does not match a GPT-2 of this shape: "
                              f"missing {missing}, unexpected {unexpected}")
         for name, tensor in weights.items():
-            if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            if name.endswith(CONV1D):
                 tensor = tensor.t()  # GPT-2's Conv1D stores (in, out); nn.Linear wants (out, in)
             target = params["transformer." + name]
             if tensor.shape != target.shape:
@@ -361,6 +366,24 @@ class GPT(nn.Module):
                                  f"expected {tuple(target.shape)}")
             target.copy_(tensor)
         return model
+
+    def to_hf_gpt2(self) -> dict:
+        """The weights under Hugging Face's GPT-2 names, from_hf_gpt2's input: Conv1D weights
+        (in, out), lm_head left out (tied to wte), zero biases where bias=False."""
+        weights = {}
+        for name, module in self.transformer.named_modules():
+            if not isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)):
+                continue
+            if not re.fullmatch(HF_MODULE, name):  # e.g. a LoRALinear's base layer
+                raise ValueError(f"{name} has no place in GPT-2's layout; merge_lora(model) and "
+                                 "remove_lora(model) before exporting")
+            weight = module.weight.detach()
+            weights[f"{name}.weight"] = weight.t() if f"{name}.weight".endswith(CONV1D) else weight
+            if not isinstance(module, nn.Embedding):
+                bias = module.bias  # GPT-2 always has biases: zeros add nothing
+                weights[f"{name}.bias"] = (torch.zeros(weight.size(0), dtype=weight.dtype)
+                                           if bias is None else bias.detach())
+        return {"transformer." + name: t.contiguous().cpu() for name, t in weights.items()}
 
 
 def download_gpt2(dest_dir):

@@ -7,6 +7,8 @@ our ranks: encode_reference does the same in slow plain Python, and the tests ho
 References: karpathy/minbpe; openai/tiktoken; GPT-2 (Radford et al. 2019) for byte-level BPE.
 """
 
+import base64
+import binascii
 import json
 import os
 from collections import Counter, defaultdict
@@ -23,6 +25,17 @@ SPLIT_PATTERN = (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+")
 EOT = "<|endoftext|>"
 NEVER = float("inf")  # the rank of a pair that was never merged
+# GPT-2's split, which Hugging Face's ByteLevel pre-tokenizer applies when its use_regex is on
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+def byte_chars() -> dict:
+    """GPT-2's map of the 256 bytes to printable characters (bytes_to_unicode in its encoder.py):
+    Hugging Face's vocab.json and tokenizer.json spell tokens in these, e.g. a space as 'Ġ'."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    unprintable = [b for b in range(256) if b not in printable]
+    return {b: chr(b) for b in printable} | {b: chr(256 + n) for n, b in enumerate(unprintable)}
 
 
 def merge(ids, pair, idx):
@@ -184,26 +197,101 @@ class Tokenizer:
         return self.special_tokens[EOT]
 
     def to_dict(self):
-        if self.merges is None:
-            return {"kind": "gpt2"}
+        if self.merges is None:  # GPT-2's: ids are not bytes then merges, so store each token
+            if sorted(self.ranks.values()) != list(range(len(self.ranks))):
+                raise ValueError("the tokenizer's ids have gaps; only gap-free ranks can be saved")
+            tokens = sorted(self.ranks, key=self.ranks.get)
+            return {"kind": "ranks", "pattern": self.pattern, "special_tokens": self.special_tokens,
+                    "tokens": [base64.b64encode(t).decode("ascii") for t in tokens]}
         return {"kind": "bpe", "pattern": self.pattern, "merges": [list(p) for p in self.merges],
                 "special_tokens": self.special_tokens}
 
     @classmethod
     def from_dict(cls, d):
-        if d.get("kind") == "gpt2":
-            return cls.gpt2()
-        if d.get("kind") != "bpe":
-            raise ValueError(f"unknown tokenizer kind {d.get('kind')!r} (expected 'bpe' or 'gpt2')")
-        return cls(d["merges"], d["special_tokens"], d["pattern"])
+        """The inverse of to_dict; anything else is a ValueError that says what is wrong."""
+        kind = d.get("kind") if isinstance(d, dict) else None
+        if kind == "gpt2":  # files of before the tokens were stored: never fetch one silently
+            raise ValueError("the tokenizer is named 'gpt2' but not stored; load the model with "
+                             "Tokenizer.gpt2() (it downloads) and save it again to store it")
+        if kind not in ("bpe", "ranks"):
+            raise ValueError(f"unknown tokenizer kind {kind!r} (expected 'bpe' or 'ranks')")
+        try:
+            if kind == "ranks":
+                ranks = {base64.b64decode(t, validate=True): i for i, t in enumerate(d["tokens"])}
+                return cls.from_ranks(ranks, d["special_tokens"], d["pattern"])
+            return cls(d["merges"], d["special_tokens"], d["pattern"])
+        except (KeyError, TypeError, IndexError, AttributeError, binascii.Error) as e:
+            raise ValueError(f"{type(e).__name__}: {e}") from None
+
+    @classmethod
+    def from_ranks(cls, ranks, special_tokens, pattern, name="nanolevels"):
+        """A tokenizer from tiktoken's ranks ({token bytes: id}) alone, without merges (GPT-2's)."""
+        tok = cls.__new__(cls)
+        tok.merges = None
+        enc = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
+                                special_tokens=special_tokens)
+        tok._setup(enc, ranks, special_tokens, pattern)
+        return tok
+
+    def to_hf(self) -> dict:
+        """This tokenizer as Hugging Face's tokenizer.json (the `tokenizers` library that
+        transformers runs): our split pattern, then GPT-2's byte map, then the merges in order."""
+        if self.merges is None:
+            raise ValueError("only a tokenizer with merges (one trained here) has a tokenizer.json")
+        chars = byte_chars()
+        spelled = {i: "".join(chars[b] for b in token) for token, i in self.ranks.items()}
+        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                      "use_regex": False}  # our Split has already cut the text into chunks
+        specials = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                     "normalized": False, "special": True}
+                    for s, i in sorted(self.special_tokens.items(), key=lambda item: item[1])]
+        return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": specials,
+                "normalizer": None,
+                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": self.pattern}, "behavior": "Isolated",
+                     "invert": False}, byte_level]},
+                "post_processor": None, "decoder": byte_level,
+                "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                          "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                          "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                          "vocab": {token: i for i, token in sorted(spelled.items())},
+                          "merges": [f"{spelled[a]} {spelled[b]}" for a, b in self.merges]}}
+
+    @classmethod
+    def from_hf(cls, d):
+        """The inverse of to_hf, and GPT-2's own tokenizer.json: a byte-level BPE whose split is a
+        Split regex (ours) or ByteLevel's own (GPT-2's). Anything else is a ValueError."""
+        try:
+            steps = d["pre_tokenizer"]
+            steps = steps["pretokenizers"] if steps["type"] == "Sequence" else [steps]
+            kinds = [(step["type"], step.get("use_regex")) for step in steps]
+            if kinds == [("Split", None), ("ByteLevel", False)]:
+                pattern = steps[0]["pattern"]["Regex"]
+            elif kinds == [("ByteLevel", True)]:
+                pattern = GPT2_PATTERN
+            else:
+                raise ValueError(f"a pre-tokenizer {kinds} is not byte-level BPE's")
+            if d["model"]["type"] != "BPE":
+                raise ValueError(f"a {d['model']['type']} model is not BPE")
+            byte = {c: b for b, c in byte_chars().items()}
+            ranks = {bytes(byte[c] for c in token): i for token, i in d["model"]["vocab"].items()}
+            specials = {t["content"]: t["id"] for t in d["added_tokens"]}
+            merges = [m.split(" ") if isinstance(m, str) else m for m in d["model"]["merges"]]
+            merges = [(d["model"]["vocab"][a], d["model"]["vocab"][b]) for a, b in merges]
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"not a tokenizer.json ({type(e).__name__}: {e})") from None
+        ours = cls(merges, specials, pattern) if all(ranks.get(bytes([b])) == b
+                                                     for b in range(256)) else None
+        if ours is not None and ours.ranks == ranks:
+            return ours  # ids are bytes, then one per merge in order: our own layout
+        return cls.from_ranks(ranks, specials, pattern)  # GPT-2's ids: tiktoken runs them as ranks
 
     def save(self, path):
         d = self.to_dict()
-        # one merge per line, so the file reads (and diffs) like a list
-        lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items() if k != "merges"]
-        if "merges" in d:
-            lines.append('  "merges": [' + ",".join(f"\n    {json.dumps(m)}" for m in d["merges"])
-                         + "\n  ]")
+        # one merge (or token) per line, so the file reads (and diffs) like a list
+        lines = [f"  {json.dumps(k)}: " + ("[" + ",".join(f"\n    {json.dumps(m)}" for m in v)
+                                            + "\n  ]" if isinstance(v, list) else json.dumps(v))
+                 for k, v in d.items()]
         atomic_write(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
     @classmethod
@@ -213,22 +301,22 @@ class Tokenizer:
                              "or pass the path of an existing tokenizer.json")
         try:
             with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise ValueError(f"{path} is not a valid tokenizer file ({type(e).__name__}: {e}); "
+                d = json.load(f)
+            # Hugging Face's tokenizer.json has a "model"; ours (to_dict) a "kind"
+            return cls.from_hf(d) if isinstance(d, dict) and "model" in d else cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a valid tokenizer file ({e}); "
                              "delete it and train again") from None
 
     @classmethod
     def gpt2(cls):
-        """OpenAI's GPT-2 tokenizer (50257 tokens), downloaded by tiktoken on first use."""
+        """OpenAI's GPT-2 tokenizer (50257 tokens), downloaded by tiktoken on first use; to_dict
+        stores its tokens, so a checkpoint that holds it loads without the network."""
         try:
             enc = tiktoken.get_encoding("gpt2")
         except Exception as e:
             reason = (str(e).splitlines() or [""])[0]
             raise ConnectionError(f"could not download the GPT-2 tokenizer (no network?): "
                                f"{type(e).__name__}: {reason}") from None
-        tok = cls.__new__(cls)
-        tok.merges = None
-        # tiktoken's README reads these attributes to extend an encoding; we read them to wrap one
-        tok._setup(enc, enc._mergeable_ranks, enc._special_tokens, enc._pat_str)
-        return tok
+        # tiktoken's README reads these attributes to extend an encoding; we read them to copy one
+        return cls.from_ranks(enc._mergeable_ranks, enc._special_tokens, enc._pat_str, enc.name)

@@ -1,12 +1,18 @@
 """Checkpoints: safetensors round trip (weights, config, tokenizer), clear errors for bad files,
 compiled-model key prefixes, optimizer state."""
 
+import json
+import re
+
 import pytest
+import tiktoken
 import torch
+from safetensors.torch import save_file
 
 from nanolevels import provenance
-from nanolevels.checkpoint import (load_model, load_train_state, load_weights, read_metadata,
-                                   save_model, save_train_state)
+from nanolevels.checkpoint import (load_hf_gpt2, load_model, load_train_state, load_weights,
+                                   read_metadata, read_safetensors, save_model, save_train_state)
+from test_model import hf_gpt2_tensors
 from nanolevels.model import GPT, GPTConfig
 from nanolevels.tokenizer import Tokenizer
 
@@ -95,3 +101,69 @@ def test_fingerprint_is_of_the_content(tmp_path, tok):
         model.transformer.wpe.weight[0, 0] += 1e-3
     save_model(paths[2], model, tok, step=3)
     assert len({provenance.checkpoint(p) for p in paths[:3]}) == 3
+
+
+# ---- malformed files: one line that names the file (issue 24) ----
+
+def write_model_file(path, tok, **metadata):
+    """A hand-made model file: a real checkpoint's tensors under the given metadata."""
+    save_model(str(path), tiny(tok), tok)
+    tensors, real = read_safetensors(str(path))
+    fields = {k: v for k, v in (real | metadata).items() if v is not None}
+    save_file(tensors, str(path), metadata=fields)
+
+
+CONFIG = dict(vocab_size=None, block_size=16, n_layer=1, n_head=2, n_embd=16)
+
+
+@pytest.mark.parametrize("metadata, message", [
+    (dict(config=None), "no 'config' in its metadata"),
+    (dict(tokenizer=None), "no 'tokenizer' in its metadata"),
+    (dict(config="{not json"), "'config' in its metadata is not JSON"),
+    (dict(config="[1, 2]"), "its config is a JSON list"),
+    (dict(config=json.dumps(CONFIG | {"vocab_size": 280, "colour": "red"})),
+     "unknown key 'colour'"),
+    (dict(config=json.dumps(CONFIG | {"vocab_size": 280, "n_layer": "1"})), "n_layer is '1'"),
+    (dict(config=json.dumps(CONFIG | {"vocab_size": 280, "n_layer": 0})), "at least 1"),
+    (dict(config=json.dumps({k: v for k, v in CONFIG.items() if k != "vocab_size"})), "vocab_size"),
+    (dict(tokenizer='{"kind": "bpe"}'), "tokenizer metadata is not valid"),
+])
+def test_malformed_model_files_name_the_file(tmp_path, tok, metadata, message):
+    path = tmp_path / "m.safetensors"
+    write_model_file(path, tok, **metadata)
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        load_model(str(path))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_metadata_elsewhere_names_the_file(tmp_path, tok):
+    path = tmp_path / "m.safetensors"
+    write_model_file(path, tok, step="{")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the 'step' in its metadata")):
+        read_metadata(str(path))
+    model = tiny(tok)
+    opt = torch.optim.AdamW(model.parameters())
+    state = tmp_path / "s.safetensors"
+    save_train_state(str(state), model, opt, 3)
+    tensors, metadata = read_safetensors(str(state))
+    save_file(tensors, str(state), metadata={k: v for k, v in metadata.items() if k != "meta"})
+    with pytest.raises(ValueError, match=re.escape(f"{state} is not a complete training state")):
+        load_train_state(str(state), model, opt)
+
+
+def test_hf_gpt2_files_are_checked_before_any_download(tmp_path, monkeypatch):
+    def offline(name):
+        raise AssertionError("went for GPT-2's tokenizer before checking the weights")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    missing = str(tmp_path / "nonexistent.safetensors")
+    message = f"no GPT-2 model.safetensors at {missing}"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        load_hf_gpt2(missing)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all" * 10)
+    with pytest.raises(ValueError, match=re.escape(f"{garbage} is not a readable GPT-2")):
+        load_hf_gpt2(str(garbage))
+    (tmp_path / "config.json").write_text("[1]")
+    save_file(hf_gpt2_tensors(), str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="config.json is not a config.json"):
+        load_hf_gpt2(str(tmp_path))

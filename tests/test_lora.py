@@ -1,15 +1,20 @@
 """LoRA: a fresh adapter changes nothing, merge is exact, only the adapter trains, adapter files round-trip
 and refuse a foreign base, the KV cache and generate() still agree, rsLoRA's scale, MLP targets."""
 
+import json
+import re
+
 import pytest
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from conftest import FP32
-from nanolevels.checkpoint import load_model, save_model
-from nanolevels.lora import (DEFAULT_TARGETS, LoRALinear, add_lora, base_fingerprint, load_adapter, lora_layers,
-                             lora_param_count, lora_state_dict, merge_lora, remove_lora, save_adapter,
-                             set_lora_enabled, unmerge_lora)
+from nanolevels.checkpoint import load_model, read_safetensors, save_model
+from nanolevels.lora import (DEFAULT_TARGETS, LoRALinear, add_lora, base_fingerprint, load_adapter,
+                             lora_layers, lora_param_count, lora_state_dict, merge_lora,
+                             remove_lora, save_adapter, save_peft_adapter, set_lora_enabled,
+                             unmerge_lora)
 from nanolevels.model import GPT, GPTConfig
 from nanolevels.tokenizer import Tokenizer
 
@@ -201,3 +206,41 @@ def test_mlp_targets():
     assert (unmerged - logits(base, x)).abs().max() > 1e-3
     merge_lora(model)
     torch.testing.assert_close(logits(model, x), unmerged, **FP32)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("base_fingerprint", None, "no 'base_fingerprint' in its metadata"),
+    ("targets", None, "no 'targets' in its metadata"),
+    ("r", "{oops", "the 'r' in its metadata is not JSON"),
+    ("r", '"4"', "the adapter's r is '4'"),
+])
+def test_malformed_adapter_files_name_the_file(tmp_path, trained, key, value, message):
+    _, model = trained
+    path = tmp_path / "a.safetensors"
+    save_adapter(str(path), model)
+    tensors, metadata = read_safetensors(str(path))
+    metadata = {k: v for k, v in (metadata | {key: value}).items() if v is not None}
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        load_adapter(str(path), tiny_gpt())
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_save_peft_adapter(tmp_path, trained):
+    _, model = trained
+    paths = save_peft_adapter(str(tmp_path / "adapter"), model)
+    config = json.loads(open(paths[0]).read())
+    assert (config["peft_type"], config["r"], config["lora_alpha"], config["fan_in_fan_out"]) == (
+        "LORA", 4, 8.0, True)
+    assert config["target_modules"] == list(lora_layers(model))
+    tensors, _ = read_safetensors(paths[1])
+    name = "base_model.model.transformer.h.0.attn.c_attn"
+    assert torch.equal(tensors[f"{name}.lora_A.weight"],
+                       lora_state_dict(model)["transformer.h.0.attn.c_attn.lora_A"])
+    assert tensors[f"{name}.lora_B.weight"].shape == (3 * C, 4)  # (out, r), as peft's nn.Linear
+    merge_lora(model)
+    with pytest.raises(ValueError, match="unmerge_lora"):
+        save_peft_adapter(str(tmp_path / "adapter"), model)
+    unmerge_lora(model)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        save_peft_adapter(str(tmp_path / "adapter"), tiny_gpt())

@@ -315,3 +315,30 @@ def test_download_gpt2_offline_is_a_connection_error_and_leaves_nothing(tmp_path
     assert os.listdir(tmp_path / "gpt2") == []
     save_file(hf_gpt2_tensors(), str(tmp_path / "gpt2" / "model.safetensors"))  # already there: no download
     assert download_gpt2(str(tmp_path / "gpt2")) == str(tmp_path / "gpt2" / "model.safetensors")
+
+
+def test_to_hf_gpt2_is_the_inverse_of_from_hf_gpt2(tmp_path):
+    tensors = hf_gpt2_tensors(prefix="transformer.")
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    exported = GPT.from_hf_gpt2(str(tmp_path / "model.safetensors")).to_hf_gpt2()
+    weights = {n: t for n, t in tensors.items()
+               if not n.endswith((".attn.bias", ".attn.masked_bias"))}
+    assert exported.keys() == weights.keys()  # the save_pretrained names; lm_head is tied, left out
+    assert all(torch.equal(exported[n], t) for n, t in weights.items())  # Conv1D (in, out) again
+
+
+def test_from_hf_gpt2_reads_n_head_from_config_json(tmp_path):
+    save_file(hf_gpt2_tensors(n_embd=32), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_head": 8}')
+    assert GPT.from_hf_gpt2(str(tmp_path / "model.safetensors")).config.n_head == 8
+    (tmp_path / "config.json").write_text('{"n_head": "8"}')
+    with pytest.raises(ValueError, match="n_head is '8'"):
+        GPT.from_hf_gpt2(str(tmp_path / "model.safetensors"))
+
+
+def test_from_hf_gpt2_names_a_missing_or_damaged_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no GPT-2 model.safetensors at .*none.safetensors"):
+        GPT.from_hf_gpt2(str(tmp_path / "none.safetensors"))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="bad.safetensors is not a readable GPT-2"):
+        GPT.from_hf_gpt2(str(tmp_path / "bad.safetensors"))

@@ -8,7 +8,7 @@ import pytest
 import regex
 import tiktoken
 
-from nanolevels.tokenizer import EOT, SPLIT_PATTERN, Tokenizer, merge
+from nanolevels.tokenizer import EOT, GPT2_PATTERN, SPLIT_PATTERN, Tokenizer, byte_chars, merge
 
 
 def biographies(num_sentences, seed=0):
@@ -186,8 +186,91 @@ def test_gpt2_wraps_a_tiktoken_encoding(tok, monkeypatch):
     # no network: hand gpt2() a local tiktoken encoding in place of the downloaded one
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: tok.enc)
     g = Tokenizer.gpt2()
-    assert g.to_dict() == {"kind": "gpt2"}
-    assert Tokenizer.from_dict({"kind": "gpt2"}).eot_id == g.eot_id == tok.eot_id
     text = f"{biographies(20)}{EOT}日本"
     assert g.encode(text, "all") == g.encode_reference(text, "all") == tok.encode(text, "all")
     assert g.decode(g.encode(text)) == text
+    # its tokens travel in to_dict (a checkpoint's metadata): read back, it needs no network
+    d = json.loads(json.dumps(g.to_dict()))
+    assert d["kind"] == "ranks" and len(d["tokens"]) == len(tok.ranks)
+
+    def offline(name):
+        raise AssertionError("from_dict went to the network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    g2 = Tokenizer.from_dict(d)
+    assert g2.encode(text, "all") == g.encode(text, "all") and g2.eot_id == tok.eot_id
+
+
+def test_a_bare_gpt2_kind_is_refused_not_fetched(monkeypatch):
+    def offline(name):
+        raise AssertionError("from_dict went to the network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(ValueError, match="not stored"):
+        Tokenizer.from_dict({"kind": "gpt2"})
+
+
+@pytest.mark.parametrize("d", [{"kind": "bpe"}, {"kind": "bpe", "merges": 3, "pattern": "x",
+                                                 "special_tokens": {}},
+                               {"kind": "ranks", "tokens": ["@@"], "pattern": "x",
+                                "special_tokens": {}}, [1, 2], {"kind": "sentencepiece"}])
+def test_from_dict_raises_value_errors_only(d):
+    with pytest.raises(ValueError):
+        Tokenizer.from_dict(d)
+
+
+# ---- Hugging Face's tokenizer.json ----
+
+def test_byte_chars_is_gpt2s_map():
+    chars = byte_chars()
+    assert len(set(chars.values())) == 256
+    assert (chars[ord(" ")], chars[ord("\n")], chars[ord("A")], chars[0xFF]) == ("Ġ", "Ċ", "A", "ÿ")
+
+
+def test_hf_round_trip(tok, tmp_path):
+    d = json.loads(json.dumps(tok.to_hf()))
+    assert d["model"]["vocab"]["Ġ"] == ord(" ") and len(d["model"]["merges"]) == len(tok.merges)
+    back = Tokenizer.from_hf(d)
+    assert back.merges == tok.merges and back.special_tokens == tok.special_tokens
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(d))
+    text = biographies(30, seed=4) + EOT + "日本 🍣\n\n  x"
+    assert Tokenizer.load(path).encode(text, "all") == tok.encode(text, "all")
+    path.write_text(json.dumps(d | {"pre_tokenizer": {"type": "Whitespace"}}))
+    with pytest.raises(ValueError, match="not a valid tokenizer file"):
+        Tokenizer.load(path)
+
+
+def gpt2_layout(tok):
+    """tok's vocabulary laid out as GPT-2's tokenizer.json is: ByteLevel with its own regex, and
+    the 256 bytes numbered in the byte map's order, not by value."""
+    chars = byte_chars()
+    order = sorted(range(256), key=lambda b: ord(chars[b]))  # "!" first, as in GPT-2's vocab
+    new_id = {b: i for i, b in enumerate(order)} | {i: i for i in range(256, tok.vocab_size)}
+    d = Tokenizer(tok.merges, tok.special_tokens, GPT2_PATTERN).to_hf()
+    d["model"]["vocab"] = {s: new_id[i] for s, i in d["model"]["vocab"].items()}
+    d["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                          "use_regex": True}
+    return d, new_id
+
+
+def test_from_hf_reads_gpt2s_layout(tok):
+    d, new_id = gpt2_layout(tok)
+    g = Tokenizer.from_hf(d)
+    assert g.merges is None and g.pattern == GPT2_PATTERN  # ids not bytes-then-merges: ranks
+    text = biographies(30, seed=5) + "\n\nHE'LL 12345"
+    same_split = Tokenizer(tok.merges, tok.special_tokens, GPT2_PATTERN)
+    assert g.encode(text) == [new_id[i] for i in same_split.encode(text)]
+    assert g.decode(g.encode(text)) == text
+
+
+def test_the_tokenizers_library_encodes_like_us(tok):
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_str(json.dumps(tok.to_hf()))
+    rng = random.Random(0)
+    texts = [biographies(100, seed=6), "a\n\n b  c\r\n\t d  ", "HE'LL 12345 it's", EOT + "x"]
+    texts += [random_text(rng, 200) for _ in range(20)]
+    for text in texts:
+        assert hf.encode(text).ids == tok.encode(text, "all"), repr(text)
+        assert hf.decode(hf.encode(text).ids, skip_special_tokens=False) == text
+    d, new_id = gpt2_layout(tok)  # and GPT-2's layout read by from_hf, as tokenizers runs it
+    g = tokenizers.Tokenizer.from_str(json.dumps(d))
+    assert g.encode(texts[0]).ids == Tokenizer.from_hf(d).encode(texts[0])
