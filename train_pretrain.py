@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from nanolevels import cli, data, provenance
-from nanolevels.checkpoint import load_model, save_model
+from nanolevels.checkpoint import load_hf_gpt2, load_model, save_model
 from nanolevels.device import pick_dtype, seed_everything
 from nanolevels.evaluate import cloze_accuracy, eval_rag, report_row
 from nanolevels.files import shown, write_json
@@ -48,10 +48,11 @@ def parse_args(argv):
                         "or this, such an --out is refused)")
     p.add_argument("--init", default="scratch",
                    help="scratch: random weights; gpt2: download GPT-2 (124M) weights (needs the "
-                        "internet; far too big for a CPU); or the path of a GPT-2 "
-                        "model.safetensors you have (Hugging Face layout). Both use GPT-2's "
-                        "tokenizer, which tiktoken downloads once and keeps in its cache "
-                        "(TIKTOKEN_CACHE_DIR) (default: scratch)")
+                        "internet; far too big for a CPU); or the path of a GPT-2 model folder or "
+                        "model.safetensors you have (Hugging Face layout, e.g. from export.py), "
+                        "with the tokenizer.json beside it, else GPT-2's tokenizer, which "
+                        "tiktoken downloads once and keeps in its cache (TIKTOKEN_CACHE_DIR) "
+                        "(default: scratch)")
     p.add_argument("--vocab-size", type=int, default=2048,
                    help="the largest BPE vocabulary trained for --data (default: 2048)")
     g = p.add_argument_group("model")
@@ -77,9 +78,10 @@ def parse_args(argv):
     cli.add_device_flags(p)  # --device --threads --dtype
     args = p.parse_args(argv)
     args.given = p.given(argv)  # --resume refuses a size flag that contradicts the saved run
-    if args.init not in ("scratch", "gpt2") and not args.init.endswith(".safetensors"):
-        raise ValueError(f"--init takes scratch, gpt2 or a GPT-2 model.safetensors path, "
-                         f"got {args.init!r}")
+    if not (args.init in ("scratch", "gpt2") or args.init.endswith(".safetensors")
+            or os.path.isdir(args.init)):
+        raise ValueError(f"--init takes scratch, gpt2, a GPT-2 model folder or a model.safetensors "
+                         f"path, got {args.init!r}")
     if not args.stop_cloze > 0:  # NaN is not above 0 either
         raise ValueError(f"--stop-cloze must be above 0 (above 1 turns the dev check off), "
                          f"got {args.stop_cloze}")
@@ -96,10 +98,9 @@ def prepare_data(args, ddp, log) -> str:
     others wait."""
     data_dir = args.world if args.data is None else os.path.join(args.out, "data")
     if ddp.is_main:
-        if args.init != "scratch" and not args.resume:
-            if args.init == "gpt2":
-                download_gpt2(os.path.join(args.out, "gpt2"))  # once, here: the other ranks read it
-            Tokenizer.gpt2()  # fills tiktoken's cache
+        if args.init == "gpt2" and not args.resume:  # once, here: the other ranks read them
+            download_gpt2(os.path.join(args.out, "gpt2"))
+            Tokenizer.gpt2()  # into tiktoken's cache
         prepared = os.path.exists(os.path.join(data_dir, "meta.json"))
         if args.data is not None and args.resume and prepared:
             log(f"resuming on the text prepared in {data_dir} (not re-reading {args.data})")
@@ -129,9 +130,8 @@ def make_model(args, cfg, data_dir, model_path):
                                  f"({key} {getattr(model.config, key)}); resume without it, or "
                                  f"start again with --overwrite")
     elif args.init != "scratch":
-        tokenizer = Tokenizer.gpt2()
         init = download_gpt2(os.path.join(args.out, "gpt2")) if args.init == "gpt2" else args.init
-        model = GPT.from_hf_gpt2(init)
+        model, tokenizer = load_hf_gpt2(init)  # the weights first, then tokenizer.json or GPT-2's
     else:
         tokenizer = None  # the data folder's own
     tokenizer, train_tokens, val_tokens = data.load_pretraining_data(data_dir, tokenizer)

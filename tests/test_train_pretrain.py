@@ -155,7 +155,7 @@ def test_init_from_a_local_gpt2_file(world, tmp_path, monkeypatch):
     assert json.load(open(os.path.join(out, "metrics.json")))["params"] > 0
     assert not os.path.exists(os.path.join(out, "gpt2"))  # nothing downloaded
     r = pretrain("--world", world, "--out", out, "--init", "gpt3")
-    assert r.returncode == 2 and "--init takes scratch, gpt2 or a GPT-2 model.safetensors path" in r.stderr
+    assert r.returncode == 2 and "--init takes scratch, gpt2, a GPT-2 model folder" in r.stderr
 
 
 def test_a_run_is_never_replaced_silently(world, tmp_path, run_main):
@@ -266,3 +266,13 @@ def test_stops_when_both_dev_checks_pass(world, tmp_path, monkeypatch, capsys):
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["steps"] == 4 and m["stopped"] == "dev cloze 1.000 >= 0.97 and dev-new reading 0.300 >= 0.25"
     assert "dev-new people's questions answered from retrieved biographies 0.100 (stop at 0.25)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: str(tmp / "none.safetensors"), "no GPT-2 model.safetensors at"),
+    (lambda tmp: (tmp / "garbage.safetensors").write_bytes(b"garbage") and str(tmp / "garbage.safetensors"),
+     "is not a readable GPT-2 model.safetensors"),
+])
+def test_init_from_a_missing_or_garbage_file_says_so_without_the_network(world, tmp_path, make, message):
+    r = pretrain("--world", world, "--out", str(tmp_path / "run"), "--init", make(tmp_path), *TINY)
+    assert r.returncode == 2 and message in r.stderr and "download" not in r.stderr, r.stderr
