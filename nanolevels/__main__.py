@@ -6,6 +6,7 @@
     python -m nanolevels --seed 7   # another world and other training seeds (see bench/seeds.py)
     python -m nanolevels --device cuda --dtype bfloat16   # the training steps under bf16 autocast
     python -m nanolevels --out out/big --world-args "--people 2000" --pretrain-args "--n-layer 8"
+    python -m nanolevels --ask "What is the birth city of Liesl Sage Keswick?"   # every level's
 
 Each step is a level script, run as its own process with the command it prints. A step is reused
 when it ran before with the same arguments and nothing it read, made or runs has changed since
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from nanolevels import cli, provenance
+from nanolevels.ask import ask_every_level
 from nanolevels.device import DTYPES, peak_rss_mb, pick_device
 from nanolevels.files import atomic_write, read_json, read_jsonl, shown, write_json
 from nanolevels.report import KEPT_DIR, judge, loss_svg, markdown, report_svg
@@ -51,6 +53,10 @@ def parse_args(argv):
                         "--world-args)")
     p.add_argument("--fresh", action="store_true",
                    help="redo every step, even those whose outputs are current")
+    p.add_argument("--ask", default=None, metavar="QUESTION",
+                   help="put one question to every method of the finished run in --out that can "
+                        "answer it, side by side: its answer, what it read, what it trained and "
+                        "what it cost (runs no step)")
     p.add_argument("--tiny", action="store_true",
                    help="toy sizes: checks the whole pipeline in seconds")
     p.add_argument("--seed", type=int, default=None,
@@ -244,8 +250,27 @@ def build_report(args, steps: list[Step], records: dict) -> dict:
             "targets": {} if args.tiny else judge(rows, extra["retrieval"]), **extra}
 
 
+def print_answers(result: dict) -> None:
+    """ask_every_level's table: one line per method."""
+    base = result["base"]
+    print(f"Q: {result['question']}  ({result['kind']} question; the right answer: "
+          f"{result['truth']})\nEvery method starts from the pretrained model ({base['params']:,} "
+          f"params, pretrained in {format_eta(base['step_s'])}); trained: what it adds.\n")
+    print(f"{'level':<7}{'method':<18}{'answer':<28}{'read':<44}trained; cost")
+    for r in result["rows"]:
+        trained = "nothing"
+        if r["trainable_params"]:
+            trained = (f"{r['trainable_params']:,} params in step {r['step']} "
+                       f"({format_eta(r['step_s'])})")
+        said = f"{r['answer'] or '(nothing)'} {'✓' if r['right'] else '✗'}"
+        print(f"{r['level']:<7}{r['method']:<18}{said[:27]:<28}{r['read'][:43]:<44}{trained}; "
+              f"{r['answer_s']:.2f}s to answer")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.ask is not None:
+        return print_answers(ask_every_level(args.ask, args.out, args.world))
     steps = plan(args)
     report = build_report(args, steps, run_steps(args, steps))
     # the kept seeds table was measured at the default sizes: its ranges say nothing about a run at

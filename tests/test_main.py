@@ -157,6 +157,29 @@ def test_an_edit_reruns_exactly_the_steps_whose_code_imports_it(tiny_pipeline, t
     assert rows["after"]["lora-qa"]["fingerprints"]["adapter"] != rows["before"]["lora-qa"]["fingerprints"]["adapter"]
 
 
+
+def test_ask_puts_one_question_to_every_level(tiny_pipeline, capsys):
+    """--ask: a one-hop, a two-hop and a global question, each to the methods that can answer it."""
+    out, world = tiny_pipeline["out"], tiny_pipeline["world"]
+    first = {name: json.loads(open(os.path.join(world, f"{name}.jsonl")).readline())
+             for name in ("qa_test", "qa2_new", "people")}
+    questions = {"one-hop": first["qa_test"]["question"], "two-hop": first["qa2_new"]["question"],
+                 "global": f"How many people worked for {first['people']['employer']}?"}
+    expected = {"one-hop": ["zero-shot", "prompt-program", "rag-base", "lora-qa", "full-ft-qa", "lora-rag-qa"],
+                "two-hop": ["closed-book-2hop", "rag-2hop", "agentic-rag"],
+                "global": ["chunk-rag-global", "graph-rag-global"]}
+    for kind, question in questions.items():
+        orchestrate(["--tiny", "--out", out, "--world", world, "--ask", question])
+        printed = capsys.readouterr().out
+        assert f"({kind} question; the right answer: " in printed and "reusing" not in printed
+        lines = [line.split() for line in printed.splitlines() if line[:1].isdigit()]
+        assert [line[1] for line in lines] == expected[kind], printed
+        if kind != "global":
+            truth = first["qa_test" if kind == "one-hop" else "qa2_new"]["answer"]
+            assert f"the right answer: {truth})" in printed
+    with pytest.raises(ValueError, match="ask about a person of the world"):
+        orchestrate(["--out", out, "--world", world, "--ask", "What is love?"])
+
 def test_extra_flags_reach_their_steps():
     from nanolevels.__main__ import parse_args, plan
     args = parse_args(["--world-args", "--people 40", "--pretrain-args", "--n-layer 2 --n-embd 64",
