@@ -58,7 +58,7 @@ def run_agent(generate, search, questions: list[str], block_tokens: int, count_t
               max_hops: int = MAX_HOPS, on_text=None) -> list[Trace]:
     """Run the loop for every question at once; return the traces.
 
-    generate(prompts) -> continuations (at least LINE_TOKENS tokens of each; greedy),
+    generate(prompts) -> greedy continuations (LINE_TOKENS tokens, or up to the line it reads),
     search(query) -> the documents (dicts with "text") to insert, count_tokens(text) -> its length
     in tokens. on_text(i, text, source) sees every piece of question i's trace as it is added,
     source "question", "model" or "retrieved" (rag.py --agentic streams them line by line)."""
@@ -109,9 +109,11 @@ def retriever(index, embedder, k: int):
 
 def run_model_agent(model, tokenizer, questions: list[str], search, on_text=None) -> list[Trace]:
     """run_agent with the model's greedy continuations (each prompt starts with <|endoftext|>, see
-    complete)."""
-    return run_agent(lambda prompts: complete(model, tokenizer, prompts, LINE_TOKENS, stops=()),
-                     search, questions, model.config.block_size - 1,
+    complete), each ended once it holds a follow-up or final-answer line: all the loop reads."""
+    def generate(prompts):
+        return complete(model, tokenizer, prompts, LINE_TOKENS, stops=(),
+                        until=lambda text: model_lines(text)[1] is not None)
+    return run_agent(generate, search, questions, model.config.block_size - 1,
                      lambda text: len(tokenizer.encode(text)), on_text=on_text)
 
 

@@ -28,7 +28,8 @@ def paths(out: str) -> dict:
             "full": os.path.join(out, "full", "qa", "model.safetensors"),
             "reader": os.path.join(out, "lora", "rag-qa", "adapter.safetensors"),
             "agent": os.path.join(out, "lora", "agent", "adapter.safetensors"),
-            "rag": os.path.join(out, "rag"), "graph": os.path.join(out, "rag", "graph", "graph.json"),
+            "rag": os.path.join(out, "rag"),
+            "graph": os.path.join(out, "rag", "graph", "graph.json"),
             "report": os.path.join(out, "report.json")}
 
 

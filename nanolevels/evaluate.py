@@ -27,8 +27,10 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 @torch.no_grad()
 def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_TOKENS,
-             stops=("\n",), batch_size: int = 64) -> list[str]:
-    """Greedy completion of each prompt, cut at the first stop string (or <|endoftext|>)."""
+             stops=("\n",), batch_size: int = 64, until=None) -> list[str]:
+    """Greedy completion of each prompt, cut at the first stop string (or <|endoftext|>). A batch
+    stops generating once every row is done: its text holds a stop string, or until(text) says so
+    (the agent's line), so what comes back is what the full max_new_tokens would give."""
     model.eval()
     device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
@@ -36,11 +38,23 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = ANSWER_
     for i, ids in enumerate(encoded):
         by_length[len(ids)].append(i)
     out = [""] * len(prompts)
-    for length, rows in by_length.items():
+
+    def done(ids) -> bool:
+        text = tokenizer.decode(ids)
+        return (tokenizer.eot_id in ids or any(s in text for s in stops)
+                or (until is not None and until(text)))
+    for rows in by_length.values():
         for b in range(0, len(rows), batch_size):
             chunk = rows[b:b + batch_size]
+            new = [[] for _ in chunk]
+            finished = [False] * len(chunk)
             idx = torch.tensor([encoded[i] for i in chunk], device=device)
-            new = model.generate(idx, max_new_tokens, temperature=0)[:, length:].tolist()
+            for step in model.generate_steps(idx, max_new_tokens, temperature=0):
+                for j, token in enumerate(step[:, 0].tolist()):
+                    new[j].append(token)
+                    finished[j] = finished[j] or done(new[j])
+                if all(finished):
+                    break
             for i, ids in zip(chunk, new):
                 if tokenizer.eot_id in ids:
                     ids = ids[:ids.index(tokenizer.eot_id)]

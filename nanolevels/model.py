@@ -282,9 +282,10 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def _generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens,
-                         use_cache, generator):
-        """Yield each sequence's next token, (B, 1), max_new_tokens times: generate()'s loop."""
+    def generate_steps(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                       stop_tokens=(), use_cache=True, generator=None):
+        """Yield each sequence's next token, (B, 1), up to max_new_tokens times: generate()'s loop,
+        for a caller that decides when a batch is done (evaluate.complete stops at the answer)."""
         check_sampling(temperature, top_k, top_p)
         cache = None
         for _ in range(max_new_tokens):
@@ -310,8 +311,8 @@ class GPT(nn.Module):
         if idx.size(0) != 1:
             raise ValueError("generate_stream takes one sequence (batch size 1), "
                              f"got {idx.size(0)}: use generate() for a batch")
-        for token in self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p,
-                                           stop_tokens, use_cache, generator):
+        for token in self.generate_steps(idx, max_new_tokens, temperature, top_k, top_p,
+                                         stop_tokens, use_cache, generator):
             yield token.item()
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
@@ -324,8 +325,8 @@ class GPT(nn.Module):
         early. Sequences may grow past block_size: the model then sees their last block_size tokens.
         Put the model in eval() mode first, or dropout samples too.
         """
-        new_tokens = self._generate_tokens(idx, max_new_tokens, temperature, top_k, top_p,
-                                           stop_tokens, use_cache, generator)
+        new_tokens = self.generate_steps(idx, max_new_tokens, temperature, top_k, top_p,
+                                         stop_tokens, use_cache, generator)
         return torch.cat([idx, *new_tokens], dim=1)
 
     @classmethod
