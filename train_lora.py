@@ -81,11 +81,12 @@ def agent_check(model, tokenizer, heldout, index):
                       f"ended: {ended}")
 
 
-def closed_book_scores(model, tokenizer, heldout, index, args, row, log):
-    """Closed book (no documents in the prompt) on every split: (acc, example, extra metrics, report
+def closed_book_scores(model, tokenizer, heldout, index, args, row, log,
+                       splits=("train", "dev", "test", "new")):
+    """Closed book (no documents in the prompt) on the splits: (acc, example, extra metrics, report
     rows)."""
     acc, example = {}, {}
-    for split in ("train", "dev", "test", "new"):
+    for split in splits:
         r = eval_qa(model, tokenizer, heldout[split], lambda q: qa_prompt(q["question"]))
         acc[split], example[split] = r["acc"], r["example"]
     return acc, example, {}, [row("qa", 3, "one-hop", acc, example)]
@@ -93,9 +94,10 @@ def closed_book_scores(model, tokenizer, heldout, index, args, row, log):
 
 def reading_scores(model, tokenizer, heldout, index, args, row, log):
     """Closed book, then with retrieval; the two-hop questions without the agent's loop (agent.py).
-    """
-    acc, example, _, _ = closed_book_scores(model, tokenizer, heldout, index, args, row, log)
-    for split in ("dev-new", "test", "new"):
+    The dev splits are left out: the dev check scored them, at the step training stopped."""
+    acc, example, _, _ = closed_book_scores(model, tokenizer, heldout, index, args, row, log,
+                                            ("test", "new"))
+    for split in ("test", "new"):
         r = eval_rag(model, tokenizer, *index, heldout[split], k=2, log=log)
         acc[f"{split}_rag"], example[f"{split}_rag"] = r["acc"], r["example"]
     two_hop_questions = data.load_questions(args.world, "test", "new", hops=2)
@@ -113,21 +115,20 @@ def reading_scores(model, tokenizer, heldout, index, args, row, log):
 
 
 def agent_scores(model, tokenizer, heldout, index, args, row, log):
-    """The agent's loop on the two-hop questions, with retrieval and (its closed-book baseline)
-    without."""
+    """The agent's loop on the test and new people's two-hop questions; on the new people's also
+    its compositionality gap and, as its closed-book baseline, the loop with retrieval off."""
     acc, agentic = {}, {}
-    for split in ("dev-new", "test", "new"):
-        questions = heldout[split]
-        search = retriever(*index, k=1)
-        r = evaluate_agent(model, tokenizer, search, questions, gap=split != "dev-new")
-        no_retrieval = evaluate_agent(model, tokenizer, lambda query: [], questions)
-        r["closed_book"] = no_retrieval["acc"]
+    for split in ("test", "new"):
+        questions, reported = heldout[split], split == "new"
+        r = evaluate_agent(model, tokenizer, retriever(*index, k=1), questions, gap=reported)
+        if reported:
+            r["closed_book"] = evaluate_agent(model, tokenizer, lambda query: [], questions)["acc"]
         acc[split], agentic[split] = r["acc"], r
         log(f"agentic {split}: exact match {r['acc']:.3f}, {r['calls']:.2f} retrievals each, both "
             f"documents found {r['recall_both']:.3f}, ended: "
             + ", ".join(f"{why} {n}" for why, n in r["ended"].items())
-            + (f"; compositionality gap {r['gap']:.3f}" if "gap" in r else "")
-            + f"; retrieval off {r['closed_book']:.3f}")
+            + (f"; compositionality gap {r['gap']:.3f}; retrieval off {r['closed_book']:.3f}"
+               if reported else ""))
     rows = [row("agentic-rag", 2, "two-hop", acc, calls_test=agentic["test"]["calls"],
                 calls_new=agentic["new"]["calls"])]
     report = {"agentic": {s: agentic[s] for s in ("test", "new")}}
