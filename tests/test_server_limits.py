@@ -196,12 +196,12 @@ def test_the_handler_pool_is_bounded_and_a_crowd_gets_503s(fresh):
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Le")
         idle.append(sock)
     try:
-        time.sleep(0.5)  # let the server accept them all
+        # 4 are being read and up to 4 wait for a handler; the others get a 503 at once, unread
+        wait_for(lambda: s.server.http["other", "other", "503"] >= 40 - 8)
         assert threading.active_count() - before <= 1  # no thread per connection
-        # 4 are being read and up to 4 wait for a handler; the others got a 503 at once, unread
         refused = 0
         for sock in idle:
-            sock.settimeout(0.2)
+            sock.settimeout(0.5)
             try:
                 refused += sock.recv(4096).startswith(b"HTTP/1.0 503")
             except TimeoutError:  # held: read by a handler, or waiting for one
@@ -290,12 +290,12 @@ def open_stream(host, port, body):
 
 
 def test_drain_finishes_short_streams_and_ends_long_ones_with_a_last_event(fresh, monkeypatch):
-    slow_decode(monkeypatch, 0.05)
+    slow_decode(monkeypatch, 0.1)  # a long stream takes 6 s, a short one 0.4 s
     s = fresh(slots=4)
     long = [open_stream(s.host, s.port, {"prompt": "Ada", "max_tokens": 60, "ignore_eos": True})
             for _ in range(2)]
     short = open_stream(s.host, s.port, {"prompt": "Ada", "max_tokens": 4, "ignore_eos": True})
-    drain = threading.Thread(target=s.server.drain, args=(1.0,))
+    drain = threading.Thread(target=s.server.drain, args=(2.0,))
     drain.start()
     ends = []
     for sock, f in [*long, short]:
