@@ -129,7 +129,8 @@ def metric(port: int, name: str) -> float:
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    return float(re.search(rf'^{name}{{model_name="nanolevels"}} (\S+)$', text, re.MULTILINE).group(1))
+    line = re.search(rf'^{name}{{model_name="nanolevels"}} (\S+)$', text, re.MULTILINE)
+    return float(line.group(1))
 
 
 def run(quick: bool = False, checkpoint_path: str | None = None, threads: int = 1) -> dict:

@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from test_serve import ROOT, Running, adapter, serve_args, server, slow_decode, wait_for  # noqa: F401
+from test_serve import (ROOT, Running, adapter, serve_args, server,  # noqa: F401
+                        slow_decode, wait_for)
 
 import serve
 from nanolevels.checkpoint import load_model
