@@ -7,6 +7,7 @@ through the model's own attention. No paged memory: one slot (cache rows) per ru
 References: vLLM (arXiv 2309.06180), GeeeekExplorer/nano-vllm, karpathy/nanochat's engine.py.
 """
 
+import bisect
 import codecs
 import queue
 import random
@@ -21,7 +22,10 @@ import torch
 from nanolevels.model import GREEDY_BELOW, check_sampling, sampling_probs
 
 POLICIES = ("continuous", "static", "one")  # bench/bench_serve.py compares them on one engine
+MAX_LOGPROBS = 5  # rivals per token, as OpenAI's completions API allows
 RATE_WINDOW_S = 10.0  # /stats reports tokens/s over this many recent seconds
+# /metrics' histogram bounds in seconds: a tiny model's token takes milliseconds, a queue seconds
+BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -34,6 +38,30 @@ class Request:
     stop: tuple = ()            # stop strings: the text ends right before the first one to appear
     ignore_eos: bool = False    # go on past <|endoftext|> (a benchmark's way to fix output lengths)
     seed: int = 0               # its own random numbers: batch mates never change its draws
+    logprobs: int | None = None  # also each new token's log-probability and its k likeliest rivals'
+    prompt_logprobs: bool = False  # also those of every prompt token after the first (echo)
+
+
+class Stopped(Exception):
+    """The engine is stopping (the server drains): it takes no new request."""
+
+
+class Histogram:
+    """Observations counted per bucket (the last one: above every bound), for /metrics."""
+
+    def __init__(self, bounds=BUCKETS_S):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, x: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, x)] += 1  # the first bound >= x
+        self.sum += x
+
+    def copy(self) -> "Histogram":
+        h = Histogram(self.bounds)
+        h.counts, h.sum = list(self.counts), self.sum
+        return h
 
 
 def check_request(r: Request, block_size: int) -> None:
@@ -43,11 +71,13 @@ def check_request(r: Request, block_size: int) -> None:
     if len(r.prompt) > block_size:
         raise ValueError(f"the prompt is {len(r.prompt)} tokens; the model reads at most "
                          f"{block_size}: shorten it")
-    if not 1 <= r.max_tokens <= block_size:
-        raise ValueError(f"max_tokens must be between 1 and {block_size}, got {r.max_tokens}")
+    if not 0 <= r.max_tokens <= block_size:  # 0: only the prompt's log-probabilities (echo)
+        raise ValueError(f"max_tokens must be between 0 and {block_size}, got {r.max_tokens}")
     check_sampling(r.temperature, r.top_k, r.top_p)
     if len(r.stop) > 4 or any(not s for s in r.stop):
         raise ValueError(f"stop must be at most 4 non-empty strings, got {list(r.stop)}")
+    if r.logprobs is not None and not 0 <= r.logprobs <= MAX_LOGPROBS:
+        raise ValueError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {r.logprobs}")
 
 
 def held_back(text: str, stops) -> int:
@@ -60,7 +90,7 @@ def held_back(text: str, stops) -> int:
 class Sequence:
     """One request in the engine: its slot and position, its random numbers, its queue of tokens."""
 
-    def __init__(self, request: Request):
+    def __init__(self, request: Request, out: queue.Queue | None = None):
         self.request = request
         self.rng = random.Random(request.seed)  # this request's own random numbers for sampling
         # a UTF-8 character split across tokens waits for its last byte
@@ -72,15 +102,21 @@ class Sequence:
         self.length = 0              # tokens in the cache: the position the next fed token goes to
         self.finish_reason = None    # "stop", "length", "cancelled" or "error", once finished
         self.cancelled = False       # set when the client left; the engine acts at its next step
-        self.out = queue.Queue()     # (token, text) per new token, then None
+        self.prompt_logprobs = None  # [(log-probability, top)] of prompt[1:], set before any event
+        self.arrived = time.perf_counter()  # for the time to the first token, and between tokens
+        self.last = self.arrived
+        # events (self, token, the text it made whole, logprob or None), at the end
+        # (self, None, "", None); sequences may share one queue (the choices of one HTTP request)
+        self.out = queue.Queue() if out is None else out
 
     def cancel(self) -> None:
         self.cancelled = True
 
     def stream(self):
-        """Yield (token id, the text it made whole) as the engine produces them, until the end."""
-        while (item := self.out.get()) is not None:
-            yield item
+        """Yield (token id, the text it made whole, logprob) as the engine makes them, to the end;
+        logprob is (the token's log-probability, [(rival, its log-probability)]) or None."""
+        while (event := self.out.get())[1] is not None:
+            yield event[1:]
 
 
 def next_tokens(seqs: list, logits) -> list[int]:
@@ -103,6 +139,16 @@ def next_tokens(seqs: list, logits) -> list[int]:
         for i, token in zip(rows, picks.clamp(max=cdf.size(1) - 1)[:, 0].tolist()):
             tokens[i] = token
     return tokens
+
+
+def token_logprobs(logits, tokens: list[int], k: int) -> list[tuple]:
+    """(log-probability of tokens[i], [(token, log-probability)] of the k likeliest) per row of
+    logits (n, V): the model's own distribution, before temperature, top_k and top_p (as vLLM)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
+    top = logp.topk(k, dim=-1)  # (n, k) values and indices
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
+    return [(lp, list(zip(ids, values)))
+            for lp, ids, values in zip(chosen, top.indices.tolist(), top.values.tolist())]
 
 
 class Engine:
@@ -130,19 +176,27 @@ class Engine:
         self.log = log
         self.finished = Counter()   # finish reason -> requests
         self.tokens_out = 0         # new tokens since the start
+        self.prompt_tokens = 0      # prompt tokens prefilled since the start
         self.recent = deque()       # (time, tokens) per step over the last RATE_WINDOW_S
-        self.lock = threading.Lock()  # guards recent: stats() reads it from other threads
+        # seconds from submit() to the first token, between tokens, from submit() to the end
+        self.ttft, self.tpot, self.e2e = Histogram(), Histogram(), Histogram()
+        # guards what stats() and metrics() read from other threads, and submit() against stop()
+        self.lock = threading.Lock()
         self.started = time.perf_counter()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread = None
 
-    def submit(self, request: Request) -> Sequence:
-        """Queue a request; its Sequence streams the tokens. ValueError if the request is invalid,
-        queue.Full if max_queue requests are waiting already."""
+    def submit(self, request: Request, out: queue.Queue | None = None) -> Sequence:
+        """Queue a request; its Sequence streams the tokens (into out, if given). ValueError if the
+        request is invalid, queue.Full if max_queue requests are waiting already, Stopped if the
+        engine is stopping."""
         check_request(request, self.model.config.block_size)
-        seq = Sequence(request)
-        self.waiting.put_nowait(seq)
+        seq = Sequence(request, out)
+        with self.lock:  # stop() sets stopping under it: a request is either refused or ended
+            if self.stopping.is_set():
+                raise Stopped("the server is shutting down")
+            self.waiting.put_nowait(seq)
         self.wake.set()
         return seq
 
@@ -183,9 +237,19 @@ class Engine:
         r = seq.request
         x = self.model.hidden_states(torch.tensor([r.prompt], device=self.device),
                                      cache=view)  # (1, T, C)
-        logits = self.model.lm_head(x[:, -1])  # (1, V): only the last position's are needed
+        if r.prompt_logprobs:  # every position's logits score the token after it
+            logits = self.model.lm_head(x[0])  # (T, V)
+            seq.prompt_logprobs = token_logprobs(logits[:-1], r.prompt[1:], r.logprobs or 0)
+            logits = logits[-1:]
+        else:
+            logits = self.model.lm_head(x[:, -1])  # (1, V): only the last position's are needed
         seq.length = len(r.prompt)
-        self.emit(seq, next_tokens([seq], logits)[0])
+        self.prompt_tokens += len(r.prompt)
+        if r.max_tokens == 0:  # the prompt's log-probabilities were all it asked for
+            self.finish(seq, "length")
+            return
+        token = next_tokens([seq], logits)[0]
+        self.emit(seq, token, self.logprobs([seq], logits, [token])[0])
 
     @torch.no_grad()
     def decode(self) -> None:
@@ -205,13 +269,31 @@ class Engine:
         logits = logits[:, 0]  # (B, V)
         # emit() may finish some: they leave self.running
         batch = sorted(self.running, key=lambda seq: seq.slot)
-        for seq, token in zip(batch, next_tokens(batch, logits[[seq.slot for seq in batch]])):
+        logits = logits[[seq.slot for seq in batch]]  # (len(batch), V)
+        tokens = next_tokens(batch, logits)
+        for seq, token, logprob in zip(batch, tokens, self.logprobs(batch, logits, tokens)):
             seq.length += 1
-            self.emit(seq, token)
+            self.emit(seq, token, logprob)
 
-    def emit(self, seq: Sequence, token: int) -> None:
+    @staticmethod
+    def logprobs(seqs: list, logits, tokens: list[int]) -> list:
+        """token_logprobs() for the sequences that asked for them, None for the others."""
+        rows = [i for i, seq in enumerate(seqs) if seq.request.logprobs is not None]
+        out = [None] * len(seqs)
+        if rows:
+            k = max(seqs[i].request.logprobs for i in rows)
+            scores = token_logprobs(logits[rows], [tokens[i] for i in rows], k)
+            for i, (lp, top) in zip(rows, scores):
+                out[i] = (lp, top[:seqs[i].request.logprobs])
+        return out
+
+    def emit(self, seq: Sequence, token: int, logprob=None) -> None:
         """Hand a new token and the text it completes to the client; finish the sequence if done."""
         r = seq.request
+        now = time.perf_counter()
+        with self.lock:
+            (self.tpot if seq.tokens else self.ttft).observe(now - seq.last)
+        seq.last = now
         seq.tokens.append(token)
         self.tokens_out += 1
         eos = token == self.tokenizer.eot_id and not r.ignore_eos
@@ -229,7 +311,7 @@ class Engine:
             reason, end = "length", len(seq.text)
         else:  # text that may begin a stop string waits to see whether it does
             reason, end = None, len(seq.text) - held_back(seq.text, r.stop)
-        seq.out.put((token, seq.text[seq.sent:end]))
+        seq.out.put((seq, token, seq.text[seq.sent:end], logprob))
         seq.sent = end
         if reason is not None:
             seq.text = seq.text[:end]
@@ -242,8 +324,10 @@ class Engine:
             self.running.remove(seq)
             self.free.add(seq.slot)
             seq.slot = None
-        self.finished[reason] += 1
-        seq.out.put(None)
+        with self.lock:
+            self.finished[reason] += 1
+            self.e2e.observe(time.perf_counter() - seq.arrived)
+        seq.out.put((seq, None, "", None))
 
     def count(self, new_tokens: int) -> None:
         """Remember this step's new tokens for the tokens/s of stats()."""
@@ -259,11 +343,20 @@ class Engine:
         now = time.perf_counter()
         with self.lock:
             recent = sum(n for t, n in self.recent if t >= now - RATE_WINDOW_S)
+            finished = dict(self.finished)
         return {"policy": self.policy, "slots": self.slots, "running": len(self.running),
                 "waiting": self.waiting.qsize(),
                 "tokens_per_s": round(recent / min(RATE_WINDOW_S, now - self.started), 1),
-                "tokens": self.tokens_out, "finished": dict(self.finished),
+                "tokens": self.tokens_out, "finished": finished,
                 "cache_mb": round(self.cache.nbytes / 2**20, 1)}
+
+    def metrics(self) -> dict:
+        """What /metrics shows: load and counters now, and copies of the latency histograms."""
+        with self.lock:
+            return {"running": len(self.running), "waiting": self.waiting.qsize(),
+                    "slots": self.slots, "prompt_tokens": self.prompt_tokens,
+                    "generation_tokens": self.tokens_out, "finished": dict(self.finished),
+                    "ttft": self.ttft.copy(), "tpot": self.tpot.copy(), "e2e": self.e2e.copy()}
 
     def loop(self) -> None:
         """Step while there is work; sleep until submit() wakes it when there is none."""
@@ -288,7 +381,8 @@ class Engine:
 
     def stop(self) -> None:
         """Stop the loop; every request still running or waiting ends as cancelled."""
-        self.stopping.set()
+        with self.lock:
+            self.stopping.set()
         self.wake.set()
         if self.thread is not None:
             self.thread.join()

@@ -1,19 +1,18 @@
-"""Serving: the batched engine gives what generate() gives alone; the HTTP layer, its errors, disconnects."""
+"""Serving: the batched engine gives what generate() gives alone; the HTTP layer, its errors,
+disconnects."""
 
 import http.client
 import json
 import os
 import queue
 import random
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import torch
+from test_model import tiny_gpt
 
 import serve
 from nanolevels import serving
@@ -22,7 +21,6 @@ from nanolevels.lora import add_lora, save_adapter
 from nanolevels.server import MAX_BODY, Server
 from nanolevels.serving import Engine, Request
 from nanolevels.tokenizer import Tokenizer
-from test_model import tiny_gpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,9 +48,11 @@ def min_margin(model, prompt, new_tokens):
 
 
 def alone(model, tok, request):
-    """What greedy model.generate() gives for the request by itself (batch of one, its own cache)."""
+    """What greedy model.generate() gives for the request by itself (a batch of one, its own
+    cache)."""
     new = min(request.max_tokens, BLOCK - len(request.prompt) + 1)  # the block ends the sequence
-    out = model.generate(torch.tensor([request.prompt]), new, temperature=0, stop_tokens=(tok.eot_id,))
+    out = model.generate(torch.tensor([request.prompt]), new, temperature=0,
+                         stop_tokens=(tok.eot_id,))
     return out[0, len(request.prompt):].tolist()
 
 
@@ -85,18 +85,21 @@ def test_greedy_equals_generate_alone_with_mixed_lengths_and_staggered_arrivals(
     run(engine, seqs)
     for r, seq in zip(requests, seqs):
         expected = alone(model, tok, r)
-        assert min_margin(model, r.prompt, expected) > 1e-3  # far above fp32 rounding: the comparison is fair
+        # far above fp32 rounding: the comparison is fair
+        assert min_margin(model, r.prompt, expected) > 1e-3
         assert seq.tokens == expected
         assert seq.finish_reason == ("stop" if tok.eot_id in expected else "length")
         streamed = list(seq.stream())
-        assert [t for t, _ in streamed] == seq.tokens and "".join(p for _, p in streamed) == seq.text
-    assert len(seqs[3].tokens) == 1 and len(seqs[4].tokens) == BLOCK - 50 + 1 and len(seqs[7].tokens) == 1
+        assert [t for t, _, _ in streamed] == seq.tokens
+        assert "".join(p for _, p, _ in streamed) == seq.text
+    assert len(seqs[3].tokens) == 1 and len(seqs[4].tokens) == BLOCK - 50 + 1
+    assert len(seqs[7].tokens) == 1
     assert engine.free == {0, 1, 2} and not engine.running
 
 
 def test_a_changed_block_serves_what_its_own_generate_gives(tok):
-    """One transformer: the engine runs the model's own modules, so a forker's change to a block (here its
-    attention's share of the residual halved) is what the server runs too."""
+    """One transformer: the engine runs the model's own modules, so a forker's change to a block
+    (here its attention's share of the residual halved) is what the server runs too."""
     def halved(b):
         def forward(x, cache=None, layer=0, positions=None):
             x = x + 0.5 * b.attn(b.ln_1(x), cache, layer, positions)
@@ -108,11 +111,13 @@ def test_a_changed_block_serves_what_its_own_generate_gives(tok):
         block.forward = halved(block)
     engine = Engine(model, tok, slots=2)
     rng = random.Random(2)
-    requests = [Request(random_prompt(rng, tok, n), m, temperature=0, ignore_eos=True) for n, m in ((5, 20), (17, 9))]
+    requests = [Request(random_prompt(rng, tok, n), m, temperature=0, ignore_eos=True)
+                for n, m in ((5, 20), (17, 9))]
     seqs = [engine.submit(r) for r in requests]
     run(engine, seqs)
     for r, seq in zip(requests, seqs):
-        out = model.generate(torch.tensor([r.prompt]), r.max_tokens, temperature=0)[0, len(r.prompt):].tolist()
+        out = model.generate(torch.tensor([r.prompt]), r.max_tokens, temperature=0)
+        out = out[0, len(r.prompt):].tolist()
         assert min_margin(model, r.prompt, out) > 1e-3 and seq.tokens == out
     unchanged = sharp_model(tok).generate(torch.tensor([requests[0].prompt]), 20, temperature=0)
     assert unchanged[0, 5:].tolist() != seqs[0].tokens  # the change changed what the model says
@@ -125,8 +130,10 @@ def test_sampling_does_not_depend_on_batch_mates_or_earlier_requests(tok):
     r = Request(random_prompt(rng, tok, 9), 25, temperature=1.0, top_k=40, top_p=0.9, seed=7)
     first = engine.submit(r)
     run(engine, [first])
-    # again, now among others (same settings or not) that arrived earlier and later and used the slots before
-    others = [engine.submit(Request(random_prompt(rng, tok, n), 40, temperature=t, top_k=40, top_p=0.9, seed=n))
+    # again, now among others (same settings or not) that arrived earlier and later and used the
+    # slots before
+    others = [engine.submit(Request(random_prompt(rng, tok, n), 40, temperature=t, top_k=40,
+                                    top_p=0.9, seed=n))
               for n, t in ((30, 1.0), (5, 0.8))]
     engine.step()
     again = engine.submit(r)
@@ -146,11 +153,12 @@ def test_stop_string_ends_the_text_before_it_and_is_never_streamed(tok):
     full = engine.submit(Request(prompt, 40, temperature=0, ignore_eos=True))
     run(engine, [full])
     stop = full.text[len(full.text) // 2:len(full.text) // 2 + 2]
-    cut = engine.submit(Request(prompt, 40, temperature=0, stop=("never there", stop), ignore_eos=True))
+    cut = engine.submit(Request(prompt, 40, temperature=0, stop=("never there", stop),
+                                ignore_eos=True))
     run(engine, [cut])
     assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
     assert cut.tokens == full.tokens[:len(cut.tokens)] and len(cut.tokens) < len(full.tokens)
-    pieces = [p for _, p in cut.stream()]
+    pieces = [p for _, p, _ in cut.stream()]
     assert "".join(pieces) == cut.text and not any(stop in p for p in pieces)
 
 
@@ -212,7 +220,8 @@ def test_policies_admit_when_they_should(tok, policy, late_start):
 
 @pytest.mark.parametrize("change, message", [
     (dict(prompt=[]), "no tokens"), (dict(prompt=[1] * (BLOCK + 1)), "at most 64"),
-    (dict(max_tokens=0), "max_tokens"), (dict(max_tokens=BLOCK + 1), "max_tokens"),
+    (dict(max_tokens=-1), "max_tokens"), (dict(max_tokens=BLOCK + 1), "max_tokens"),
+    (dict(logprobs=6), "logprobs"), (dict(temperature=float("nan")), "temperature"),
     (dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
     (dict(top_k=0), "top_k"), (dict(stop=("",)), "stop"),
 ])
@@ -225,7 +234,8 @@ def test_bad_requests_say_what_is_wrong(tok, change, message):
 def test_background_thread_serves_and_stops(tok):
     engine = Engine(sharp_model(tok), tok, slots=2).start()
     try:
-        seqs = [engine.submit(Request([i + 1], 8, temperature=0, ignore_eos=True)) for i in range(5)]
+        seqs = [engine.submit(Request([i + 1], 8, temperature=0, ignore_eos=True))
+                for i in range(5)]
         assert all(len(list(s.stream())) == 8 for s in seqs)
         assert engine.stats()["finished"] == {"length": 5} and engine.stats()["tokens"] == 40
     finally:
@@ -246,8 +256,9 @@ def adapter(tiny_run, tmp_path_factory):
 
 
 def serve_args(tiny_run, adapter, index_dir, *extra):
-    return ["--checkpoint", tiny_run["checkpoint"], "--adapter", adapter, "--world", tiny_run["world"],
-            "--index-dir", str(index_dir), "--port", "0", "--slots", "4", "--device", "cpu", "--quiet", *extra]
+    return ["--checkpoint", tiny_run["checkpoint"], "--adapter", adapter,
+            "--world", tiny_run["world"], "--index-dir", str(index_dir), "--port", "0",
+            "--slots", "4", "--device", "cpu", "--quiet", *extra]
 
 
 class Running:
@@ -267,32 +278,35 @@ class Running:
         self.server.close()
         self.thread.join(timeout=10)
 
-    def request(self, method, path, body=None, raw=None):
-        """(status, parsed JSON body) of one request; raw sends bytes as they are."""
+    def call(self, method, path, data=None, headers=None):
+        """(status, headers, body bytes) of one request."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
-            data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            conn.request(method, path, body=data,
+                         headers=headers or {"Content-Type": "application/json"})
             response = conn.getresponse()
-            return response.status, json.loads(response.read())
+            return response.status, response.headers, response.read()
         finally:
             conn.close()
 
-    def stream(self, body):
-        """The data: lines of a streamed completion, in order."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}).encode())
-            response = conn.getresponse()
-            assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
-            return [line[len(b"data: "):].decode() for line in response.read().split(b"\n\n") if line]
-        finally:
-            conn.close()
+    def request(self, method, path, body=None, raw=None):
+        """(status, parsed JSON body) of one request; raw sends bytes as they are."""
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        status, _, out = self.call(method, path, data)
+        return status, json.loads(out)
+
+    def stream(self, body, path="/v1/completions"):
+        """The data: lines of a streamed completion (or chat), in order."""
+        data = json.dumps({**body, "stream": True}).encode()
+        status, headers, out = self.call("POST", path, data)
+        assert status == 200 and headers["Content-Type"] == "text/event-stream", out
+        return [line[len(b"data: "):].decode() for line in out.split(b"\n\n") if line]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run, adapter, tmp_path_factory):
-    with Running(serve.build(serve.parse_args(serve_args(tiny_run, adapter, tmp_path_factory.mktemp("rag"))))) as s:
+    args = serve_args(tiny_run, adapter, tmp_path_factory.mktemp("rag"))
+    with Running(serve.build(serve.parse_args(args))) as s:
         yield s
 
 
@@ -302,16 +316,18 @@ def test_streamed_completion_is_one_event_per_token_then_done(server):
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
     assert len(chunks) == 12 + 1 and all(c["finish_reason"] is None for c in chunks[:-1])
-    assert chunks[-1] == {"index": 0, "text": "", "finish_reason": "length"}
+    assert chunks[-1] == {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}
     status, whole = server.request("POST", "/v1/completions", body)
     assert status == 200 and whole["choices"][0]["text"] == "".join(c["text"] for c in chunks)
-    assert whole["usage"]["completion_tokens"] == 12 and whole["choices"][0]["finish_reason"] == "length"
+    assert whole["usage"]["completion_tokens"] == 12
+    assert whole["choices"][0]["finish_reason"] == "length"
 
 
 def test_completion_with_sampling_and_stop(server):
-    body = {"prompt": "Ada Jo", "max_tokens": 20, "temperature": 0.9, "top_p": 0.9, "top_k": 50, "seed": 3,
-            "stop": ["\n", "."], "model": "anything"}
-    (s1, a), (s2, b) = server.request("POST", "/v1/completions", body), server.request("POST", "/v1/completions", body)
+    body = {"prompt": "Ada Jo", "max_tokens": 20, "temperature": 0.9, "top_p": 0.9, "top_k": 50,
+            "seed": 3,
+            "stop": ["\n", "."], "model": "nanolevels"}
+    (s1, a), (s2, b) = (server.request("POST", "/v1/completions", body) for _ in range(2))
     assert s1 == s2 == 200 and a["choices"] == b["choices"]  # the same seed, the same text
     assert "\n" not in a["choices"][0]["text"] and "." not in a["choices"][0]["text"]
 
@@ -338,18 +354,24 @@ LONG = "Ada Jo Crane was born in Lyon. " * 40
     ("POST", "/v1/completions", b"[1, 2]", 400, "JSON object"),
     ("POST", "/v1/completions", {}, 400, "missing field: prompt"),
     ("POST", "/v1/completions", {"prompt": 5}, 400, "prompt must be a string"),
-    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "max_tokens must be between 1 and 64"),
-    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 65}, 400, "max_tokens must be between 1 and 64"),
-    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": "5"}, 400, "max_tokens must be an integer"),
-    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": True}, 400, "max_tokens must be an integer"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": -1},
+     400, "max_tokens must be between 0 and 64"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 65},
+     400, "max_tokens must be between 0 and 64"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": "5"},
+     400, "max_tokens must be an integer"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": True},
+     400, "max_tokens must be an integer"),
     ("POST", "/v1/completions", {"prompt": LONG}, 400, "reads at most 64"),
     ("POST", "/v1/completions", {"prompt": "a", "temperature": -1}, 400, "temperature"),
     ("POST", "/v1/completions", {"prompt": "a", "top_p": 0}, 400, "top_p must be in (0, 1]"),
     ("POST", "/v1/completions", {"prompt": "a", "top_p": 1.5}, 400, "top_p must be in (0, 1]"),
     ("POST", "/v1/completions", {"prompt": "a", "top_k": 0}, 400, "top_k"),
     ("POST", "/v1/completions", {"prompt": "a", "stop": [1]}, 400, "stop must be"),
-    ("POST", "/v1/completions", {"prompt": "a", "stream": "yes"}, 400, "stream must be true or false"),
-    ("POST", "/v1/completions", {"prompt": "a", "max_token": 5}, 400, "unknown field(s) ['max_token']"),
+    ("POST", "/v1/completions", {"prompt": "a", "stream": "yes"},
+     400, "stream must be true or false"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_token": 5},
+     400, "unknown field(s) ['max_token']"),
     ("POST", "/v1/completions", b"x" * (MAX_BODY + 1), 413, "over the limit"),
     ("POST", "/v1/answer", {"question": " "}, 400, "question is empty"),
     ("POST", "/v1/answer", {"question": 1}, 400, "question must be a string"),
@@ -357,9 +379,11 @@ LONG = "Ada Jo Crane was born in Lyon. " * 40
     ("POST", "/v1/nope", {}, 404, "POST /v1/completions"),
     ("GET", "/v1/completions", None, 405, "takes POST"),
 ])
-def test_bad_input_is_a_4xx_that_says_what_and_the_server_goes_on(server, method, path, body, status, message):
-    got, out = server.request(method, path, **({"raw": body} if isinstance(body, bytes) else {"body": body}))
-    assert got == status and message in out["error"], out
+def test_bad_input_is_a_4xx_that_says_what_and_the_server_goes_on(server, method, path, body,
+                                                                   status, message):
+    sent = {"raw": body} if isinstance(body, bytes) else {"body": body}
+    got, out = server.request(method, path, **sent)
+    assert got == status and message in out["error"]["message"], out
     assert server.request("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2})[0] == 200
 
 
@@ -391,50 +415,27 @@ def test_full_queue_is_a_503_and_no_adapter_is_said(tiny_run, monkeypatch):
         wait_for(lambda: engine.stats()["running"] == 1)
         engine.submit(Request([1], 5))  # waits: the queue is full
         status, out = s.request("POST", "/v1/completions", {"prompt": "a"})
-        assert status == 503 and "busy" in out["error"]
+        assert status == 503 and "busy" in out["error"]["message"]
         status, out = s.request("POST", "/v1/answer", {"question": "Who?"})
-        assert status == 503 and "train_lora.py --task rag-qa" in out["error"]
+        assert status == 503 and "train_lora.py --task rag-qa" in out["error"]["message"]
 
 
 def test_a_client_that_disconnects_frees_its_slot(server, monkeypatch):
-    slow_decode(monkeypatch, 0.02)  # 60 tokens take over a second: the disconnect must end it long before
+    # 60 tokens take over a second: the disconnect must end it long before
+    slow_decode(monkeypatch, 0.02)
     engine = server.server.engine
     cancelled = engine.stats()["finished"].get("cancelled", 0)
-    body = json.dumps({"prompt": "Ada", "max_tokens": 60, "stream": True, "ignore_eos": True}).encode()
+    body = json.dumps({"prompt": "Ada", "max_tokens": 60, "stream": True,
+                       "ignore_eos": True}).encode()
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                     % len(body) + body)
         received = b""
         while b"data: " not in received:
             received += sock.recv(4096)
     t0 = time.time()
     wait_for(lambda: engine.stats()["finished"].get("cancelled", 0) == cancelled + 1)
     assert time.time() - t0 < 1.0 and engine.stats()["running"] == 0
-
-
-def test_serve_py_starts_answers_and_stops_on_ctrl_c(tiny_run, adapter, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # SIGINT as a terminal delivers it: a suite started in the background (`cmd &` in a script) ignores SIGINT,
-    # its children inherit that, and Python then installs no KeyboardInterrupt handler
-    proc = subprocess.Popen([sys.executable, "serve.py", *serve_args(tiny_run, adapter, tmp_path)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = threading.Timer(300, proc.kill)  # whatever goes wrong, the test ends (a loaded machine is slow)
-    deadline.start()
-    try:
-        line = proc.stdout.readline()
-        while line and not line.startswith("serving on"):  # the index is built first, and says so
-            line = proc.stdout.readline()
-        assert line.startswith("serving on http://127.0.0.1:") and "/v1/answer: ready" in line, line
-        port = int(line.split()[2].rsplit(":", 1)[1])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/v1/completions", body=b'{"prompt": "Ada", "max_tokens": 3}')
-        assert conn.getresponse().status == 200
-        conn.close()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130 and "interrupted" in proc.stderr.read()
-    finally:
-        deadline.cancel()
-        proc.kill()
 
 
 def test_serve_py_user_errors(tiny_run, adapter, tmp_path):
