@@ -37,6 +37,12 @@ BABY = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1"
         "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
         "--dropout=0.0"]
 ITER_LINE = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", re.M)
+# --clock cpu: nanoGPT's train.py run as it is, but its time.time() (its dt) reads the CPU time of
+# the process, which a busy machine's other jobs do not add to
+CPU_CLOCK = ("import os, runpy, sys, time; time.time = time.process_time; sys.argv = sys.argv[1:]; "
+             "sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 PARAMS_LINE = re.compile(r"^number of parameters: ([\d.]+)M", re.M)  # less the position table
 
 
@@ -51,6 +57,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads of both sides (default: torch's own here, "
                         f"{torch.get_num_threads()})")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall: elapsed time, as nanoGPT prints it; cpu: the CPU time of each "
+                        "process, steadier where other jobs share the cores (default: wall)")
     p.add_argument("--text", default=None,
                    help="the text to train on, e.g. TinyShakespeare's input.txt (default: the "
                         f"first {TEXT_CHARS:,} characters of the tiny world's pretrain.txt)")
@@ -116,8 +125,10 @@ def nanogpt_run(args) -> tuple[list[float], float]:
     flags = [f"--max_iters={args.iters}", f"--lr_decay_iters={args.iters}",
              f"--eval_interval={args.iters + 1}"]
     config = os.path.join(os.path.abspath(args.nanogpt), "config", "train_shakespeare_char.py")
-    out = child([os.path.join(os.path.abspath(args.nanogpt), "train.py"), config, *BABY, *flags],
-                args.work, "nanoGPT's train.py", args.threads)
+    script = os.path.join(os.path.abspath(args.nanogpt), "train.py")
+    shim = ["-c", CPU_CLOCK] if args.clock == "cpu" else []
+    out = child([*shim, script, config, *BABY, *flags], args.work, "nanoGPT's train.py",
+                args.threads)
     return [float(ms) for _, ms in ITER_LINE.findall(out)], float(PARAMS_LINE.search(out)[1])
 
 
@@ -125,7 +136,7 @@ def ours_run(args) -> tuple[list[float], float]:
     """(ms of each training step of one run of ours, in a fresh process like nanoGPT's, millions
     of parameters)."""
     out = child([os.path.abspath(__file__), "--side", "ours", "--work", args.work,
-                 "--iters", str(args.iters), "--threads", str(args.threads)],
+                 "--iters", str(args.iters), "--threads", str(args.threads), "--clock", args.clock],
                 ROOT, "nanolevels' train()", args.threads)
     row = json.loads(out.strip().splitlines()[-1])
     return row["ms"], row["params"]
@@ -139,7 +150,7 @@ def char_tokens(work: str) -> tuple[dict, int]:
     return tokens, int(max(t.max() for t in tokens.values())) + 1
 
 
-def ours_steps(work: str, iters: int) -> dict:
+def ours_steps(work: str, iters: int, clock) -> dict:
     """Train at the baby shape with nanolevels.train.train() on nanoGPT's files: {"ms": each
     step's, timed from one step's first batch to the next's (all the loop does in between counts),
     "params": millions, counted as nanoGPT does}."""
@@ -154,7 +165,7 @@ def ours_steps(work: str, iters: int) -> dict:
 
     def get_batch(split, step, micro):
         if split == "train" and micro == 0 and step < EVAL_STEP_OFFSET:
-            stamps.append(time.perf_counter())
+            stamps.append(clock())
         return data.get_lm_batch(tokens[split], cfg.batch_size, 64, cfg.seed, step, micro)
 
     train(model, cfg, get_batch, os.path.join(work, "out-nanolevels"), torch.device("cpu"),
@@ -193,12 +204,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.side == "ours":
         torch.set_num_threads(args.threads)
-        print(json.dumps(ours_steps(args.work, args.iters)))
+        print(json.dumps(ours_steps(args.work, args.iters, CLOCKS[args.clock])))
         return
     source = prepare(args)
     print(f"text: {source} (prepared by nanoGPT's data/shakespeare_char/prepare.py)")
     print(f"shape: 4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0, no compile, "
-          f"float32 on the CPU; {args.iters} iterations a run; torch threads: {args.threads}")
+          f"float32 on the CPU; {args.iters} iterations a run; torch threads: {args.threads}; "
+          f"clock: {args.clock}")
     compare(args)
 
 
