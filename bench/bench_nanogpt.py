@@ -2,6 +2,7 @@
 
     python bench/bench_nanogpt.py --nanogpt ../nanoGPT                 # 2 rounds of 500 iterations
     python bench/bench_nanogpt.py --nanogpt ../nanoGPT --iters 2000 --threads 1 --rounds 3
+    python bench/bench_nanogpt.py --nanogpt ../nanoGPT --threads 1 --clock cpu   # a shared machine
 
 nanoGPT's own data/shakespeare_char/prepare.py turns a text into its character-level train.bin and
 val.bin (a copy of it runs in --work, so the checkout is not touched, and on a text we have: this
@@ -59,7 +60,8 @@ def parse_args(argv):
                         f"{torch.get_num_threads()})")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall: elapsed time, as nanoGPT prints it; cpu: the CPU time of each "
-                        "process, steadier where other jobs share the cores (default: wall)")
+                        "process, steadier where other jobs share the cores (with several "
+                        "threads it sums them: the work, not the speed) (default: wall)")
     p.add_argument("--text", default=None,
                    help="the text to train on, e.g. TinyShakespeare's input.txt (default: the "
                         f"first {TEXT_CHARS:,} characters of the tiny world's pretrain.txt)")
