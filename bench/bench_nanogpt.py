@@ -28,6 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from nanolevels import cli, data  # noqa: E402
+from nanolevels.files import atomic_write  # noqa: E402
 from nanolevels.model import GPT, GPTConfig  # noqa: E402
 from nanolevels.train import EVAL_STEP_OFFSET, TrainConfig, train  # noqa: E402
 
@@ -100,8 +101,7 @@ def prepare(args) -> str:
         with open(args.text, encoding="utf-8") as f:
             text = f.read()
         source = f"{args.text} ({len(text):,} characters)"
-    with open(os.path.join(out, "input.txt"), "w", encoding="utf-8") as f:
-        f.write(text)
+    atomic_write(os.path.join(out, "input.txt"), text)
     shutil.copy(os.path.join(args.nanogpt, "data", "shakespeare_char", "prepare.py"), out)
     shutil.copy(os.path.join(args.nanogpt, "configurator.py"), args.work)
     child(["prepare.py"], out, "nanoGPT's prepare.py", args.threads)
@@ -131,7 +131,11 @@ def nanogpt_run(args) -> tuple[list[float], float]:
     shim = ["-c", CPU_CLOCK] if args.clock == "cpu" else []
     out = child([*shim, script, config, *BABY, *flags], args.work, "nanoGPT's train.py",
                 args.threads)
-    return [float(ms) for _, ms in ITER_LINE.findall(out)], float(PARAMS_LINE.search(out)[1])
+    ms, params = [float(ms) for _, ms in ITER_LINE.findall(out)], PARAMS_LINE.search(out)
+    if not ms or params is None:
+        raise OSError(f"nanoGPT's train.py printed no 'iter N: loss L, time Tms' lines or no "
+                      f"'number of parameters'; is {args.nanogpt} karpathy/nanoGPT?")
+    return ms, float(params[1])
 
 
 def ours_run(args) -> tuple[list[float], float]:
