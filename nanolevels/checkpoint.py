@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from nanolevels.files import atomic_write, write_json
-from nanolevels.model import GPT, GPTConfig
+from nanolevels.model import GPT, HF_GELU, GPTConfig
 from nanolevels.tokenizer import EOT, Tokenizer
 
 COMPILE_PREFIX = "_orig_mod."
@@ -59,6 +59,7 @@ def config_from_dict(path: str, config) -> GPTConfig:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: its config is a JSON {type(config).__name__}, not an object "
                          f"with GPTConfig's fields ({', '.join(fields)})")
+    config = {"gelu": "tanh", **config}  # saved before GPTConfig.gelu: trained with GPT-2's
     unknown = sorted(config.keys() - fields.keys())
     if unknown:
         raise ValueError(f"{path}: its config has an unknown key {unknown[0]!r}; GPTConfig's "
@@ -190,7 +191,7 @@ def hf_config(model: GPT, tokenizer: Tokenizer) -> dict:
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_embd": cfg.n_embd,
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,  # None: 4 * n_embd
-            "activation_function": "gelu_new",  # GELU's tanh approximation, as in our MLP
+            "activation_function": "gelu_new" if cfg.gelu == "tanh" else "gelu",  # our MLP's
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
             "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's default
             "bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id,
@@ -225,9 +226,12 @@ def read_hf_config(weights_path: str) -> dict:
         raise ValueError(f"{path} is not a readable config.json ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path} is not a config.json: a JSON {type(config).__name__}")
-    n_head = config.get("n_head")  # the one field from_hf_gpt2 reads
+    n_head = config.get("n_head")  # the two fields from_hf_gpt2 reads
     if n_head is not None and not (type(n_head) is int and n_head >= 1):
         raise ValueError(f"{path}: n_head is {n_head!r}, not a positive whole number")
+    if config.get("activation_function", "gelu_new") not in HF_GELU:
+        raise ValueError(f"{path}: activation_function is {config['activation_function']!r}; "
+                         f"a GPT here runs one of {', '.join(HF_GELU)}")
     return config
 
 

@@ -61,6 +61,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_device(seed: int, device: torch.device) -> None:
+    """Seed the generators torch draws from on device (and the CPU's) as torch.manual_seed does;
+    that one also queues a seed for each backend this machine lacks, formatting the call stack
+    every time: too slow for every training step (python bench/bench_nanogpt.py --clock cpu)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the current GPU's, the one this process trains on
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
 def peak_rss_mb(usage=None) -> float:
     """Peak resident memory in MB of this process, or of the one whose usage (os.wait4) is given."""
     rss = (usage or resource.getrusage(resource.RUSAGE_SELF)).ru_maxrss  # KB; bytes on macOS

@@ -24,6 +24,8 @@ GPT2_URL = "https://huggingface.co/gpt2/resolve/main/model.safetensors"
 CONV1D = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 # the modules of Hugging Face's GPT-2 under `transformer.`, the same names as ours
 HF_MODULE = r"wte|wpe|ln_f|h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)"
+# a Hugging Face GPT-2 config's activation_function -> GPTConfig.gelu ("gelu_new" is GPT-2's)
+HF_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 
 @dataclass
@@ -35,6 +37,9 @@ class GPTConfig:
     n_embd: int = 128  # width of the residual stream (C in the shape comments)
     dropout: float = 0.0  # dropout probability while training; 0.0 turns it off
     bias: bool = True  # biases in the Linear and LayerNorm layers, as in GPT-2
+    # the MLP's GELU: "none" is the exact (erf) one, nanoGPT's; "tanh" is GPT-2's approximation,
+    # slower on a CPU (python bench/bench_nanogpt.py); GPT-2's weights and older checkpoints keep it
+    gelu: str = "none"
 
     def __post_init__(self):
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -46,6 +51,8 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} does not split evenly into "
                              f"n_head={self.n_head} heads")
+        if self.gelu not in ("none", "tanh"):
+            raise ValueError(f"gelu must be 'none' (exact) or 'tanh' (GPT-2's), got {self.gelu!r}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -81,7 +88,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -332,7 +339,8 @@ class GPT(nn.Module):
     @classmethod
     def from_hf_gpt2(cls, path, n_head=None):
         """Load a Hugging Face GPT-2 model.safetensors (any size) from a local file. The head count
-        is not in the shapes: n_head, else config.json's beside the file, else n_embd // 64."""
+        is not in the shapes: n_head, else config.json's beside the file, else n_embd // 64; the
+        GELU is that config.json's activation_function (GPT-2's, gelu_new, without one)."""
         from nanolevels.checkpoint import read_hf_config, read_safetensors  # it imports model.py
         tensors, _ = read_safetensors(path, "GPT-2 model.safetensors")
         # the .attn.bias / .attn.masked_bias entries are causal-mask buffers, not weights
@@ -341,13 +349,15 @@ class GPT(nn.Module):
         if "wte.weight" not in weights or "wpe.weight" not in weights:
             raise ValueError(f"{path} does not look like GPT-2 weights: no wte.weight / wpe.weight")
         vocab_size, n_embd = weights["wte.weight"].shape
+        hf = read_hf_config(path)
         config = GPTConfig(
             vocab_size=vocab_size,
             block_size=weights["wpe.weight"].shape[0],
             n_layer=len({name.split(".")[1] for name in weights if name.startswith("h.")}),
-            n_head=n_head or read_hf_config(path).get("n_head") or n_embd // 64,
+            n_head=n_head or hf.get("n_head") or n_embd // 64,
             n_embd=n_embd,
             bias="ln_f.bias" in weights,
+            gelu=HF_GELU[hf.get("activation_function", "gelu_new")],
         )
         model = cls(config)
         params = model.state_dict()  # detached tensors sharing memory with the parameters

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanolevels.checkpoint import load_train_state, save_train_state
-from nanolevels.device import autocast, peak_rss_mb, pick_device
+from nanolevels.device import autocast, peak_rss_mb, pick_device, seed_device
 from nanolevels.files import atomic_write, read_jsonl
 
 EVAL_STEP_OFFSET = 10**9  # eval batches use step numbers no training step reaches
@@ -169,7 +169,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device.type == "cuda"  # CUDA's one-kernel update; the CPU keeps torch's default
+    # one pass over each tensor's memory where the CPU's default makes ~10 (an op each): at this
+    # size the update is bound by memory (python bench/bench_nanogpt.py); torch 2.4 has the kernel
+    fused = device.type == "cuda" or (device.type == "cpu" and torch.__version__ >= "2.4")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
@@ -383,7 +385,7 @@ def train(model, cfg: TrainConfig, get_batch, out_dir: str, device: torch.device
                     break
                 # dropout's randomness is a function of (seed, step, rank) too: a resume is exact
                 seed = np.random.SeedSequence([cfg.seed, step, ddp.rank]).generate_state(1)[0]
-                torch.manual_seed(int(seed))
+                seed_device(int(seed), device)
                 lr = lr_at(step, cfg)
                 loss, tokens = forward_backward(run.net, get_batch, cfg, step, run.scaler, device,
                                                 dtype, ddp)

@@ -151,6 +151,25 @@ def test_malformed_metadata_elsewhere_names_the_file(tmp_path, tok):
         load_train_state(str(state), model, opt)
 
 
+def test_gelu_of_older_checkpoints_and_of_hf_configs(tmp_path, tok):
+    """A config saved before GPTConfig.gelu came from GPT-2's tanh GELU; a Hugging Face folder's
+    activation_function says which GELU (none: GPT-2's); one we cannot run is refused."""
+    path = tmp_path / "m.safetensors"
+    before = {k: v for k, v in vars(tiny(tok).config).items() if k != "gelu"}
+    write_model_file(path, tok, config=json.dumps(before))
+    assert load_model(str(path))[0].config.gelu == "tanh"
+    hf = str(tmp_path / "model.safetensors")
+    save_file(hf_gpt2_tensors(), hf)
+    assert GPT.from_hf_gpt2(hf).config.gelu == "tanh"
+    for activation, gelu in (("gelu", "none"), ("gelu_new", "tanh"), ("relu", None)):
+        (tmp_path / "config.json").write_text(json.dumps({"activation_function": activation}))
+        if gelu is None:
+            with pytest.raises(ValueError, match="activation_function is 'relu'"):
+                GPT.from_hf_gpt2(hf)
+        else:
+            assert GPT.from_hf_gpt2(hf).config.gelu == gelu
+
+
 def test_hf_gpt2_files_are_checked_before_any_download(tmp_path, monkeypatch):
     def offline(name):
         raise AssertionError("went for GPT-2's tokenizer before checking the weights")

@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from nanolevels.device import autocast, pick_device, pick_dtype, seed_everything
+from nanolevels.device import autocast, pick_device, pick_dtype, seed_device, seed_everything
 
 
 def test_pick_device():
@@ -39,3 +39,13 @@ def test_seed_everything():
     a = torch.rand(3)
     seed_everything(3)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_seed_device_draws_as_manual_seed():
+    """The training step's seeding: dropout draws what it drew after torch.manual_seed."""
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        x = torch.ones(1000, device=device)
+        torch.manual_seed(5)
+        a = torch.nn.functional.dropout(x, 0.5)
+        seed_device(5, torch.device(device))
+        assert torch.equal(a, torch.nn.functional.dropout(x, 0.5)), device

@@ -88,6 +88,19 @@ def test_init_residual_projections_are_smaller():
     assert len(linears) == 4 * 4 and all((m.bias == 0).all() for m in linears)
 
 
+def test_gelu_is_exact_unless_gpt2s_is_asked_for():
+    """The MLP's GELU: the exact (erf) one by default, GPT-2's tanh approximation with "tanh"."""
+    x = torch.linspace(-4, 4, 101)
+    exact = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    gpt2 = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    assert GPTConfig(vocab_size=8).gelu == "none"
+    for gelu, expected in (("none", exact), ("tanh", gpt2)):
+        mlp = GPT(GPTConfig(vocab_size=8, n_layer=1, gelu=gelu)).transformer.h[0].mlp
+        torch.testing.assert_close(mlp.gelu(x), expected, **FP32)
+    with pytest.raises(ValueError, match="gelu must be 'none' .* got 'relu'"):
+        GPTConfig(vocab_size=8, gelu="relu")
+
+
 def test_too_long_raises():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="block_size"):

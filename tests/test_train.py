@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FP32
 from nanolevels import data
 from nanolevels import train as train_module
 from nanolevels.checkpoint import load_model, save_model
@@ -121,6 +122,29 @@ def test_grad_accumulation_is_scaled(setup, tmp_path, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(one.parameters(), fresh_model(tok, dropout=0.0).parameters()))
     for a, b in zip(one.parameters(), two.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_optimizer_is_adamw(setup):
+    """make_optimizer's AdamW (fused on the CPU where torch has the kernel) updates as torch's
+    reference loop does, to float32 precision, over a few clipped steps."""
+    tok, tokens = setup
+    cfg = TrainConfig(weight_decay=0.1)
+    models = [fresh_model(tok, dropout=0.0), fresh_model(tok, dropout=0.0)]
+    ours = train_module.make_optimizer(models[0], cfg, CPU)
+    assert ours.defaults["fused"] == (torch.__version__ >= "2.4")
+    params = list(models[1].parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    reference = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=False)
+    for step in range(5):
+        x, y = data.get_lm_batch(tokens, 4, 16, 0, step)
+        for model, opt in zip(models, (ours, reference)):
+            model(x, y)[1].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, **FP32), name
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(setup, tmp_path, monkeypatch):
