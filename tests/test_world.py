@@ -112,7 +112,7 @@ def test_reading_examples_layout():
     assert examples == reading_examples(world, n, seed=1, k=k)
     assert {turns[0][0].count("\n") for turns in examples} == {2, 3}  # 1 or 2 documents
     world_names = {p.name for p in world.people} | {c.name for c in world.companies}
-    people, companies = fresh_workforce(world, n + k, seed=1), fresh_companies(world, n + k, seed=3)
+    people, companies = list(fresh_workforce(world, n + k, seed=1)), list(fresh_companies(world, n + k, seed=3))
     assert sum(p.employer not in EMPLOYERS for p in people) == (n + k) // 2  # employers never pretrained, too
     kinds = [len(turns) == len(COMPANY_ATTRIBUTES) for turns in examples]
     assert 0.1 < sum(kinds) / n < 0.4  # about COMPANY_SHARE of them read a company's profile
@@ -160,10 +160,10 @@ def test_companies_split_like_people():
         group = world.split(s)
         assert sum(world.company(p.employer).split == s for p in group) >= len(group) / 2
         assert {p.employer for p in group} >= {c.name for c in by_split[s]}  # every such company has people
-    fresh = fresh_companies(world, 500, seed=4)
+    fresh = list(fresh_companies(world, 500, seed=4))
     assert not {c.name for c in fresh} & {c.name for c in world.companies}
     assert {c.name.rsplit(" ", 1)[0] for c in fresh} >= {name.rsplit(" ", 1)[0] for name in EMPLOYERS}
-    assert all(c.split == "fresh" for c in fresh) and fresh == fresh_companies(world, 500, seed=4)
+    assert all(c.split == "fresh" for c in fresh) and fresh == list(fresh_companies(world, 500, seed=4))
 
 
 def test_company_words_name_nothing_else():
