@@ -6,7 +6,6 @@ TF-IDF (strong here: the name decides) and a GPT's mean hidden state (weak: not 
 References: RAG (arXiv:2005.11401), DPR (arXiv:2004.04906), Sentence-BERT (arXiv:1908.10084).
 """
 
-import io
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from nanolevels import provenance
-from nanolevels.files import atomic_write, shown
+from nanolevels.files import atomic_open, shown
 
 INDEX_FORMAT = "nanolevels-index-3"  # in every index file: change it when embedders or file change
 
@@ -31,6 +30,8 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 BLOCK = 1024  # documents per block in top_k_unordered's prefilter
+SCORES = 2**26  # scores search() holds at once, at most (a batch of queries x every document)
+EMBED_BLOCK = 4096  # documents embedded at once when an index is built (a multiple of 32)
 
 
 def top_k_unordered(scores: np.ndarray, k: int) -> np.ndarray:
@@ -72,7 +73,9 @@ class VectorIndex:
         if len(vectors) != len(docs):
             raise ValueError(f"{len(vectors)} vectors for {len(docs)} documents: "
                              f"give one vector per document")
-        self.embeddings = np.concatenate([self.embeddings, normalize_rows(vectors)])
+        vectors = normalize_rows(vectors)
+        self.embeddings = (np.concatenate([self.embeddings, vectors]) if len(self.docs)
+                           else vectors)  # the first add: no copy of a big collection's vectors
         self.docs.extend(docs)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[float, dict]]]:
@@ -88,6 +91,10 @@ class VectorIndex:
         n, k = len(self), min(k, len(self))
         if n == 0:
             return [[] for _ in queries]
+        block = max(1, SCORES // n)  # queries at a time: their (Q, N) scores stay ~256 MB
+        if len(queries) > block:
+            return [hits for b in range(0, len(queries), block)
+                    for hits in self.search(queries[b:b + block], k)]
         # for unit vectors the cosine IS the dot product: a batch is one matrix product
         scores = normalize_rows(queries) @ self.embeddings.T  # (Q, N)
         if k < n:
@@ -102,12 +109,11 @@ class VectorIndex:
 
     def save(self, path: str) -> None:
         """Write ONE .npz file, atomically: a crash never pairs vectors with other documents."""
-        buffer = io.BytesIO()
         docs = np.frombuffer(json.dumps(self.docs, ensure_ascii=False).encode(), dtype=np.uint8)
-        np.savez(buffer, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs,
-                 dim=np.int64(self.dim), embedder_name=np.str_(self.embedder_name),
-                 fingerprints=np.str_(json.dumps(self.fingerprints)))
-        atomic_write(path, buffer.getvalue())
+        with atomic_open(path) as f:  # straight into the file: no copy of the vectors in memory
+            np.savez(f, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs,
+                     dim=np.int64(self.dim), embedder_name=np.str_(self.embedder_name),
+                     fingerprints=np.str_(json.dumps(self.fingerprints)))
 
     @classmethod
     def load(cls, path: str) -> "VectorIndex":
@@ -283,9 +289,14 @@ def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, mode
         except ValueError as e:
             log(f"{e}: building it again")
     t0 = time.time()
-    vectors = embedder.embed(texts)
+    # a block at a time (each row's vector is the same either way): a big collection's texts are
+    # never all in one dense matrix with its copies
+    blocks = [embedder.embed(texts[b:b + EMBED_BLOCK]) for b in range(0, len(texts), EMBED_BLOCK)]
+    vectors = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    del blocks
     index = VectorIndex(vectors.shape[1], embedder_name, wanted)
     index.add(vectors, docs)
+    del vectors
     index.save(path)
     log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in "
         f"{time.time() - t0:.1f}s -> {shown(path)}")
