@@ -22,7 +22,7 @@ from nanolevels.files import (atomic_open, atomic_write, read_json, read_jsonl, 
 from nanolevels.tokenizer import EOT, Tokenizer
 from nanolevels.corpus import make_corpus
 from nanolevels.world import (ATTRIBUTES, SMALL_WORLD, SPLITS, TWO_HOP, make_world, qa_pair,
-                              two_hop_question)
+                              scored, two_hop_question)
 
 IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
 
@@ -144,14 +144,20 @@ def load_world(data_dir: str):
 
 
 def load_questions(world_dir: str, *splits: str, hops: int = 1) -> dict[str, list[dict]]:
-    """{split: its questions} from a prepared world's qa_<split>.jsonl (qa2_ with hops=2)."""
+    """{split: its questions} from a prepared world's qa_<split>.jsonl (qa2_ with hops=2): every one
+    of train's (they are training data), of another split those of the people it is scored on
+    (world.scored: a sample, in a split of more than SCORED_PEOPLE)."""
     out = {}
     for split in splits:
         path = os.path.join(world_dir, f"qa{'' if hops == 1 else hops}_{split}.jsonl")
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {path}; prepare the world with: "
                                     f"python data/world/prepare.py --out {world_dir}")
-        out[split] = read_jsonl(path)
+        questions = read_jsonl(path)
+        if split != "train":
+            keep = scored(list(dict.fromkeys(q["person"] for q in questions)))
+            questions = [q for q in questions if q["person"] in keep]
+        out[split] = questions
     return out
 
 

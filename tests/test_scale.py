@@ -12,9 +12,9 @@ from nanolevels import data
 from nanolevels.corpus import make_corpus
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT, Tokenizer
-from nanolevels.world import (COMPANY_WORDS, EMPLOYERS, LARGE_NAME_POOLS, NAME_POOLS,
-                              PEOPLE_PER_KNOWN_COMPANY, PRETRAINED, SMALL_WORLD, SPLITS,
-                              fresh_companies, fresh_people, make_world)
+from nanolevels.world import (ATTRIBUTES, COMPANY_WORDS, EMPLOYERS, LARGE_NAME_POOLS, NAME_POOLS,
+                              PEOPLE_PER_KNOWN_COMPANY, PRETRAINED, SCORED_PEOPLE, SMALL_WORLD,
+                              SPLITS, fresh_companies, fresh_people, make_world)
 
 BIG = 3000  # people: past SMALL_WORLD, so the large pools and the compound company words are used
 
@@ -123,3 +123,37 @@ def test_small_worlds_keep_todays_pools_and_companies():
     assert {words_of(c.name) for c in world.companies if c.split != "known"} <= set(COMPANY_WORDS)
     starts = {words_of(c.name) for c in fresh_companies(world, 3000, seed=1)}
     assert starts <= set(COMPANY_WORDS) | {words_of(n) for n in EMPLOYERS}
+
+
+def test_a_big_split_is_scored_on_the_same_sample_of_its_people(big_world):
+    folder, world = big_world
+    one, two = data.load_questions(folder, *SPLITS), data.load_questions(folder, *SPLITS, hops=2)
+    assert len(one["train"]) == len(ATTRIBUTES) * len(world.split("train"))  # training data: all
+    for split in ("dev", "test", "dev-new", "new"):  # 360, 660, 360, 660 people
+        people = [p.name for p in world.split(split)]
+        asked = {q["person"] for q in one[split]}
+        assert len(asked) == min(len(people), SCORED_PEOPLE) and asked <= set(people)
+        assert len(one[split]) == len(ATTRIBUTES) * len(asked)
+        assert {q["person"] for q in two[split]} == asked  # one-hop and two-hop: the same people
+    assert data.load_questions(folder, "test") == {"test": one["test"]}
+
+
+def test_retrieval_in_blocks_gives_what_one_block_gives(tmp_path, monkeypatch):
+    """A big collection's index is embedded and searched a block at a time (its memory stays flat):
+    the vectors and the hits are exactly those of one block."""
+    from nanolevels import retrieval
+    world = make_world(60, seed=1)
+    docs = [{"id": f"{p.name}#{i}", "person": p.name, "text": t}
+            for p, texts in zip(world.people, make_corpus(world, bios_per_person=2,
+                                                          epochs=1).bios.values())
+            for i, t in enumerate(texts)]
+    questions = [f"Where was {p.name} born?" for p in world.people]
+    whole, embedder = retrieval.load_or_build_index(str(tmp_path / "a"), docs, "tfidf",
+                                                    log=lambda *a: None)
+    hits = whole.search(embedder.embed(questions), 5)
+    monkeypatch.setattr(retrieval, "EMBED_BLOCK", 32)
+    monkeypatch.setattr(retrieval, "SCORES", 7 * len(docs))  # 7 queries at a time
+    blocked, _ = retrieval.load_or_build_index(str(tmp_path / "b"), docs, "tfidf",
+                                               log=lambda *a: None)
+    assert np.array_equal(blocked.embeddings, whole.embeddings)
+    assert blocked.search(embedder.embed(questions), 5) == hits
