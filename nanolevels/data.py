@@ -39,13 +39,28 @@ def load_tokens(path: str) -> np.ndarray:
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
-def encode_documents(tokenizer, docs: list[str]) -> np.ndarray:
+def encode_documents(tokenizer, docs) -> np.ndarray:
     """One flat stream: each document's tokens followed by <|endoftext|>."""
-    ids = []
+    ids = array("q")  # 8 bytes a token as it grows (a list of Python ints takes 36)
     for doc in docs:
         ids.extend(tokenizer.encode(doc))
         ids.append(tokenizer.eot_id)
-    return np.array(ids, dtype=np.int64)
+    return np.frombuffer(ids, dtype=np.int64)
+
+
+def read_documents(path: str):
+    """The documents of a pretrain.txt or val.txt (joined by <|endoftext|> lines), one at a time,
+    as str.split on the separator gives them (the last keeps the file's final newline)."""
+    with open(path, encoding="utf-8") as f:
+        lines = []
+        for line in f:
+            if line == f"{EOT}\n" and lines and lines[-1].endswith("\n"):
+                lines[-1] = lines[-1][:-1]  # the separator's first newline
+                yield "".join(lines)
+                lines = []
+            else:
+                lines.append(line)
+        yield "".join(lines)
 
 
 def _global_rows(seed: int, step: int, micro_step: int, n_rows: int, high: int) -> np.ndarray:
@@ -241,14 +256,24 @@ class DiskList:
 TOKENIZER_SAMPLE_BYTES = 64 * 2**20
 
 
+def last_to_appear(order: np.ndarray, n: int, block: int = 2**20) -> int:
+    """Of the ids 0..n-1, each somewhere in order, the one whose first place in order is last."""
+    seen, last = np.zeros(n, dtype=bool), -1
+    for start in range(0, len(order), block):  # a block at a time: no sorted copy of all of order
+        ids = order[start:start + block]
+        new, first = np.unique(ids[~seen[ids]], return_index=True)
+        if len(new):
+            last = int(new[np.argmax(first)])
+        seen[ids] = True
+    return last
+
+
 def train_world_tokenizer(corpus, vocab_size: int, people: int) -> Tokenizer:
     """The tokenizer of a world, learned from each distinct pretraining document once (repeats would
     add time, not merges), as if from the text of them all joined by newlines in the order they
     first appear: the newline after each is counted, but for the last to appear."""
     # a document starts with a letter, so no chunk of the split pattern spans two of them
-    order = np.frombuffer(corpus.order, dtype=np.int32)
-    ids, first = np.unique(order, return_index=True)  # every id of the store appears in order
-    last = int(ids[np.argmax(first)])
+    last = last_to_appear(np.frombuffer(corpus.order, dtype=np.int32), len(corpus.store))
     every = 1 if people <= SMALL_WORLD else -(-int(corpus.store.sizes().sum())
                                              // TOKENIZER_SAMPLE_BYTES)
     texts = (corpus.store[i] + ("" if i == last else "\n")
@@ -387,10 +412,8 @@ def load_pretraining_data(data_dir: str, tokenizer=None):
     if tokenizer is None or tokenizer.to_dict() == own.to_dict():
         return (own, load_tokens(os.path.join(data_dir, "train.bin")),
                 load_tokens(os.path.join(data_dir, "val.bin")))
-    streams = []
-    for name in ("pretrain.txt", "val.txt"):
-        with open(os.path.join(data_dir, name), encoding="utf-8") as f:
-            streams.append(encode_documents(tokenizer, f.read().split(f"\n{EOT}\n")))
+    streams = [encode_documents(tokenizer, read_documents(os.path.join(data_dir, name)))
+               for name in ("pretrain.txt", "val.txt")]
     return tokenizer, *streams
 
 
