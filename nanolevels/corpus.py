@@ -117,6 +117,25 @@ class Corpus:
         return (self.store[i] for i in self.order)
 
 
+def pretrained(world: World, bios: dict, profiles: dict, rng: random.Random,
+               mix_qa: bool) -> tuple[list[str], list[str]]:
+    """(the documents pretrained on, each once; validation documents): the PRETRAINED people's
+    biographies and the known companies' profiles (and with mix_qa the train people's QA pairs, as
+    often as their biographies); for validation one more of each (same facts, other wording)."""
+    known = [p for p in world.people if p.split in PRETRAINED]
+    companies = [c for c in world.companies if c.split == "known"]
+    once = ([b for p in known for b in bios[p.name]]
+            + [d for c in companies for d in profiles[c.name]])
+    val_docs = [biography(p, rng) for p in known] + [profile(c, rng) for c in companies]
+    if mix_qa:
+        for p in world.split("train"):
+            for _ in bios[p.name]:
+                attributes = list(ATTRIBUTES)
+                rng.shuffle(attributes)
+                once.append(qa_block(p, attributes))
+    return once, val_docs
+
+
 def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40,
                 reading_share: float = 0.2, mix_qa: bool = False, store=None) -> Corpus:
     """Biographies and profiles of everyone, and the pretraining documents built from them: never a
@@ -133,19 +152,7 @@ def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40,
     rng = random.Random(world.seed + 1)
     bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
     profiles = {c.name: [profile(c, rng) for _ in range(bios_per_person)] for c in world.companies}
-    # pretrained: the PRETRAINED people's biographies and the known companies' profiles;
-    # validation: one more of each (same facts, other wording)
-    known = [p for p in world.people if p.split in PRETRAINED]
-    companies = [c for c in world.companies if c.split == "known"]
-    once = ([b for p in known for b in bios[p.name]]
-            + [d for c in companies for d in profiles[c.name]])
-    val_docs = [biography(p, rng) for p in known] + [profile(c, rng) for c in companies]
-    if mix_qa:  # the train people's QA pairs, as often as their biographies
-        for p in world.split("train"):
-            for _ in range(bios_per_person):
-                attributes = list(ATTRIBUTES)
-                rng.shuffle(attributes)
-                once.append(qa_block(p, attributes))
+    once, val_docs = pretrained(world, bios, profiles, rng, mix_qa)
     # the repetition is written out, not left to more epochs of training: the reading pages below
     # are each seen once, so their answers can only be read off the page, never memorised (repeated
     # pages would spend the model's memory on people nobody asks about). Two paraphrases that came

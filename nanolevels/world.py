@@ -477,9 +477,9 @@ class World:
         return name_pools(len(self.people))
 
 
-# People a split is scored on, at most: a bigger split is scored on a seeded sample of them, the same
-# in every step. Its 95% interval is then within about 2 points, and scoring costs the same in any
-# bigger world; splits of up to 500 people (worlds of up to ~2,270) are scored whole, as always.
+# People a split is scored on, at most: a bigger split is scored on a seeded sample of them, the
+# same in every step. Its 95% interval is then within about 2 points, and scoring costs the same in
+# any bigger world; splits of up to 500 people (worlds of up to ~2,270) are scored whole, as always.
 SCORED_PEOPLE = 500
 
 
