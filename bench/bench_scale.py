@@ -156,7 +156,8 @@ def stored(args) -> None:
         subprocess.run([sys.executable, os.path.join(ROOT, "train_pretrain.py"), "--world", world,
                         "--out", os.path.join(out, "pretrain"), "--overwrite", "--threads",
                         str(args.threads), "--stop-cloze", str(args.stop_cloze), "--stop-reading",
-                        "0", "--max-steps", str(args.max_steps)], check=True,
+                        "0", "--max-steps", str(args.max_steps), "--eval-interval", "100"],
+                       check=True,
                        stdout=subprocess.DEVNULL)
         m = read_json(os.path.join(out, "pretrain", "metrics.json"))
         rows.append((n, m["steps"], m["tokens_seen"], time.time() - t0, m["stopped"]))

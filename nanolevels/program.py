@@ -56,7 +56,8 @@ def mine_templates(text, facts: list[dict], keep: int = MINED) -> dict[str, list
     # word, where a pattern of all the names would try each of them at every capital letter)
     runs = re.compile(r"\b(?=(\w+ \w+ \w+)\b)")
     counts = defaultdict(Counter)
-    for line in text.split("\n") if isinstance(text, str) else text:
+    lines = (m[0] for m in re.finditer(r"[^\n]+", text)) if isinstance(text, str) else text
+    for line in lines:  # one at a time, from a string too (no list of a big world's lines)
         for sentence in re.split(r"(?<=\.) ", line.rstrip("\n")):
             found = next((m for m in runs.finditer(sentence) if m[1] in values), None)
             if found is None:

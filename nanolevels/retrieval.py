@@ -73,9 +73,7 @@ class VectorIndex:
         if len(vectors) != len(docs):
             raise ValueError(f"{len(vectors)} vectors for {len(docs)} documents: "
                              f"give one vector per document")
-        vectors = normalize_rows(vectors)
-        self.embeddings = (np.concatenate([self.embeddings, vectors]) if len(self.docs)
-                           else vectors)  # the first add: no copy of a big collection's vectors
+        self.embeddings = np.concatenate([self.embeddings, normalize_rows(vectors)])
         self.docs.extend(docs)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[float, dict]]]:
@@ -289,14 +287,16 @@ def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, mode
         except ValueError as e:
             log(f"{e}: building it again")
     t0 = time.time()
-    # a block at a time (each row's vector is the same either way): a big collection's texts are
-    # never all in one dense matrix with its copies
-    blocks = [embedder.embed(texts[b:b + EMBED_BLOCK]) for b in range(0, len(texts), EMBED_BLOCK)]
-    vectors = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-    del blocks
-    index = VectorIndex(vectors.shape[1], embedder_name, wanted)
-    index.add(vectors, docs)
-    del vectors
+    # a block at a time, normalised as add() does (row by row: the same vectors), into one array:
+    # a big collection's vectors are held once, never beside a copy
+    first = normalize_rows(embedder.embed(texts[:EMBED_BLOCK]))
+    index = VectorIndex(first.shape[1], embedder_name, wanted)
+    index.embeddings = np.empty((len(texts), index.dim), dtype=np.float32)
+    index.embeddings[:len(first)] = first
+    for b in range(EMBED_BLOCK, len(texts), EMBED_BLOCK):
+        block = texts[b:b + EMBED_BLOCK]
+        index.embeddings[b:b + len(block)] = normalize_rows(embedder.embed(block))
+    index.docs = list(docs)
     index.save(path)
     log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in "
         f"{time.time() - t0:.1f}s -> {shown(path)}")

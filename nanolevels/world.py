@@ -476,6 +476,12 @@ class World:
     def pools(self) -> Pools:
         return name_pools(len(self.people))
 
+    def scored_people(self, split: str) -> list[Person]:
+        """The split's people its scores are taken on (see scored), in order."""
+        people = self.split(split)
+        keep = scored([p.name for p in people])
+        return [p for p in people if p.name in keep]
+
 
 # People a split is scored on, at most: a bigger split is scored on a seeded sample of them, the
 # same in every step. Its 95% interval is then within about 2 points, and scoring costs the same in

@@ -135,6 +135,7 @@ def test_a_big_split_is_scored_on_the_same_sample_of_its_people(big_world):
         assert len(asked) == min(len(people), SCORED_PEOPLE) and asked <= set(people)
         assert len(one[split]) == len(ATTRIBUTES) * len(asked)
         assert {q["person"] for q in two[split]} == asked  # one-hop and two-hop: the same people
+        assert {p.name for p in world.scored_people(split)} == asked  # and cloze's
     assert data.load_questions(folder, "test") == {"test": one["test"]}
 
 
