@@ -18,7 +18,8 @@ from nanolevels.files import shown  # noqa: E402
 
 
 def main(argv=None):
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                    help="output folder (default: data/world, next to this script)")
     p.add_argument("--people", type=int, default=340,
