@@ -8,7 +8,10 @@ References: RAFT (arXiv 2403.10131); Self-Ask's trace format (arXiv 2210.03350; 
 """
 
 import random
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain, islice
 
 from nanolevels.prompting import answer_text, qa_prompt
 from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, PRETRAINED, TWO_HOP, Person, World,
@@ -27,16 +30,18 @@ def reading_page(person: Person, rng: random.Random) -> str:
     rng.shuffle(attributes)
     return biography(person, rng) + "\n" + qa_block(person, attributes)
 
-def fresh_workforce(world: World, n: int, seed: int) -> list[Person]:
-    """n fresh people for reading pages and reading examples: every other one works at a fresh
-    company."""
+def fresh_workforce(world: World, n: int, seed: int) -> Iterator[Person]:
+    """n fresh people for reading pages and reading examples, each made when it is read: every
+    other one works at a fresh company."""
     # A word the model never read has untrained embeddings and cannot be copied out of a document
     # (one run's reader got 49% of the dev-new employers, the known names only): fresh companies use
     # the words of the world's own, so every company word is read here, no company of the world's.
-    people = fresh_people(world, n, seed)
-    for p, c in zip(people[1::2], fresh_companies(world, n // 2, seed + 7)):
-        p.employer, p.employer_city = c.name, c.headquarters
-    return people
+    companies = fresh_companies(world, n // 2, seed + 7)
+    for i, person in enumerate(fresh_people(world, n, seed)):
+        if i % 2:
+            c = next(companies)
+            person.employer, person.employer_city = c.name, c.headquarters
+        yield person
 
 # The agent's trace format (Self-Ask; see agent.py): every line the model writes starts with one.
 FOLLOW_UP, INTERMEDIATE, FINAL = "Follow up: ", "Intermediate answer: ", "So the final answer is: "
@@ -66,13 +71,13 @@ def trace_turns(question: str, hops: list[tuple[str, str, str]]) -> list[tuple[s
     return turns
 
 
-def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]]]:
+def agent_traces(world: World, n: int, seed: int) -> Iterator[list[tuple[str, str]]]:
     """n training traces (see trace_turns) about fresh people at fresh companies, mixed as MIX says,
-    each with the gold document of every hop: the person's biography, then the company's profile."""
+    each with the gold document of every hop: the person's biography, then the company's profile.
+    Each is made when it is read."""
     rng = random.Random(seed + 1)  # not the streams that drew the people and companies
     companies = fresh_companies(world, n, seed=seed)
     kinds, weights = list(MIX), list(MIX.values())
-    examples = []
     for person, employer in zip(fresh_people(world, n, seed=seed + 2), companies):
         # each at a company of its own
         person.employer, person.employer_city = employer.name, employer.headquarters
@@ -87,64 +92,101 @@ def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]
         else:
             q = company_question(employer, rng.choice(COMPANY_ATTRIBUTES))
             hops = [(q["question"], profile(employer, rng), q["answer"])]
-        examples.append(trace_turns(q["question"], hops))
-    return examples
+        yield trace_turns(q["question"], hops)
+
+
+def agent_examples(world: World, n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """agent_traces as a list: what the agent is fine-tuned on."""
+    return list(agent_traces(world, n, seed))
 
 
 @dataclass
 class Corpus:
     bios: dict[str, list[str]]  # person name -> biographies (the retrieval collection; all splits)
     profiles: dict[str, list[str]]  # company name -> profiles (in the retrieval collection too)
-    train_docs: list[str]       # the pretraining documents, shuffled at document level
-    val_docs: list[str]         # held-out documents for validation loss (same kinds, other text)
+    store: list  # every distinct pretraining document, once, in the order made
+    order: array  # the pretraining documents, shuffled at document level: store[order[i]]
+    val_docs: list[str]  # held-out documents for validation loss (same kinds, other text)
+    n_pages: int  # of the pretraining documents, reading pages (each in store once)
+    n_traces: int  # and agent traces
+    chars: int  # characters of all the pretraining documents, repeats counted
+
+    @property
+    def train_docs(self) -> Iterator[str]:
+        """The pretraining documents in their order, read one by one."""
+        return (self.store[i] for i in self.order)
+
+
+def pretrained(world: World, bios: dict, profiles: dict, rng: random.Random,
+               mix_qa: bool) -> tuple[list[str], list[str]]:
+    """(the documents pretrained on, each once; validation documents): the PRETRAINED people's
+    biographies and the known companies' profiles (and with mix_qa the train people's QA pairs, as
+    often as their biographies); for validation one more of each (same facts, other wording)."""
+    known = [p for p in world.people if p.split in PRETRAINED]
+    companies = [c for c in world.companies if c.split == "known"]
+    once = ([b for p in known for b in bios[p.name]]
+            + [d for c in companies for d in profiles[c.name]])
+    val_docs = [biography(p, rng) for p in known] + [profile(c, rng) for c in companies]
+    if mix_qa:
+        for p in world.split("train"):
+            for _ in bios[p.name]:
+                attributes = list(ATTRIBUTES)
+                rng.shuffle(attributes)
+                once.append(qa_block(p, attributes))
+    return once, val_docs
 
 
 def make_corpus(world: World, bios_per_person: int = 5, epochs: int = 40,
-                reading_share: float = 0.2, mix_qa: bool = False) -> Corpus:
+                reading_share: float = 0.2, mix_qa: bool = False, store=None) -> Corpus:
     """Biographies and profiles of everyone, and the pretraining documents built from them: never a
-    word about a dev-new or new person or company, never a question about a dev or test person."""
+    word about a dev-new or new person or company, never a question about a dev or test person.
+    store: where each distinct pretraining document goes as it is made (a list by default;
+    data.prepare_world's is a file, so that a big world's millions of pages never sit in memory)."""
     if bios_per_person < 1:
         raise ValueError(f"--bios-per-person must be at least 1, got {bios_per_person}")
     if epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {epochs}")
     if not 0 <= reading_share < 1:
         raise ValueError(f"--reading-share must be in [0, 1), got {reading_share}")
+    store = [] if store is None else store
     rng = random.Random(world.seed + 1)
     bios = {p.name: [biography(p, rng) for _ in range(bios_per_person)] for p in world.people}
     profiles = {c.name: [profile(c, rng) for _ in range(bios_per_person)] for c in world.companies}
-    # pretrained: the PRETRAINED people's biographies and the known companies' profiles;
-    # validation: one more of each (same facts, other wording)
-    known = [p for p in world.people if p.split in PRETRAINED]
-    companies = [c for c in world.companies if c.split == "known"]
-    once = ([b for p in known for b in bios[p.name]]
-            + [d for c in companies for d in profiles[c.name]])
-    val_docs = [biography(p, rng) for p in known] + [profile(c, rng) for c in companies]
-    if mix_qa:  # the train people's QA pairs, as often as their biographies
-        for p in world.split("train"):
-            for _ in range(bios_per_person):
-                attributes = list(ATTRIBUTES)
-                rng.shuffle(attributes)
-                once.append(qa_block(p, attributes))
+    once, val_docs = pretrained(world, bios, profiles, rng, mix_qa)
     # the repetition is written out, not left to more epochs of training: the reading pages below
     # are each seen once, so their answers can only be read off the page, never memorised (repeated
-    # pages would spend the model's memory on people nobody asks about)
-    train_docs = once * epochs
+    # pages would spend the model's memory on people nobody asks about). Two paraphrases that came
+    # out alike are one document of the store; pages and traces each name someone of their own.
+    ids = {}
+    for doc in once:
+        if doc not in ids:
+            ids[doc] = len(store)
+            store.append(doc)
+    order = array("i", [ids[doc] for doc in once]) * epochs
     # reading pages are reading_share of all documents, in validation too; TRACE_SHARE of them are
     # agent traces
-    n_pages = round(reading_share / (1 - reading_share) * len(train_docs))
+    n_pages = round(reading_share / (1 - reading_share) * len(order))
     n_val_pages = round(reading_share / (1 - reading_share) * len(val_docs))
     n_traces, n_val_traces = round(TRACE_SHARE * n_pages), round(TRACE_SHARE * n_val_pages)
     fresh = fresh_workforce(world, n_pages + n_val_pages, seed=world.seed + 2)
-    traces = ["".join(p + a for p, a in t)
-              for t in agent_examples(world, n_traces + n_val_traces, world.seed + 5)]
-    train_docs += [reading_page(p, rng) for p in fresh[:n_pages - n_traces]] + traces[:n_traces]
-    val_docs += ([reading_page(p, rng) for p in fresh[n_pages:n_pages + n_val_pages - n_val_traces]]
-                 + traces[n_traces:])
+    traces = ("".join(p + a for p, a in t)
+              for t in agent_traces(world, n_traces + n_val_traces, world.seed + 5))
+    chars = epochs * sum(len(doc) for doc in once)
+    for doc in chain((reading_page(p, rng) for p in islice(fresh, n_pages - n_traces)),
+                     islice(traces, n_traces)):
+        order.append(len(store))
+        store.append(doc)
+        chars += len(doc)
+    for _ in islice(fresh, n_traces):  # drawn, never written: the next pages stay as they were
+        pass
+    val_docs += ([reading_page(p, rng) for p in islice(fresh, n_val_pages - n_val_traces)]
+                 + list(traces))
     # whole documents shuffled: with all paraphrases of one person in one context window, the
     # model would copy them instead of storing the facts
-    rng.shuffle(train_docs)
+    rng.shuffle(order)
     rng.shuffle(val_docs)
-    return Corpus(bios, profiles, train_docs, val_docs)
+    return Corpus(bios, profiles, store, order, val_docs, n_pages - n_traces, n_traces,
+                  chars)
 
 
 COMPANY_SHARE = 0.25  # of reading examples about a company: the reader reads every kind of document
@@ -157,8 +199,8 @@ def reading_examples(world: World, n: int, seed: int, k: int = 2) -> list[list[t
     # All fresh, so the answers have to be read off the context, the skill retrieval needs for
     # `new` people. Several answers per context teach more per token than one.
     rng = random.Random(seed + 1)  # not the stream that drew the people
-    people = fresh_workforce(world, n + k, seed=seed)
-    companies = fresh_companies(world, n + k, seed=seed + 2)
+    people = list(fresh_workforce(world, n + k, seed=seed))
+    companies = list(fresh_companies(world, n + k, seed=seed + 2))
     examples = []
     for i in range(n):
         if rng.random() < COMPANY_SHARE:

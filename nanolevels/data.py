@@ -10,15 +10,19 @@ References: karpathy/nanoGPT (data/*/prepare.py, get_batch in train.py).
 import json
 import os
 import time
+from array import array
 from dataclasses import asdict
+from itertools import chain
 
 import numpy as np
 import torch
 
-from nanolevels.files import atomic_write, read_json, read_jsonl, read_text, write_json, write_jsonl
+from nanolevels.files import (atomic_open, atomic_write, read_json, read_jsonl, read_text,
+                              write_json, write_jsonl)
 from nanolevels.tokenizer import EOT, Tokenizer
-from nanolevels.corpus import FOLLOW_UP, make_corpus
-from nanolevels.world import ATTRIBUTES, SPLITS, TWO_HOP, make_world, qa_pair, two_hop_question
+from nanolevels.corpus import make_corpus
+from nanolevels.world import (ATTRIBUTES, SMALL_WORLD, SPLITS, TWO_HOP, make_world, qa_pair,
+                              scored, two_hop_question)
 
 IGNORE = -100  # cross-entropy's ignore_index: positions that add nothing to the loss
 
@@ -35,13 +39,28 @@ def load_tokens(path: str) -> np.ndarray:
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
-def encode_documents(tokenizer, docs: list[str]) -> np.ndarray:
+def encode_documents(tokenizer, docs) -> np.ndarray:
     """One flat stream: each document's tokens followed by <|endoftext|>."""
-    ids = []
+    ids = array("q")  # 8 bytes a token as it grows (a list of Python ints takes 36)
     for doc in docs:
         ids.extend(tokenizer.encode(doc))
         ids.append(tokenizer.eot_id)
-    return np.array(ids, dtype=np.int64)
+    return np.frombuffer(ids, dtype=np.int64)
+
+
+def read_documents(path: str):
+    """The documents of a pretrain.txt or val.txt (joined by <|endoftext|> lines), one at a time,
+    as str.split on the separator gives them (the last keeps the file's final newline)."""
+    with open(path, encoding="utf-8") as f:
+        lines = []
+        for line in f:
+            if line == f"{EOT}\n" and lines and lines[-1].endswith("\n"):
+                lines[-1] = lines[-1][:-1]  # the separator's first newline
+                yield "".join(lines)
+                lines = []
+            else:
+                lines.append(line)
+        yield "".join(lines)
 
 
 def _global_rows(seed: int, step: int, micro_step: int, n_rows: int, high: int) -> np.ndarray:
@@ -140,14 +159,20 @@ def load_world(data_dir: str):
 
 
 def load_questions(world_dir: str, *splits: str, hops: int = 1) -> dict[str, list[dict]]:
-    """{split: its questions} from a prepared world's qa_<split>.jsonl (qa2_ with hops=2)."""
+    """{split: its questions} from a prepared world's qa_<split>.jsonl (qa2_ with hops=2): every one
+    of train's (they are training data), of another split those of the people it is scored on
+    (world.scored: a sample, in a split of more than SCORED_PEOPLE)."""
     out = {}
     for split in splits:
         path = os.path.join(world_dir, f"qa{'' if hops == 1 else hops}_{split}.jsonl")
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {path}; prepare the world with: "
                                     f"python data/world/prepare.py --out {world_dir}")
-        out[split] = read_jsonl(path)
+        questions = read_jsonl(path)
+        if split != "train":
+            keep = scored(list(dict.fromkeys(q["person"] for q in questions)))
+            questions = [q for q in questions if q["person"] in keep]
+        out[split] = questions
     return out
 
 
@@ -182,6 +207,103 @@ def load_tables(world_dir: str) -> tuple[list[dict], list[dict]]:
     return tables[0], tables[1]
 
 
+class DiskList:
+    """A list of texts (or, raw, of bytes) kept in a temporary file: append, [i] and len, what
+    make_corpus's store needs, so that a big world's millions of pages sit on disk, not in memory.
+    The file goes when the `with` block ends."""
+
+    def __init__(self, path: str, raw: bool = False):
+        self.path, self.raw = path, raw
+        self.file = open(path, "w+b")
+        self.offsets = array("q", [0])  # item i is bytes offsets[i]:offsets[i + 1] of the file
+        self.unflushed = False
+
+    def append(self, item) -> None:
+        data = item if self.raw else item.encode()
+        self.file.write(data)
+        self.offsets.append(self.offsets[-1] + len(data))
+        self.unflushed = True
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int):
+        return self.bytes(i) if self.raw else self.bytes(i).decode()
+
+    def bytes(self, i: int) -> bytes:
+        """Item i as stored (a text UTF-8 encoded)."""
+        if self.unflushed:  # os.pread reads the file, not the write buffer
+            self.file.flush()
+            self.unflushed = False
+        start = self.offsets[i]
+        return os.pread(self.file.fileno(), self.offsets[i + 1] - start, start)
+
+    def sizes(self) -> np.ndarray:
+        """Each item's length in bytes."""
+        return np.diff(np.frombuffer(self.offsets, dtype=np.int64))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+        os.remove(self.path)
+
+
+# A world past SMALL_WORLD people learns its merges from about this much of its distinct text (every
+# k-th document): the pair counts of a sample that size rank the merges as the whole would, and the
+# step stops growing with the world (a 100,000-person world has 2.5 GB of distinct documents)
+TOKENIZER_SAMPLE_BYTES = 64 * 2**20
+
+
+def last_to_appear(order: np.ndarray, n: int, block: int = 2**20) -> int:
+    """Of the ids 0..n-1, each somewhere in order, the one whose first place in order is last."""
+    seen, last = np.zeros(n, dtype=bool), -1
+    for start in range(0, len(order), block):  # a block at a time: no sorted copy of all of order
+        ids = order[start:start + block]
+        new, first = np.unique(ids[~seen[ids]], return_index=True)
+        if len(new):
+            last = int(new[np.argmax(first)])
+        seen[ids] = True
+    return last
+
+
+def train_world_tokenizer(corpus, vocab_size: int, people: int) -> Tokenizer:
+    """The tokenizer of a world, learned from each distinct pretraining document once (repeats would
+    add time, not merges), as if from the text of them all joined by newlines in the order they
+    first appear: the newline after each is counted, but for the last to appear."""
+    # a document starts with a letter, so no chunk of the split pattern spans two of them
+    last = last_to_appear(np.frombuffer(corpus.order, dtype=np.int32), len(corpus.store))
+    every = 1 if people <= SMALL_WORLD else -(-int(corpus.store.sizes().sum())
+                                             // TOKENIZER_SAMPLE_BYTES)
+    texts = (corpus.store[i] + ("" if i == last else "\n")
+             for i in range(0, len(corpus.store), every))
+    return Tokenizer.train(texts, vocab_size)
+
+
+def write_pretraining(out_dir: str, corpus, tokenizer) -> tuple[int, int]:
+    """pretrain.txt (documents joined by <|endoftext|> lines) and train.bin (each document's tokens,
+    then <|endoftext|>), written as they are made: each distinct document is encoded once, its
+    tokens kept on disk, and both files follow corpus.order. Returns (tokens, text bytes)."""
+    if tokenizer.vocab_size > 2**16:
+        raise ValueError(f"{tokenizer.vocab_size} tokens do not fit in uint16; use a vocab under "
+                         f"65536")
+    eot = np.array([tokenizer.eot_id], dtype=np.uint16).tobytes()
+    join = f"\n{EOT}\n".encode()
+    with DiskList(os.path.join(out_dir, f"tokens.{os.getpid()}.tmp"), raw=True) as tokens:
+        for i in range(len(corpus.store)):
+            tokens.append(np.array(tokenizer.encode(corpus.store[i]), dtype=np.uint16).tobytes())
+        with (atomic_open(os.path.join(out_dir, "pretrain.txt")) as text,
+              atomic_open(os.path.join(out_dir, "train.bin")) as ids):
+            for n, i in enumerate(corpus.order):
+                text.write(join + corpus.store.bytes(i) if n else corpus.store.bytes(i))
+                ids.write(tokens[i] + eot)
+            text.write(b"\n")
+        order = np.frombuffer(corpus.order, dtype=np.int32)
+        n_tokens = int(tokens.sizes()[order].sum()) // 2 + len(order)
+    return n_tokens, int(corpus.store.sizes()[order].sum())
+
+
 def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_size: int, log):
     """Train the tokenizer on train_text, then write tokenizer.json, train.bin and val.bin."""
     t0 = time.time()
@@ -200,51 +322,62 @@ def _write_tokenized(out_dir: str, train_text: str, train_docs, val_docs, vocab_
             "val_tokens": len(val_ids), "tokenizer_train_s": train_s}
 
 
+def write_collection(out_dir: str, world, corpus) -> None:
+    """The retrieval collection (docs.jsonl), every split's questions and the world's tables."""
+    # every biography and profile, dev-new and new included; a document names its "person" or its
+    # "company"
+    write_jsonl(os.path.join(out_dir, "docs.jsonl"), chain(
+        ({"id": f"{p.name}#{i}", "person": p.name, "split": p.split, "text": bio}
+         for p in world.people for i, bio in enumerate(corpus.bios[p.name])),
+        ({"id": f"{c.name}#{i}", "company": c.name, "split": c.split, "text": text}
+         for c in world.companies for i, text in enumerate(corpus.profiles[c.name]))))
+    for split in SPLITS:  # one-hop questions, and two-hop ones through each person's employer
+        people = world.split(split)
+        write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
+                    (qa_pair(p, a) for p in people for a in ATTRIBUTES))
+        write_jsonl(os.path.join(out_dir, f"qa2_{split}.jsonl"),
+                    (two_hop_question(p, world.company(p.employer), a)
+                     for p in people for a in TWO_HOP))
+    write_jsonl(os.path.join(out_dir, "people.jsonl"), (asdict(p) for p in world.people))
+    write_jsonl(os.path.join(out_dir, "companies.jsonl"), (asdict(c) for c in world.companies))
+
+
 def prepare_world(out_dir: str = "data/world", people: int = 340, bios_per_person: int = 5,
                   epochs: int = 40, reading_share: float = 0.2, mix_qa: bool = False,
                   vocab_size: int = 2048, seed: int = 1337, log=print) -> dict:
     """Write the tiny world's files into out_dir (see each write below) and return a summary."""
     world = make_world(people, seed)
-    corpus = make_corpus(world, bios_per_person, epochs, reading_share, mix_qa)
     _forget(out_dir)
-    join = f"\n{EOT}\n"  # documents separated by <|endoftext|> lines
-    train_text = join.join(corpus.train_docs)
-    atomic_write(os.path.join(out_dir, "pretrain.txt"), train_text + "\n")
+    os.makedirs(out_dir, exist_ok=True)
+    with DiskList(os.path.join(out_dir, f"documents.{os.getpid()}.tmp")) as store:
+        corpus = make_corpus(world, bios_per_person, epochs, reading_share, mix_qa, store)
+        write_collection(out_dir, world, corpus)
+        join = f"\n{EOT}\n"  # documents separated by <|endoftext|> lines
+        train_chars = corpus.chars + len(join) * (len(corpus.order) - 1)
+        log("world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people at "
+            + " / ".join(f"{sum(c.split == s for c in world.companies)} {s}"
+                         for s in ("known", "dev-new", "new"))
+            + " companies; "
+            f"{len(corpus.order):,} pretraining documents ({train_chars:,} chars; "
+            f"{corpus.n_pages:,} of them reading pages, {corpus.n_traces:,} agent "
+            f"traces), {len(corpus.val_docs):,} validation documents")
+        t0 = time.time()
+        tokenizer = train_world_tokenizer(corpus, vocab_size, people)
+        train_s = time.time() - t0
+        tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+        n_tokens, n_bytes = write_pretraining(out_dir, corpus, tokenizer)
     atomic_write(os.path.join(out_dir, "val.txt"), join.join(corpus.val_docs) + "\n")
-    # the retrieval collection: every biography and profile, dev-new and new included; a document
-    # names its "person" or its "company"
-    write_jsonl(os.path.join(out_dir, "docs.jsonl"),
-                [{"id": f"{p.name}#{i}", "person": p.name, "split": p.split, "text": bio}
-                 for p in world.people for i, bio in enumerate(corpus.bios[p.name])]
-                + [{"id": f"{c.name}#{i}", "company": c.name, "split": c.split, "text": text}
-                   for c in world.companies for i, text in enumerate(corpus.profiles[c.name])])
-    for split in SPLITS:  # one-hop questions, and two-hop ones through each person's employer
-        write_jsonl(os.path.join(out_dir, f"qa_{split}.jsonl"),
-                    [qa_pair(p, a) for p in world.split(split) for a in ATTRIBUTES])
-        write_jsonl(os.path.join(out_dir, f"qa2_{split}.jsonl"),
-                    [two_hop_question(p, world.company(p.employer), a)
-                     for p in world.split(split) for a in TWO_HOP])
-    write_jsonl(os.path.join(out_dir, "people.jsonl"), [asdict(p) for p in world.people])
-    write_jsonl(os.path.join(out_dir, "companies.jsonl"), [asdict(c) for c in world.companies])
-    n_pages = sum("\nQ: " in d and not d.startswith("Q: ")  # not mixed QA
-                  for d in corpus.train_docs)
-    n_traces = sum(d.startswith("Q: ") and FOLLOW_UP in d for d in corpus.train_docs)
-    log("world: " + " / ".join(f"{len(world.split(s))} {s}" for s in SPLITS) + " people at "
-        + " / ".join(f"{sum(c.split == s for c in world.companies)} {s}"
-                     for s in ("known", "dev-new", "new"))
-        + " companies; "
-        f"{len(corpus.train_docs):,} pretraining documents "
-        f"({len(train_text):,} chars; {n_pages:,} of them reading pages, "
-        f"{n_traces:,} agent traces), {len(corpus.val_docs):,} validation documents")
-    # the tokenizer learns from each distinct document once: repeats would add time, not merges
-    distinct = "\n".join(dict.fromkeys(corpus.train_docs))
-    summary = _write_tokenized(out_dir, distinct, corpus.train_docs, corpus.val_docs, vocab_size,
-                               log)
+    val_ids = encode_documents(tokenizer, corpus.val_docs)
+    save_tokens(val_ids, os.path.join(out_dir, "val.bin"))
+    log(f"tokenizer: {tokenizer.vocab_size} tokens trained in {train_s:.1f}s; "
+        f"train.bin {n_tokens:,} tokens ({n_bytes / n_tokens:.2f} bytes/token), "
+        f"val.bin {len(val_ids):,} tokens")
     meta = {"kind": "world", "people": people, "bios_per_person": bios_per_person,
             "epochs": epochs, "reading_share": reading_share, "mix_qa": mix_qa,
             "vocab_size": vocab_size, "seed": seed}
     write_json(os.path.join(out_dir, "meta.json"), meta)  # last: its presence means all is written
-    return {**meta, **summary, "train_chars": len(train_text)}
+    return {**meta, "vocab_size": tokenizer.vocab_size, "train_tokens": n_tokens,
+            "val_tokens": len(val_ids), "tokenizer_train_s": train_s, "train_chars": train_chars}
 
 
 def prepare_text(path: str, out_dir: str, vocab_size: int = 2048, val_fraction: float = 0.1,
@@ -279,10 +412,8 @@ def load_pretraining_data(data_dir: str, tokenizer=None):
     if tokenizer is None or tokenizer.to_dict() == own.to_dict():
         return (own, load_tokens(os.path.join(data_dir, "train.bin")),
                 load_tokens(os.path.join(data_dir, "val.bin")))
-    streams = []
-    for name in ("pretrain.txt", "val.txt"):
-        with open(os.path.join(data_dir, name), encoding="utf-8") as f:
-            streams.append(encode_documents(tokenizer, f.read().split(f"\n{EOT}\n")))
+    streams = [encode_documents(tokenizer, read_documents(os.path.join(data_dir, name)))
+               for name in ("pretrain.txt", "val.txt")]
     return tokenizer, *streams
 
 

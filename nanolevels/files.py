@@ -3,10 +3,13 @@ read with errors that name the file and line."""
 
 import json
 import os
+from contextlib import contextmanager
 
 
-def atomic_write(path: str, data: str | bytes) -> None:
-    """Write path so that a crash or Ctrl-C leaves the old file or the new one, never half."""
+@contextmanager
+def atomic_open(path: str):
+    """A binary file to write path through, as it is made (a big world's text never sits in
+    memory): path is replaced when the block ends, never left half written."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a file stands where a folder should
@@ -14,8 +17,14 @@ def atomic_write(path: str, data: str | bytes) -> None:
                                  f"give a folder") from None
     tmp = f"{path}.{os.getpid()}.tmp"  # a kill -9 can leave it; *.tmp is git-ignored, never read
     with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+        yield f
     os.replace(tmp, path)
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Write path so that a crash or Ctrl-C leaves the old file or the new one, never half."""
+    with atomic_open(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
 
 
 def shown(path: str) -> str:
@@ -31,7 +40,10 @@ def write_json(path: str, obj) -> None:
 
 
 def write_jsonl(path: str, rows) -> None:
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """One JSON value per line, each written as it comes (rows may be a generator)."""
+    with atomic_open(path) as f:
+        for r in rows:
+            f.write((json.dumps(r, ensure_ascii=False) + "\n").encode())
 
 
 def read_json(path: str):

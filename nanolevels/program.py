@@ -42,26 +42,30 @@ VALUES = {"birth_city": CITIES, "university": UNIVERSITIES, "major": MAJORS,
           "employer": sorted(EMPLOYERS), "employer_city": sorted(set(EMPLOYERS.values()))}
 
 
-def mine_templates(text: str, facts: list[dict], keep: int = MINED) -> dict[str, list[str]]:
+def mine_templates(text, facts: list[dict], keep: int = MINED) -> dict[str, list[str]]:
     """The `keep` most frequent templates per attribute, from facts ({person, attribute, answer}):
-    'Ada Jo Crane was born in Lyon.' -> '{name} was born in'."""
+    'Ada Jo Crane was born in Lyon.' -> '{name} was born in'. text: the corpus, or its lines one at
+    a time (an open pretrain.txt: a big world's never sits in memory)."""
     values = defaultdict(dict)  # person -> attribute -> value
     for f in facts:
         values[f["person"]][f["attribute"]] = f["answer"]
     if not values:
         raise ValueError("no dev questions to mine prompts with; prepare the world with: "
                          "python data/world/prepare.py")
-    longest_first = sorted(values, key=len, reverse=True)
-    names = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in longest_first) + r")\b")
+    # a full name is three words: the first three-word run that is a fact's person (a look-up per
+    # word, where a pattern of all the names would try each of them at every capital letter)
+    runs = re.compile(r"\b(?=(\w+ \w+ \w+)\b)")
     counts = defaultdict(Counter)
-    for sentence, n in Counter(re.split(r"(?<=\.) |\n", text)).items():
-        found = names.search(sentence)
-        if found is None:
-            continue
-        for attribute, value in values[found.group()].items():
-            at = sentence.find(value, found.end())  # a prompt ends where the value starts
-            if at >= 0:
-                counts[attribute][sentence[:at].rstrip().replace(found.group(), "{name}")] += n
+    lines = (m[0] for m in re.finditer(r"[^\n]+", text)) if isinstance(text, str) else text
+    for line in lines:  # one at a time, from a string too (no list of a big world's lines)
+        for sentence in re.split(r"(?<=\.) ", line.rstrip("\n")):
+            found = next((m for m in runs.finditer(sentence) if m[1] in values), None)
+            if found is None:
+                continue
+            for attribute, value in values[found[1]].items():
+                at = sentence.find(value, found.end(1))  # a prompt ends where the value starts
+                if at >= 0:
+                    counts[attribute][sentence[:at].rstrip().replace(found[1], "{name}")] += 1
     return {attribute: [t for t, _ in c.most_common(keep)] for attribute, c in counts.items()}
 
 

@@ -6,7 +6,6 @@ TF-IDF (strong here: the name decides) and a GPT's mean hidden state (weak: not 
 References: RAG (arXiv:2005.11401), DPR (arXiv:2004.04906), Sentence-BERT (arXiv:1908.10084).
 """
 
-import io
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from nanolevels import provenance
-from nanolevels.files import atomic_write, shown
+from nanolevels.files import atomic_open, shown
 
 INDEX_FORMAT = "nanolevels-index-3"  # in every index file: change it when embedders or file change
 
@@ -31,6 +30,8 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 BLOCK = 1024  # documents per block in top_k_unordered's prefilter
+SCORES = 2**26  # scores search() holds at once, at most (a batch of queries x every document)
+EMBED_BLOCK = 4096  # documents embedded at once when an index is built (a multiple of 32)
 
 
 def top_k_unordered(scores: np.ndarray, k: int) -> np.ndarray:
@@ -88,6 +89,10 @@ class VectorIndex:
         n, k = len(self), min(k, len(self))
         if n == 0:
             return [[] for _ in queries]
+        block = max(1, SCORES // n)  # queries at a time: their (Q, N) scores stay ~256 MB
+        if len(queries) > block:
+            return [hits for b in range(0, len(queries), block)
+                    for hits in self.search(queries[b:b + block], k)]
         # for unit vectors the cosine IS the dot product: a batch is one matrix product
         scores = normalize_rows(queries) @ self.embeddings.T  # (Q, N)
         if k < n:
@@ -102,12 +107,11 @@ class VectorIndex:
 
     def save(self, path: str) -> None:
         """Write ONE .npz file, atomically: a crash never pairs vectors with other documents."""
-        buffer = io.BytesIO()
         docs = np.frombuffer(json.dumps(self.docs, ensure_ascii=False).encode(), dtype=np.uint8)
-        np.savez(buffer, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs,
-                 dim=np.int64(self.dim), embedder_name=np.str_(self.embedder_name),
-                 fingerprints=np.str_(json.dumps(self.fingerprints)))
-        atomic_write(path, buffer.getvalue())
+        with atomic_open(path) as f:  # straight into the file: no copy of the vectors in memory
+            np.savez(f, format=np.str_(INDEX_FORMAT), embeddings=self.embeddings, docs=docs,
+                     dim=np.int64(self.dim), embedder_name=np.str_(self.embedder_name),
+                     fingerprints=np.str_(json.dumps(self.fingerprints)))
 
     @classmethod
     def load(cls, path: str) -> "VectorIndex":
@@ -283,9 +287,16 @@ def load_or_build_index(out_dir: str, docs: list[dict], embedder_name: str, mode
         except ValueError as e:
             log(f"{e}: building it again")
     t0 = time.time()
-    vectors = embedder.embed(texts)
-    index = VectorIndex(vectors.shape[1], embedder_name, wanted)
-    index.add(vectors, docs)
+    # a block at a time, normalised as add() does (row by row: the same vectors), into one array:
+    # a big collection's vectors are held once, never beside a copy
+    first = normalize_rows(embedder.embed(texts[:EMBED_BLOCK]))
+    index = VectorIndex(first.shape[1], embedder_name, wanted)
+    index.embeddings = np.empty((len(texts), index.dim), dtype=np.float32)
+    index.embeddings[:len(first)] = first
+    for b in range(EMBED_BLOCK, len(texts), EMBED_BLOCK):
+        block = texts[b:b + EMBED_BLOCK]
+        index.embeddings[b:b + len(block)] = normalize_rows(embedder.embed(block))
+    index.docs = list(docs)
     index.save(path)
     log(f"indexed {len(docs):,} documents with the {embedder_name} embedder in "
         f"{time.time() - t0:.1f}s -> {shown(path)}")

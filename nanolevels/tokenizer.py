@@ -98,8 +98,9 @@ class Tokenizer:
 
     @classmethod
     def train(cls, text, vocab_size, special_tokens=(EOT,), pattern=SPLIT_PATTERN, verbose=False):
-        """Learn vocab_size - 256 - len(special_tokens) merges from text; fewer if the text runs out
-        of pairs first (a tiny corpus): check `tok.vocab_size`."""
+        """Learn vocab_size - 256 - len(special_tokens) merges from text (a string, or strings to
+        read one at a time: a corpus too big to hold); fewer if the text runs out of pairs first
+        (a tiny corpus): check `tok.vocab_size`."""
         special_tokens = list(special_tokens)
         num_merges = vocab_size - 256 - len(special_tokens)
         if num_merges < 0:
@@ -110,9 +111,10 @@ class Tokenizer:
         # Most chunks repeat ("the" thousands of times): count each distinct chunk once, with its
         # frequency, and a pair found in it counts that many times
         counts = Counter()
-        for part in special_split(text, special_tokens):
-            if part not in special_tokens:
-                counts.update(regex.findall(pattern, part))
+        for piece in [text] if isinstance(text, str) else text:
+            for part in special_split(piece, special_tokens):
+                if part not in special_tokens:
+                    counts.update(regex.findall(pattern, part))
         chunks = [list(chunk.encode("utf-8")) for chunk in counts]
         freqs = list(counts.values())
 

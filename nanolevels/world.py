@@ -10,7 +10,9 @@ two-hop questions as in Self-Ask (arXiv 2210.03350).
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 # Share of --people in each split (train takes what the others leave); the default 340 people give
 # 108 train / 41 dev / 75 test / 41 dev-new / 75 new. A number that chose something (a stopping
@@ -155,6 +157,75 @@ INDUSTRIES = [
     "architecture", "cybersecurity", "food processing",
 ]
 
+MONTHS = """January February March April May June July August September October November
+December""".split()
+
+# Bigger worlds. Up to SMALL_WORLD people a world draws from the pools above, as it always did
+# (its files stay the same byte for byte); a bigger one draws every name from LARGE_NAME_POOLS
+# (today's lists, then more), and its company words run on from COMPANY_WORDS into compounds.
+SMALL_WORLD = 1000
+MORE_FIRST_NAMES = """Abel Adele Agnes Aiko Alba Alec Amara Anika Anton Aria Aurel Axel Beatrix
+Benno Bianca Birgit Bodil Boris Calla Carys Cecil Clara Cosima Dalia Daria Dorian Edith Elin Elise
+Emil Enid Erik Esra Ezra Felix Flora Frida Gemma Gideon Gita Greer Gwen Hana Hilde Hugo Ilse Ingrid
+Iris Isak Jasper Jonas Juno Kaia Karin Kasper Kira Klaus Lena Leon Linnea Livia Lorna Luca Lucien
+Magnus Maren Marit Matteo Maya Mika Mina Nadine Naomi Nils Noor Olaf Orla Oskar Otto Paloma Priya
+Ragna Remy Rhys Rosa Ruth Selma Sienna Sigrid Simone Solveig Stellan Svea Talia Tess Tilde Tobias
+Ulla Uma Vesna Viggo Wanda Xenia Yannick Yusuf Zadie Zeno Zinnia Anselm Bettina Caspar Delphine
+Elodie Fabian Hester Imke Jorun Leopold Malin Octavia Philippa Quentin Romilly Tristan""".split()
+MORE_MIDDLE_NAMES = """Ace Arch Bliss Cade Cove Dane Dell Drew Ellis Grant Jay Jem Lou Luz Mack
+Neve Noel Paz Quin Ren Rio Roe Ross Ruby Seth Shay Tam Teal True Troy Val Zed Cass Dex Eli Gus Hal
+Ike Jax Kip Lex Mo Ned Oz Pip Rhett Sid Ty Vic Wes Zak Bly Cy Dot Em Flo""".split()
+# last names made of two parts (Brad + ford), and company words (Cedar + croft)
+SURNAME_HEADS = """Abbots Ald Bar Brad Brom Cal Chad Dal Dun Eld Elles Gar Hal Har Hol
+Kel Kings Lang Lind Mar Mel Mor Nor Old Pen Rad Ros Sel Stan Sum Tal Wal Went Whit Wil
+Win Wor Ack Bur Cran""".split()
+SURNAME_TAILS = """by combe cott den don ford ham hurst ington ley low mer more ney stead ster ton
+well wick worth man sey field bury dale""".split()
+COMPANY_HEADS = """Acorn Alder Anvil Apple Arrow Aspen Autumn Badger Barley Beacon Beech
+Bitter Bracken Brass Bronze Brook Burr Canyon Cherry Chalk Clay Clover Copper Coral Crow
+Crystal Cypress Deep Dew Dove Dusk Eagle Elder Falcon Fir Flax Fog Frost Garnet Glen Gold
+Granite Green Hare Harvest Hazel Heath Heron Holly Honey Iron Ivory Ivy Jade Kestrel Lake
+Laurel Lemon Linden Long Lynx Maple Marsh Meadow Mill Mint Moss Ochre Olive Orchid Otter
+Owl Pearl Pebble Plum Poplar Quail Quill Rain Reed Ridge Robin Rock Rowan Rush Rye
+Saffron Salt Shadow Shell Slate Snow Sorrel South Spruce Steel Storm Summer Swan Tall
+Thistle Tide Velvet Violet Wheat Willow Wind Wolf Wren Yew""".split()
+COMPANY_TAILS = """bank bay bend bourne bridge burn crest croft dale down fall fell ford
+gate glade grove hall haven hill hold holm hurst land light line marsh mead mere mill
+moor mount ness point pool port reach ridge rise rock run shaw shore side spire spring
+stead stone strand vale view wall water way well wick wood yard brook field acre beck
+bluff brae cliff cross dell dene fen firth heath holt keep knoll lea lock peak quay reef
+scar stow thorpe tor ward weald wold worth wharf""".split()
+
+
+def compounds(heads: list[str], tails: list[str], taken: set[str]) -> list[str]:
+    """Every head + tail word (Brad + ford) that is not in taken (lower case; it grows with them),
+    nor doubles a letter at the seam (Brass + side)."""
+    out = []
+    for word in (h + t for h in heads for t in tails if h[-1].lower() != t[0]):
+        if word.lower() not in taken:
+            taken.add(word.lower())
+            out.append(word)
+    return out
+
+
+# every word a value of the world is written with: no compound may be one of them, and no company
+# word a last name (compounds() adds the last names to it before the company words are made)
+_WORDS = {w.lower() for values in (FIRST_NAMES, MIDDLE_NAMES, LAST_NAMES, MORE_FIRST_NAMES,
+                                   MORE_MIDDLE_NAMES, CITIES, UNIVERSITIES, MAJORS, list(EMPLOYERS),
+                                   HEADQUARTERS, COMPANY_WORDS, INDUSTRIES, MONTHS)
+          for v in values for w in v.split()}
+COMPOSED_LAST_NAMES = compounds(SURNAME_HEADS, SURNAME_TAILS, _WORDS)
+MORE_COMPANY_WORDS = compounds(COMPANY_HEADS, COMPANY_TAILS, _WORDS)
+NAME_POOLS = (FIRST_NAMES, MIDDLE_NAMES, LAST_NAMES)  # first, middle and last names
+LARGE_NAME_POOLS = (FIRST_NAMES + MORE_FIRST_NAMES, MIDDLE_NAMES + MORE_MIDDLE_NAMES,
+                    LAST_NAMES + COMPOSED_LAST_NAMES)
+
+
+def name_pools(n_people: int) -> tuple[list[str], list[str], list[str]]:
+    """The word lists of a world of n_people: today's up to SMALL_WORLD, the large ones beyond."""
+    return NAME_POOLS if n_people <= SMALL_WORLD else LARGE_NAME_POOLS
+
+
 COMPANY_ATTRIBUTES = ("headquarters", "founded", "ceo", "industry")
 TWO_HOP = ("founded", "ceo", "industry")  # a company fact asked through the person who worked there
 
@@ -199,9 +270,6 @@ COMPANY_TEMPLATES = {
     ],
 }
 
-MONTHS = """January February March April May June July August September October November
-December""".split()
-
 
 @dataclass
 class Person:
@@ -231,54 +299,101 @@ class Company:
         return getattr(self, attribute)
 
 
-def unused_names(taken: set[str]) -> int:
+Pools = tuple[list[str], list[str], list[str]]  # first, middle and last names
+
+
+class NameSet:
+    """A set of full names made from pools, one bit per name the pools can make: the names a big
+    world's reading pages take (millions) fit in 2.5 MB, where a set of strings takes 300 MB. Any
+    other name is kept as it is."""
+
+    def __init__(self, pools: Pools, names=()):
+        self.index = [{w: i for i, w in enumerate(words)} for words in pools]
+        self.bits = bytearray(len(pools[0]) * len(pools[1]) * len(pools[2]) // 8 + 1)
+        self.n_bits, self.others = 0, set()
+        for name in names:
+            self.add(name)
+
+    def _bit(self, name: str) -> int | None:
+        """The name's number: its words' places in the pools, read as a three-digit number."""
+        words = name.split(" ")
+        if len(words) != 3:
+            return None
+        places = [index.get(w) for index, w in zip(self.index, words)]
+        if None in places:
+            return None
+        return (places[0] * len(self.index[1]) + places[1]) * len(self.index[2]) + places[2]
+
+    def __contains__(self, name: str) -> bool:
+        bit = self._bit(name)
+        return name in self.others if bit is None else bool(self.bits[bit >> 3] >> (bit & 7) & 1)
+
+    def add(self, name: str) -> None:
+        bit = self._bit(name)
+        if bit is None:
+            self.others.add(name)
+        elif name not in self:
+            self.bits[bit >> 3] |= 1 << (bit & 7)
+            self.n_bits += 1
+
+    def __len__(self) -> int:
+        return self.n_bits + len(self.others)
+
+
+def unused_names(taken, pools: Pools = NAME_POOLS) -> int:
     """How many full names the pools can still make."""
-    return len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(LAST_NAMES) - len(taken)
+    return len(pools[0]) * len(pools[1]) * len(pools[2]) - len(taken)
 
 
-def new_name(rng: random.Random, taken: set[str]) -> str:
-    """A full name not in `taken` (which is updated)."""
-    if unused_names(taken) < 1:
+def new_name(rng: random.Random, taken, pools: Pools = NAME_POOLS) -> str:
+    """A full name from the pools, not in `taken` (a set or a NameSet, updated)."""
+    if unused_names(taken, pools) < 1:
         raise ValueError("no unused full names remain; ask for fewer people")
+    first, middle, last = pools
     while True:
-        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(MIDDLE_NAMES)} {rng.choice(LAST_NAMES)}"
+        name = f"{rng.choice(first)} {rng.choice(middle)} {rng.choice(last)}"
         if name not in taken:
             taken.add(name)
             return name
 
 
-def make_people(rng: random.Random, n: int, split: str, taken: set[str],
-                companies: list[Company]) -> list[Person]:
-    """n people with new full names (`taken` is updated), attributes drawn uniformly, each working
-    at one of `companies`."""
-    if n > unused_names(taken):
-        raise ValueError(f"asked for {n} people but only {unused_names(taken)} unused full names "
-                         f"remain")
-    people = []
-    for _ in range(n):
-        name = new_name(rng, taken)
-        employer = rng.choice(companies)
-        birth_date = f"{rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(1950, 2005)}"
-        people.append(Person(name, split, birth_date, rng.choice(CITIES), rng.choice(UNIVERSITIES),
-                             rng.choice(MAJORS), employer.name, employer.headquarters))
-    return people
+def make_person(rng: random.Random, split: str, taken, companies: list[Company],
+                pools: Pools) -> Person:
+    """A person with a new full name (`taken` is updated), attributes drawn uniformly, working at
+    one of `companies`."""
+    name = new_name(rng, taken, pools)
+    employer = rng.choice(companies)
+    birth_date = f"{rng.choice(MONTHS)} {rng.randint(1, 28)}, {rng.randint(1950, 2005)}"
+    return Person(name, split, birth_date, rng.choice(CITIES), rng.choice(UNIVERSITIES),
+                  rng.choice(MAJORS), employer.name, employer.headquarters)
+
+
+def make_people(rng: random.Random, n: int, split: str, taken,
+                companies: list[Company], pools: Pools = NAME_POOLS) -> Iterator[Person]:
+    """n people (see make_person), each drawn when it is read: millions of them (a big world's
+    reading pages) never sit in memory at once."""
+    if n > unused_names(taken, pools):
+        raise ValueError(f"asked for {n} people but only {unused_names(taken, pools)} unused full "
+                         f"names remain")
+    return (make_person(rng, split, taken, companies, pools) for _ in range(n))
 
 
 def make_company(rng: random.Random, name: str, split: str, headquarters: str,
-                 ceo_names: set[str]) -> Company:
+                 ceo_names, pools: Pools = NAME_POOLS) -> Company:
     """A company called name, its founding year, chief executive (a name not in ceo_names, which is
     updated) and industry drawn."""
     return Company(name, split, headquarters, str(rng.randint(1850, 2015)),
-                   new_name(rng, ceo_names), rng.choice(INDUSTRIES))
+                   new_name(rng, ceo_names, pools), rng.choice(INDUSTRIES))
 
 
 def company_names(rng: random.Random, n: int) -> list[str]:
     """n names for the world's own companies, no two with one first word (retrieval tells them
-    apart by it)."""
-    if n > len(COMPANY_WORDS):
-        raise ValueError(f"asked for {n} companies but there are only {len(COMPANY_WORDS)} company "
+    apart by it): today's words while they last, then the compounds too."""
+    words = COMPANY_WORDS if n <= len(COMPANY_WORDS) else COMPANY_WORDS + MORE_COMPANY_WORDS
+    if n > len(words):
+        raise ValueError(f"asked for {n:,} companies but there are only {len(words):,} company "
                          f"words; ask for fewer people")
-    return [f"{word} {rng.choice(COMPANY_SUFFIXES)}" for word in rng.sample(COMPANY_WORDS, n)]
+    return [f"{word} {rng.choice(COMPANY_SUFFIXES)}" for word in rng.sample(words, n)]
 
 
 def biography(person: Person, rng: random.Random) -> str:
@@ -346,12 +461,39 @@ class World:
     def split(self, name: str) -> list[Person]:
         return [p for p in self.people if p.split == name]
 
+    @cached_property
+    def _by_name(self) -> dict[str, Company]:
+        return {c.name: c for c in self.companies}
+
     def company(self, name: str) -> Company:
-        return next(c for c in self.companies if c.name == name)
+        return self._by_name[name]
 
     def names(self) -> set[str]:
         """Every full name the world uses: its people and the companies' chief executives."""
         return {p.name for p in self.people} | {c.ceo for c in self.companies}
+
+    @property
+    def pools(self) -> Pools:
+        return name_pools(len(self.people))
+
+    def scored_people(self, split: str) -> list[Person]:
+        """The split's people its scores are taken on (see scored), in order."""
+        people = self.split(split)
+        keep = scored([p.name for p in people])
+        return [p for p in people if p.name in keep]
+
+
+# People a split is scored on, at most: a bigger split is scored on a seeded sample of them, the
+# same in every step. Its 95% interval is then within about 2 points, and scoring costs the same in
+# any bigger world; splits of up to 500 people (worlds of up to ~2,270) are scored whole, as always.
+SCORED_PEOPLE = 500
+
+
+def scored(names: list[str]) -> set[str]:
+    """The names, of a split's people in order, that its scores are taken on."""
+    if len(names) <= SCORED_PEOPLE:
+        return set(names)
+    return set(random.Random(0).sample(names, SCORED_PEOPLE))
 
 
 def split_sizes(n_people: int) -> dict[str, int]:
@@ -366,22 +508,30 @@ def split_sizes(n_people: int) -> dict[str, int]:
 
 
 PEOPLE_PER_COMPANY = 6  # a dev-new / new company per this many people of its split (~3 work at one)
+# pretrained people per known company, at most: the 28 of EMPLOYERS suffice up to ~1,040 people,
+# then more companies are made in proportion (a big world's companies have a few dozen people each)
+PEOPLE_PER_KNOWN_COMPANY = 24
 
 
 def make_world(n_people: int = 340, seed: int = 1337) -> World:
     """The world: n_people people in the splits of SPLITS, and the companies they work for."""
     rng, company_rng = random.Random(seed), random.Random(seed + 3)  # companies: their own stream
-    sizes = split_sizes(n_people)
+    sizes, pools = split_sizes(n_people), name_pools(n_people)
     taken: set[str] = set()  # every full name in use: chief executives, then people
     # the known companies' profiles are pretrained (train, dev and test people work there only)
-    known = [make_company(company_rng, name, "known", hq, taken)
+    known = [make_company(company_rng, name, "known", hq, taken, pools)
              for name, hq in sorted(EMPLOYERS.items())]
     # dev-new and new have companies of their own, whose profiles only retrieval holds
     n_own = {s: max(1, round(sizes[s] / PEOPLE_PER_COMPANY)) for s in ("dev-new", "new")}
-    names = iter(company_names(company_rng, sum(n_own.values())))
-    own = {s: [make_company(company_rng, next(names), s, company_rng.choice(HEADQUARTERS), taken)
-               for _ in range(n)] for s, n in n_own.items()}
-    people = [p for split, n in sizes.items() for p in make_people(rng, n, split, taken, known)]
+    pretrained = sum(sizes[s] for s in PRETRAINED)
+    n_more = max(0, round(pretrained / PEOPLE_PER_KNOWN_COMPANY) - len(known))
+    names = iter(company_names(company_rng, sum(n_own.values()) + n_more))
+    own = {s: [make_company(company_rng, next(names), s, company_rng.choice(HEADQUARTERS), taken,
+                            pools) for _ in range(n)] for s, n in n_own.items()}
+    known += [make_company(company_rng, next(names), "known", company_rng.choice(HEADQUARTERS),
+                           taken, pools) for _ in range(n_more)]
+    people = [p for split, n in sizes.items()
+              for p in make_people(rng, n, split, taken, known, pools)]
     # half (rounded up) of a new split's people work at its own companies, the rest at known ones:
     # a two-hop question about a new person may need a pretrained profile or a retrieved one
     for split, companies in own.items():
@@ -392,23 +542,29 @@ def make_world(n_people: int = 340, seed: int = 1337) -> World:
     return World(people, known + own["dev-new"] + own["new"], seed)
 
 
-def fresh_companies(world: World, n: int, seed: int) -> list[Company]:
-    """n further companies for training examples, none named like a company of the world. Names may
-    repeat among them with other facts each time: a fresh company can be read about, never
-    remembered."""
+def fresh_companies(world: World, n: int, seed: int) -> Iterator[Company]:
+    """n further companies for training examples, none named like a company of the world, each
+    drawn when it is read. Names may repeat among them with other facts each time: a fresh company
+    can be read about, never remembered."""
     rng, world_names = random.Random(seed), {c.name for c in world.companies}
     # the known companies' words too ("Silver Fern" of "Silver Fern Partners"): an agent trained on
-    # unfamiliar words only learned to swap a known name for one ("Larkfield Partners")
-    starts = COMPANY_WORDS + sorted({name.rsplit(" ", 1)[0] for name in EMPLOYERS})
-    names = [f"{w} {s}" for w in starts for s in COMPANY_SUFFIXES if f"{w} {s}" not in world_names]
-    taken = world.names()
-    return [make_company(rng, rng.choice(names), "fresh", rng.choice(HEADQUARTERS), taken)
-            for _ in range(n)]
+    # unfamiliar words only learned to swap a known name for one ("Larkfield Partners"); and a big
+    # world's compounds, so that every word of the world's companies is read somewhere
+    known = sorted({name.rsplit(" ", 1)[0] for name in EMPLOYERS})
+    more = sorted({c.name.rsplit(" ", 1)[0] for c in world.companies} - {*COMPANY_WORDS, *known})
+    names = [f"{w} {s}" for w in COMPANY_WORDS + known + more for s in COMPANY_SUFFIXES
+             if f"{w} {s}" not in world_names]
+    taken = NameSet(world.pools, world.names())
+    return (make_company(rng, rng.choice(names), "fresh", rng.choice(HEADQUARTERS), taken,
+                         world.pools) for _ in range(n))
 
 
 def fresh_people(world: World, n: int, seed: int,
-                 companies: list[Company] | None = None) -> list[Person]:
+                 companies: list[Company] | None = None) -> Iterator[Person]:
     """n further people (for training examples that must not be answerable from memory), none
-    sharing a full name with the world, working at `companies` (default: the known ones)."""
+    sharing a full name with the world, working at `companies` (default: the known ones), each
+    drawn when it is read. A small world's come from today's pools while those can give n."""
     companies = companies or [c for c in world.companies if c.split == "known"]
-    return make_people(random.Random(seed), n, "fresh", world.names(), companies)
+    pools = world.pools if n <= unused_names(world.names(), world.pools) else LARGE_NAME_POOLS
+    taken = NameSet(pools, world.names())
+    return make_people(random.Random(seed), n, "fresh", taken, companies, pools)

@@ -8,7 +8,7 @@ import torch
 
 from nanolevels import data
 from nanolevels.data import IGNORE
-from nanolevels.tokenizer import Tokenizer
+from nanolevels.tokenizer import EOT, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,24 @@ def test_shown_paths_are_relative_inside_the_working_directory(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert shown(str(tmp_path / "data" / "world")) == os.path.join("data", "world")
     assert shown("/elsewhere/world") == "/elsewhere/world" and shown("out/x") == "out/x" and shown("--seed") == "--seed"
+
+
+def test_read_documents_splits_like_the_separator(tmp_path):
+    text = (f"Ada was born.\n{EOT}\nQ: a?\nA: b\n\n{EOT}\n{EOT}\nlast\nlines\n\n"
+            f"{EOT} in a line\nend\n")
+    path = tmp_path / "pretrain.txt"
+    path.write_text(text)
+    docs = list(data.read_documents(str(path)))
+    assert docs == text.split(f"\n{EOT}\n") and len(docs) == 3
+    path.write_text("")
+    assert list(data.read_documents(str(path))) == [""]
+
+
+def test_last_to_appear():
+    order = np.array([3, 1, 3, 0, 1, 2, 0, 2])
+    assert data.last_to_appear(order, 4) == 2
+    assert all(data.last_to_appear(order, 4, block=b) == 2 for b in (1, 2, 3, 5))
+    rng = np.random.default_rng(0)
+    order = rng.permutation(np.repeat(np.arange(50), 3))
+    _, first = np.unique(order, return_index=True)
+    assert data.last_to_appear(order, 50, block=7) == int(np.argmax(first))

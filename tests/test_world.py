@@ -9,9 +9,11 @@ from nanolevels import data
 from nanolevels.files import read_jsonl
 from nanolevels.tokenizer import EOT
 from nanolevels.corpus import TRACE_SHARE, fresh_workforce, make_corpus, reading_examples, reading_page
-from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_QUESTIONS, COMPANY_WORDS, CITIES, EMPLOYERS, FIRST_NAMES,
-                              LAST_NAMES, MAJORS, MIDDLE_NAMES, PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TWO_HOP,
-                              UNIVERSITIES, cloze_prompt, fresh_companies, fresh_people, make_world)
+from nanolevels.world import (ATTRIBUTES, COMPANY_ATTRIBUTES, COMPANY_QUESTIONS, COMPANY_WORDS,
+                              CITIES, EMPLOYERS, FIRST_NAMES, INDUSTRIES, LARGE_NAME_POOLS,
+                              LAST_NAMES, MAJORS, MIDDLE_NAMES, MORE_COMPANY_WORDS, NAME_POOLS,
+                              PRETRAINED, QUESTIONS, SPLITS, TEMPLATES, TWO_HOP, UNIVERSITIES,
+                              cloze_prompt, fresh_companies, fresh_people, make_world)
 import random
 
 
@@ -112,7 +114,8 @@ def test_reading_examples_layout():
     assert examples == reading_examples(world, n, seed=1, k=k)
     assert {turns[0][0].count("\n") for turns in examples} == {2, 3}  # 1 or 2 documents
     world_names = {p.name for p in world.people} | {c.name for c in world.companies}
-    people, companies = fresh_workforce(world, n + k, seed=1), fresh_companies(world, n + k, seed=3)
+    people = list(fresh_workforce(world, n + k, seed=1))
+    companies = list(fresh_companies(world, n + k, seed=3))
     assert sum(p.employer not in EMPLOYERS for p in people) == (n + k) // 2  # employers never pretrained, too
     kinds = [len(turns) == len(COMPANY_ATTRIBUTES) for turns in examples]
     assert 0.1 < sum(kinds) / n < 0.4  # about COMPANY_SHARE of them read a company's profile
@@ -160,10 +163,11 @@ def test_companies_split_like_people():
         group = world.split(s)
         assert sum(world.company(p.employer).split == s for p in group) >= len(group) / 2
         assert {p.employer for p in group} >= {c.name for c in by_split[s]}  # every such company has people
-    fresh = fresh_companies(world, 500, seed=4)
+    fresh = list(fresh_companies(world, 500, seed=4))
     assert not {c.name for c in fresh} & {c.name for c in world.companies}
     assert {c.name.rsplit(" ", 1)[0] for c in fresh} >= {name.rsplit(" ", 1)[0] for name in EMPLOYERS}
-    assert all(c.split == "fresh" for c in fresh) and fresh == fresh_companies(world, 500, seed=4)
+    assert all(c.split == "fresh" for c in fresh)
+    assert fresh == list(fresh_companies(world, 500, seed=4))
 
 
 def test_company_words_name_nothing_else():
@@ -214,3 +218,18 @@ def test_every_company_word_is_read_in_pretraining():
     words = {w for doc in corpus.train_docs for w in doc.split()}
     assert all(w in words for w in COMPANY_WORDS)
     assert not any(c.name in doc for c in world.companies if c.split != "known" for doc in corpus.train_docs)
+
+
+def test_the_larger_pools_name_nothing_else():
+    """The compound company words name nothing else either, and the larger name pools repeat no
+    word: enough of both for a world of over 100,000 people, and a bigger one is refused."""
+    names = [w for pool in LARGE_NAME_POOLS for w in pool]
+    other = {w.lower() for values in (CITIES, UNIVERSITIES, MAJORS, names, list(EMPLOYERS),
+                                      INDUSTRIES) for v in values for w in v.split()}
+    words = [w.lower() for w in COMPANY_WORDS + MORE_COMPANY_WORDS]
+    assert len(set(words)) == len(words) and not set(words) & other
+    assert all(len(set(pool)) == len(pool) for pool in LARGE_NAME_POOLS)
+    assert [big[:len(pool)] for big, pool in zip(LARGE_NAME_POOLS, NAME_POOLS)] == list(NAME_POOLS)
+    assert len(COMPANY_WORDS + MORE_COMPANY_WORDS) > 0.085 * 100_000  # companies per person, about
+    with pytest.raises(ValueError, match="company words; ask for fewer people"):
+        make_world(120_000)

@@ -1,9 +1,11 @@
 """Write the tiny world's files: people, biographies, questions, tokenizer and token streams.
 
-    python data/world/prepare.py                 # the default world, into data/world/
-    python data/world/prepare.py --people 2000   # a bigger world
+    python data/world/prepare.py                   # the default world, into data/world/
+    python data/world/prepare.py --people 2000     # a bigger world (20 s, 250 MB, 200 MB on disk)
+    python data/world/prepare.py --people 100000   # ~11 min, 0.8 GB of memory, 10 GB on disk
 
-See nanolevels/world.py for what the world is and nanolevels/data.py for the files written.
+See nanolevels/world.py for what the world is and nanolevels/data.py for the files written; they
+are written as they are made, so memory hardly grows with the world (bench/bench_scale.py).
 """
 
 import argparse
@@ -16,7 +18,8 @@ from nanolevels.files import shown  # noqa: E402
 
 
 def main(argv=None):
-    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                    help="output folder (default: data/world, next to this script)")
     p.add_argument("--people", type=int, default=340,
